@@ -1,0 +1,1 @@
+"""mlm: masked language model pretraining on keras-hub."""

@@ -1,0 +1,305 @@
+"""Frozen configuration: the recipe of a run, loaded from `presets/`.
+
+A recipe is a JSON file with one object per section (`corpus`, `vocab`,
+`model`, `masking`, `train`). Every field has a default here; a recipe sets
+the ones that differ and the command line overrides any of them with
+`--set section.field=value`. The resolved recipe is written into every run
+directory, so a run can be reproduced or resumed from that file alone.
+"""
+
+import dataclasses
+import importlib.resources
+import json
+from pathlib import Path
+from typing import Any
+
+from mlm.errors import MlmError
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """Where the raw text comes from and how it is split."""
+
+    # Files, directories or globs of `.txt`, `.txt.gz`, `.jsonl`, `.json`,
+    # `.csv` or `.parquet`; or one hub dataset name. Empty means the sample
+    # corpus shipped with the package.
+    paths: tuple[str, ...] = ()
+    # Column holding the text in `.jsonl`/`.json`/`.csv`/`.parquet` and hub data.
+    text_column: str = "text"
+    # Split of a hub dataset to read.
+    hub_split: str = "train"
+    # Separate held-out files; when empty, `held_out_fraction` of the
+    # documents (chosen by a hash of their text) is held out instead.
+    held_out_paths: tuple[str, ...] = ()
+    # Fraction of documents held out for evaluation when no held-out files.
+    held_out_fraction: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabConfig:
+    """The vocabulary to learn (pretraining from scratch only)."""
+
+    # Tokenizer family; see `mlm.architectures` for which families exist.
+    family: str = "wordpiece"
+    # Largest vocabulary to learn, special tokens included. A small corpus
+    # may give fewer entries; the backbone is sized to what was learned.
+    size: int = 30522
+    # Lowercase (and case-fold) text before tokenizing: an "uncased" model.
+    lowercase: bool = True
+    # A subword must occur this often in the corpus to enter the vocabulary.
+    min_frequency: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The encoder to build."""
+
+    # Row of the architecture table in `mlm.architectures`.
+    architecture: str = "bert"
+    # Tokens per training window, [CLS] and [SEP] included.
+    sequence_length: int = 128
+    # Keyword arguments of the keras-hub backbone class, except
+    # `vocabulary_size`, which comes from the learned vocabulary.
+    backbone: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+    """BERT's dynamic masking (https://arxiv.org/abs/1810.04805, 3.1)."""
+
+    # Fraction of the maskable tokens of each window selected for prediction.
+    selection_rate: float = 0.15
+    # Of the selected tokens: this fraction becomes [MASK] ...
+    mask_token_rate: float = 0.8
+    # ... this fraction a random non-special token, the rest stay unchanged.
+    random_token_rate: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, evaluation and checkpointing."""
+
+    # Windows per optimizer step.
+    batch_size: int = 32
+    # Optimizer steps in the whole run.
+    steps: int = 1000
+    # Peak learning rate, reached after warmup and then decayed linearly to 0.
+    learning_rate: float = 5e-4
+    # Steps of linear warmup from 0 to the peak learning rate.
+    warmup_steps: int = 100
+    # AdamW decoupled weight decay; not applied to biases and LayerNorm.
+    weight_decay: float = 0.01
+    # Clip the global gradient norm to this value (0 disables clipping).
+    clip_norm: float = 1.0
+    # Adam's moment decay rates and epsilon.
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-6
+    # Seeds weights, window order and masks.
+    seed: int = 0
+    # Print training metrics every this many steps.
+    log_every: int = 50
+    # Evaluate on the held-out windows every this many steps (and at the end).
+    eval_every: int = 500
+    # Held-out batches per evaluation (0: all held-out windows).
+    eval_batches: int = 50
+    # Write a checkpoint every this many steps (and at the end).
+    checkpoint_every: int = 500
+    # Number of most recent checkpoints to keep.
+    keep_checkpoints: int = 3
+    # Compile the train step with XLA.
+    jit_compile: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A complete, resolved run configuration."""
+
+    name: str = "custom"
+    corpus: CorpusConfig = CorpusConfig()
+    vocab: VocabConfig = VocabConfig()
+    model: ModelConfig = ModelConfig()
+    masking: MaskingConfig = MaskingConfig()
+    train: TrainConfig = TrainConfig()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {
+    "corpus": CorpusConfig,
+    "vocab": VocabConfig,
+    "model": ModelConfig,
+    "masking": MaskingConfig,
+    "train": TrainConfig,
+}
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in `presets/`."""
+    folder = importlib.resources.files("mlm.presets")
+    return sorted(
+        p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json")
+    )
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Loads a recipe by name (from `presets/`) or from a JSON file path."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise MlmError(
+                f"recipe file not found: {name_or_path}; pass an existing "
+                f"JSON file or one of: {', '.join(available_recipes())}."
+            )
+        text, name = path.read_text(), path.stem
+    else:
+        resource = importlib.resources.files("mlm.presets") / f"{name_or_path}.json"
+        if not resource.is_file():
+            raise MlmError(
+                f"unknown recipe '{name_or_path}'; choose one of: "
+                f"{', '.join(available_recipes())}, or pass a JSON file path."
+            )
+        text, name = resource.read_text(), name_or_path
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MlmError(f"recipe {name_or_path} is not valid JSON ({e}); fix the file.")
+    data.setdefault("name", name)
+    return recipe_from_dict(data)
+
+
+def recipe_from_dict(data: dict) -> Recipe:
+    """Builds and validates a `Recipe` from nested dictionaries."""
+    if not isinstance(data, dict):
+        raise MlmError(f"a recipe must be a JSON object, but received {type(data).__name__}.")
+    unknown = set(data) - set(SECTIONS) - {"name"}
+    if unknown:
+        raise MlmError(
+            f"unknown recipe section(s) {sorted(unknown)}; "
+            f"known sections: {', '.join(SECTIONS)}."
+        )
+    sections = {
+        key: _section_from_dict(key, cls, data.get(key, {}))
+        for key, cls in SECTIONS.items()
+    }
+    recipe = Recipe(name=str(data.get("name", "custom")), **sections)
+    validate(recipe)
+    return recipe
+
+
+def _section_from_dict(section: str, cls: type, values: dict) -> Any:
+    if not isinstance(values, dict):
+        raise MlmError(f"recipe section '{section}' must be an object, but received {values!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise MlmError(
+                f"unknown field '{section}.{key}'; fields of '{section}': "
+                f"{', '.join(fields)}."
+            )
+    kwargs = {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        kwargs[key] = _coerce(f"{section}.{key}", value, default)
+    return cls(**kwargs)
+
+
+def _coerce(field: str, value: Any, default: Any) -> Any:
+    """Checks `value` against the type of the field's default."""
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise MlmError(f"'{field}' must be a list, but received {value!r}.")
+        return tuple(str(v) for v in value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise MlmError(f"'{field}' must be true or false, but received {value!r}.")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MlmError(f"'{field}' must be an integer, but received {value!r}.")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MlmError(f"'{field}' must be a number, but received {value!r}.")
+        return float(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise MlmError(f"'{field}' must be an object, but received {value!r}.")
+        return dict(value)
+    if not isinstance(value, str):
+        raise MlmError(f"'{field}' must be a string, but received {value!r}.")
+    return value
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """Returns `recipe` with `section.field=value` overrides applied.
+
+    Values are parsed as JSON when they parse (`3`, `0.1`, `true`,
+    `["a.txt"]`), else taken as strings. `model.backbone.KEY=VALUE` sets one
+    backbone argument.
+    """
+    data = recipe.to_dict()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or parts[0] not in SECTIONS:
+            raise MlmError(
+                f"cannot parse override '{item}'; write section.field=value, "
+                f"e.g. train.steps=100, with a section among {', '.join(SECTIONS)}."
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = data
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                raise MlmError(f"unknown field '{key}' in override '{item}'.")
+            target = target[part]
+        if parts[-1] not in target and not (len(parts) == 3 and parts[1] == "backbone"):
+            raise MlmError(
+                f"unknown field '{key}' in override '{item}'; fields of "
+                f"'{parts[0]}': {', '.join(data[parts[0]])}."
+            )
+        target[parts[-1]] = value
+    return recipe_from_dict(data)
+
+
+def validate(recipe: Recipe) -> None:
+    """Raises `MlmError` for out-of-range values."""
+    m, t, c = recipe.masking, recipe.train, recipe.corpus
+    checks = [
+        (0.0 < m.selection_rate <= 1.0, "masking.selection_rate", m.selection_rate, "in (0, 1]"),
+        (0.0 <= m.mask_token_rate <= 1.0, "masking.mask_token_rate", m.mask_token_rate, "in [0, 1]"),
+        (0.0 <= m.random_token_rate <= 1.0, "masking.random_token_rate", m.random_token_rate, "in [0, 1]"),
+        (m.mask_token_rate + m.random_token_rate <= 1.0 + 1e-9, "masking.random_token_rate",
+         m.random_token_rate, "at most 1 - masking.mask_token_rate"),
+        (0.0 <= c.held_out_fraction < 1.0, "corpus.held_out_fraction", c.held_out_fraction, "in [0, 1)"),
+        (recipe.vocab.size >= 100, "vocab.size", recipe.vocab.size, "at least 100"),
+        (recipe.vocab.min_frequency >= 1, "vocab.min_frequency", recipe.vocab.min_frequency, "at least 1"),
+        (recipe.model.sequence_length >= 8, "model.sequence_length", recipe.model.sequence_length, "at least 8"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
+        (t.steps >= 1, "train.steps", t.steps, "at least 1"),
+        (t.learning_rate > 0, "train.learning_rate", t.learning_rate, "positive"),
+        (0 <= t.warmup_steps, "train.warmup_steps", t.warmup_steps, "at least 0"),
+        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "at least 0"),
+        (t.clip_norm >= 0, "train.clip_norm", t.clip_norm, "at least 0 (0 disables)"),
+        (t.log_every >= 1, "train.log_every", t.log_every, "at least 1"),
+        (t.eval_every >= 1, "train.eval_every", t.eval_every, "at least 1"),
+        (t.eval_batches >= 0, "train.eval_batches", t.eval_batches, "at least 0"),
+        (t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "at least 1"),
+        (t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "at least 1"),
+    ]
+    for ok, field, value, expected in checks:
+        if not ok:
+            raise MlmError(f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}.")
+    max_len = recipe.model.backbone.get("max_sequence_length")
+    if max_len is not None and recipe.model.sequence_length > max_len:
+        raise MlmError(
+            f"'model.sequence_length' must be at most the backbone's "
+            f"max_sequence_length={max_len}, but received "
+            f"sequence_length={recipe.model.sequence_length}; lower it."
+        )

@@ -1,0 +1,10 @@
+"""User-facing errors: what went wrong and what to do, in one line."""
+
+
+class MlmError(Exception):
+    """An error caused by the user's input, not by a bug in `mlm`.
+
+    The CLI prints `str(error)` on one line and exits with status 2, without
+    a traceback. The message must name the problem and the fix, and show the
+    value received, e.g. `"... but received sequence_length=1024."`.
+    """

@@ -1,0 +1,1 @@
+"""Named recipes for `mlm pretrain --recipe NAME`."""
