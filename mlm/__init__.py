@@ -1,1 +1,35 @@
-"""mlm: masked language model pretraining on keras-hub."""
+"""mlm: masked language model pretraining on keras-hub.
+
+The public API is imported lazily, so `import mlm` stays cheap:
+
+```python
+import mlm
+recipe = mlm.load_recipe("bert_tiny_en_uncased")
+summary = mlm.pretrain(recipe, run_dir="runs/demo")
+```
+"""
+
+import importlib
+
+_EXPORTS = {
+    "load_recipe": "mlm.config",
+    "apply_overrides": "mlm.config",
+    "Recipe": "mlm.config",
+    "MlmError": "mlm.errors",
+    "pretrain": "mlm.pretrain",
+    "evaluate_preset": "mlm.evaluate",
+    "fill_mask": "mlm.predict",
+    "load_masked_lm": "mlm.hub",
+    "export_checkpoint": "mlm.export",
+    "train_vocabulary": "mlm.vocab",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mlm' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

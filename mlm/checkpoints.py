@@ -1,0 +1,114 @@
+"""Atomic checkpoints: a keras-hub preset plus the training state beside it.
+
+`run_dir/checkpoints/step-N/` holds `preset/` (written by `save_to_preset`,
+loadable by `keras_hub.models.MaskedLM.from_preset`), `optimizer.npz` (every
+optimizer variable, the step counter included) and `state.json`. A
+checkpoint is written under a temporary name and renamed when complete, so a
+crash mid-save never leaves a folder that looks complete; `state.json` is the
+last file written and marks completeness.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from mlm.errors import MlmError
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """Complete checkpoints of a run, by step."""
+    root = checkpoint_root(run_dir)
+    found = {}
+    if root.is_dir():
+        for child in root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / "state.json").is_file():
+                found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(run_dir)
+    return found[max(found)] if found else None
+
+
+def find_checkpoint(run_dir: Path, *, step: int | None) -> Path:
+    """The checkpoint at `step` (the newest when None); `MlmError` if absent."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise MlmError(f"no complete checkpoint in {run_dir}; train first or check the path.")
+    if step is None:
+        return found[max(found)]
+    if step not in found:
+        raise MlmError(
+            f"no checkpoint at step {step} in {run_dir}; available steps: "
+            f"{', '.join(map(str, found))}."
+        )
+    return found[step]
+
+
+def save_checkpoint(task, *, run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Writes `task` and its optimizer at `step`, then keeps the newest `keep`."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    task.save_to_preset(str(tmp / "preset"))
+    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(task.optimizer.variables)}
+    np.savez(tmp / "optimizer.npz", **arrays)
+    write_json_atomic(tmp / "state.json", {"step": step, **state})
+    _fsync_tree(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old_step, path in list(list_checkpoints(run_dir).items())[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def restore_optimizer(task, checkpoint: Path) -> int:
+    """Loads the optimizer variables saved beside `checkpoint`; returns the step."""
+    optimizer = task.optimizer
+    optimizer.build(task.trainable_variables)
+    with np.load(checkpoint / "optimizer.npz") as saved:
+        arrays = [saved[f"v{i}"] for i in range(len(saved.files))]
+    variables = optimizer.variables
+    if len(arrays) != len(variables) or any(
+        tuple(a.shape) != tuple(v.shape) for a, v in zip(arrays, variables)
+    ):
+        raise MlmError(
+            f"the optimizer state in {checkpoint} does not match the model; "
+            f"resume with the recipe the run was started with."
+        )
+    for variable, array in zip(variables, arrays):
+        variable.assign(array)
+    return int(json.loads((checkpoint / "state.json").read_text())["step"])
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Writes JSON to `path` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())

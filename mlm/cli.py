@@ -1,0 +1,179 @@
+"""The `mlm` command line: the only code that reads argv.
+
+Every `MlmError` becomes one line on stderr and exit status 2.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mlm.errors import MlmError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlm", description="Masked language model pretraining on keras-hub."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="learn a vocabulary and pretrain a MaskedLM from raw text")
+    p.add_argument("--recipe", default="bert_tiny_en_uncased",
+                   help="recipe name in presets/ or a JSON file (default: %(default)s)")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="PATH",
+                   help="text files, folders, globs or a hub dataset (default: the sample corpus)")
+    p.add_argument("--held-out", nargs="+", default=None, metavar="PATH",
+                   help="held-out files (default: a hashed fraction of the corpus)")
+    p.add_argument("--run-dir", default="runs/demo", help="run directory (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--sequence-length", type=int, help="override model.sequence_length")
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any recipe field, e.g. --set train.learning_rate=3e-4")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+
+    p = sub.add_parser("evaluate", help="held-out masked accuracy and perplexity of a preset")
+    p.add_argument("preset", help="preset folder (e.g. runs/demo/preset) or keras-hub handle")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-batches", type=int, default=0, help="0: every window")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fixed evaluation masks")
+
+    p = sub.add_parser("predict", help="top-k fillers for each [MASK] in a text")
+    p.add_argument("preset")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--top-k", type=int, default=5)
+
+    p = sub.add_parser("export", help="copy a checkpoint of a run to a preset folder")
+    p.add_argument("run_dir")
+    p.add_argument("--step", type=int, default=None, help="default: the newest checkpoint")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("vocab", help="learn a vocabulary from a corpus")
+    p.add_argument("--corpus", nargs="+", default=None, metavar="PATH")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--family", default="wordpiece")
+    p.add_argument("--size", type=int, default=30522)
+    p.add_argument("--cased", action="store_true", help="keep case (default: uncased)")
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--out", required=True, help="output vocabulary file")
+
+    sub.add_parser("recipes", help="list the recipes in presets/")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    try:
+        return COMMANDS[args.command](args) or 0
+    except MlmError as e:
+        print(f"mlm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mlm: interrupted", file=sys.stderr)
+        return 130
+
+
+def _pretrain(args) -> None:
+    from mlm import config
+    from mlm.pretrain import pretrain
+    from mlm.runs import load_run_recipe
+
+    if args.resume and args.overwrite:
+        raise MlmError("--resume and --overwrite contradict each other; pass one of them.")
+    if args.resume:
+        recipe = load_run_recipe(Path(args.run_dir))
+    else:
+        recipe = config.load_recipe(args.recipe)
+    overrides = list(args.set)
+    for flag, field in (("steps", "train.steps"), ("batch_size", "train.batch_size"),
+                        ("sequence_length", "model.sequence_length")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{field}={getattr(args, flag)}")
+    if args.corpus is not None:
+        overrides.append(f"corpus.paths={_json_list(args.corpus)}")
+    if args.held_out is not None:
+        overrides.append(f"corpus.held_out_paths={_json_list(args.held_out)}")
+    recipe = config.apply_overrides(recipe, overrides)
+    pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+             quiet=args.quiet)
+
+
+def _evaluate(args) -> None:
+    from mlm.evaluate import evaluate_preset
+
+    result = evaluate_preset(
+        args.preset, paths=args.corpus, text_column=args.text_column,
+        batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
+    )
+    print(
+        f"masked accuracy {result['accuracy']:.4f}, masked loss {result['loss']:.4f}, "
+        f"perplexity {result['perplexity']:.2f} ({result['windows']} windows)"
+    )
+
+
+def _predict(args) -> None:
+    from mlm.hub import load_masked_lm
+    from mlm.predict import fill_mask
+
+    task = load_masked_lm(args.preset)
+    text = " ".join(args.text)
+    for i, candidates in enumerate(fill_mask(task, text, top_k=args.top_k), start=1):
+        shown = ", ".join(f"{token} ({p:.3f})" for token, p in candidates)
+        print(f"mask {i}: {shown}")
+
+
+def _export(args) -> None:
+    from mlm.export import export_checkpoint
+
+    out = export_checkpoint(Path(args.run_dir), out=Path(args.out), step=args.step)
+    print(f"preset written to {out}")
+
+
+def _vocab(args) -> None:
+    import shutil
+    import tempfile
+
+    from mlm import corpus, vocab
+    from mlm.config import CorpusConfig
+
+    source = corpus.resolve_corpus(
+        CorpusConfig(paths=tuple(args.corpus or ()), text_column=args.text_column,
+                     held_out_fraction=0.0)
+    )
+    out = Path(args.out)
+    if out.is_dir():
+        raise MlmError(f"--out {out} is a folder; pass a file path such as {out}/vocab.txt.")
+    with tempfile.TemporaryDirectory(dir=out.resolve().parent) as tmp:
+        path = vocab.train_vocabulary(
+            corpus.iter_documents(source, split="train"), family=args.family, size=args.size,
+            lowercase=not args.cased, min_frequency=args.min_frequency, out_dir=Path(tmp),
+        )
+        shutil.move(path, out)
+    print(f"vocabulary written to {out}")
+
+
+def _recipes(args) -> None:
+    from mlm.config import available_recipes
+
+    print("\n".join(available_recipes()))
+
+
+def _json_list(values: list[str]) -> str:
+    import json
+
+    return json.dumps(values)
+
+
+COMMANDS = {
+    "pretrain": _pretrain,
+    "evaluate": _evaluate,
+    "predict": _predict,
+    "export": _export,
+    "vocab": _vocab,
+    "recipes": _recipes,
+}

@@ -1,0 +1,301 @@
+"""Token cache -> packed windows -> dynamic masking -> batched model inputs.
+
+The token cache is one flat array of token ids per split, documents joined
+by the end ([SEP]) token (`mlm.shards`). Window `i` is the slice
+`[i * (L - 2), (i + 1) * (L - 2))` of that array framed as `[CLS] ... [SEP]`,
+so only the very last window of a split is padded.
+
+Masks are a pure function of `(seed, epoch, window index)`: each window's
+randomness comes from stateless RNG ops keyed by that triple, so a resumed
+run sees exactly the masks an uninterrupted one would, and parallel
+`tf.data` maps cannot reorder random draws.
+"""
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from mlm.config import MaskingConfig
+from mlm.errors import MlmError
+
+# Stream salts, so that training, evaluation and shuffling draw unrelated numbers.
+_TRAIN_SALT, _EVAL_SALT, _SHUFFLE_SALT = 0x6D61736B, 0x6576616C, 0x73687566
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+    """The ids the pipeline needs from a tokenizer."""
+
+    vocabulary_size: int
+    start_id: int  # [CLS]
+    end_id: int  # [SEP], also the document separator.
+    pad_id: int
+    mask_id: int
+    # Never selected for masking and never used as a random replacement.
+    special_ids: tuple[int, ...]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "TokenIds":
+        return cls(
+            vocabulary_size=int(tokenizer.vocabulary_size()),
+            start_id=int(tokenizer.start_token_id),
+            end_id=int(tokenizer.end_token_id),
+            pad_id=int(tokenizer.pad_token_id),
+            mask_id=int(tokenizer.mask_token_id),
+            special_ids=tuple(sorted({int(i) for i in tokenizer.special_token_ids})),
+        )
+
+
+def max_selections(sequence_length: int, selection_rate: float) -> int:
+    """Mask slots per window: the count selected in a full window."""
+    return max(1, round((sequence_length - 2) * selection_rate))
+
+
+def num_windows(num_tokens: int, sequence_length: int) -> int:
+    """Windows needed to cover `num_tokens` tokens of a split."""
+    return math.ceil(num_tokens / (sequence_length - 2))
+
+
+def padding_fraction(num_tokens: int, sequence_length: int) -> float:
+    """Fraction of padding tokens over all windows of a split."""
+    windows = num_windows(num_tokens, sequence_length)
+    if windows == 0:
+        return 0.0
+    used = num_tokens + 2 * windows
+    return 1.0 - used / (windows * sequence_length)
+
+
+def read_windows(
+    tokens: np.ndarray, window_ids: np.ndarray, *, sequence_length: int, ids: TokenIds
+) -> np.ndarray:
+    """Gathers windows `window_ids` from the flat token array as `(B, L)` int32."""
+    body = sequence_length - 2
+    out = np.full((len(window_ids), sequence_length), ids.pad_id, dtype=np.int32)
+    out[:, 0] = ids.start_id
+    for row, w in enumerate(window_ids):
+        piece = tokens[w * body : (w + 1) * body]
+        out[row, 1 : 1 + len(piece)] = piece
+        out[row, 1 + len(piece)] = ids.end_id
+    return out
+
+
+def steps_per_epoch(windows: int, batch_size: int) -> int:
+    """Full batches per epoch; the remainder windows rotate in next epoch's shuffle."""
+    return windows // batch_size
+
+
+def epoch_permutation(windows: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The window order of `epoch`, a pure function of `(seed, epoch)`."""
+    rng = np.random.default_rng([seed, _SHUFFLE_SALT, epoch])
+    return rng.permutation(windows)
+
+
+def batch_schedule(
+    windows: int, *, batch_size: int, seed: int, start_step: int = 0
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields `(epoch, window_ids)` for every step from `start_step` on, forever."""
+    per_epoch = steps_per_epoch(windows, batch_size)
+    epoch, offset = divmod(start_step, per_epoch)
+    while True:
+        order = epoch_permutation(windows, seed=seed, epoch=epoch)
+        for step in range(offset, per_epoch):
+            yield epoch, order[step * batch_size : (step + 1) * batch_size]
+        epoch, offset = epoch + 1, 0
+
+
+def window_seed(seed: int, salt: int, epoch, window):
+    """Stateless RNG seed for one window: a pure function of its arguments."""
+    base = tf.constant([seed, salt], dtype=tf.int64)
+    base = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(window, tf.int64))
+
+
+def mask_window(token_ids, seed, *, masking: MaskingConfig, ids: TokenIds, num_slots: int):
+    """BERT's masking of one window with stateless randomness.
+
+    keras-hub's `MaskedLMMaskGenerator` is not used here for two measured
+    reasons: it draws from stateful RNG ops, so under a parallel `tf.data` map
+    a window's mask depends on scheduling and cannot be recomputed on resume;
+    and its random replacements are drawn from the whole vocabulary, special
+    tokens included (tests/test_pipeline.py shows both). The selection rule
+    follows google-research/bert `create_pretraining_data.py`: exactly
+    `round(rate * maskable)` positions per window, uniformly at random.
+
+    Args:
+        token_ids: `(L,)` int32 window.
+        seed: `(2,)` int64 stateless seed.
+        masking: rates of selection and of the 80/10/10 replacement.
+        ids: special token ids.
+        num_slots: M, the fixed number of mask slots per window.
+
+    Returns:
+        `(token_ids, mask_positions, mask_ids, mask_weights)` with shapes
+        `(L,)`, `(M,)`, `(M,)`, `(M,)`; unused slots have weight 0.
+    """
+    length = tf.shape(token_ids)[0]
+    special = tf.constant(ids.special_ids, dtype=token_ids.dtype)
+    maskable = tf.reduce_all(token_ids[:, None] != special[None, :], axis=-1)  # (L,)
+    num_maskable = tf.reduce_sum(tf.cast(maskable, tf.float32))
+    count = tf.cast(tf.round(num_maskable * masking.selection_rate), tf.int32)
+    count = tf.minimum(tf.maximum(count, tf.cast(num_maskable > 0, tf.int32)), num_slots)
+    select_seed, action_seed, replace_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3)
+    )
+    # A uniformly random subset of `count` maskable positions: the top scores.
+    scores = tf.random.stateless_uniform([length], seed=select_seed)
+    scores = tf.where(maskable, scores, -1.0)
+    _, top = tf.math.top_k(scores, k=num_slots)  # (M,)
+    valid_sorted = tf.range(num_slots) < count
+    positions = tf.sort(tf.where(valid_sorted, top, length))  # chosen first, ascending
+    valid = positions < length
+    positions = tf.where(valid, positions, 0)
+    original = tf.gather(token_ids, positions)
+    # 80% [MASK], 10% a random non-special token, 10% unchanged.
+    action = tf.random.stateless_uniform([num_slots], seed=action_seed)
+    replacement_pool = tf.constant(
+        np.setdiff1d(np.arange(ids.vocabulary_size), ids.special_ids), dtype=token_ids.dtype
+    )
+    random_tokens = tf.gather(
+        replacement_pool,
+        tf.random.stateless_uniform(
+            [num_slots], seed=replace_seed, maxval=tf.shape(replacement_pool)[0], dtype=tf.int32
+        ),
+    )
+    new_values = tf.where(
+        action < masking.mask_token_rate,
+        tf.cast(ids.mask_id, token_ids.dtype),
+        tf.where(
+            action < masking.mask_token_rate + masking.random_token_rate,
+            random_tokens,
+            original,
+        ),
+    )
+    masked = tf.tensor_scatter_nd_update(
+        token_ids,
+        tf.boolean_mask(positions, valid)[:, None],
+        tf.boolean_mask(new_values, valid),
+    )
+    weights = tf.cast(valid, tf.float32)
+    return masked, positions, tf.where(valid, original, 0), weights
+
+
+def _model_inputs(token_ids, masked, positions, mask_ids, weights, *, ids, segment_ids):
+    """Packs one batch as the `(x, y, sample_weight)` a keras-hub MaskedLM takes."""
+    x = {
+        "token_ids": masked,
+        "padding_mask": tf.cast(token_ids != ids.pad_id, tf.int32),
+        "mask_positions": positions,
+    }
+    if segment_ids:
+        x["segment_ids"] = tf.zeros_like(masked)
+    return x, mask_ids, weights
+
+
+def training_dataset(
+    tokens: np.ndarray,
+    *,
+    sequence_length: int,
+    batch_size: int,
+    masking: MaskingConfig,
+    ids: TokenIds,
+    seed: int,
+    start_step: int = 0,
+    segment_ids: bool = True,
+) -> tf.data.Dataset:
+    """An endless dataset of masked training batches, starting at `start_step`.
+
+    Every epoch visits the windows in a fresh order with fresh masks; the
+    batch of step `s` is the same whether the run started at 0 or resumed.
+    """
+    windows = num_windows(len(tokens), sequence_length)
+    if steps_per_epoch(windows, batch_size) < 1:
+        raise MlmError(
+            f"the corpus is too small for one batch: {windows} windows of "
+            f"{sequence_length} tokens, but received batch_size={batch_size}; add text "
+            f"or lower train.batch_size or model.sequence_length."
+        )
+
+    def generate():
+        for epoch, window_ids in batch_schedule(
+            windows, batch_size=batch_size, seed=seed, start_step=start_step
+        ):
+            rows = read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids)
+            yield np.full(len(window_ids), epoch), window_ids, rows
+
+    signature = (
+        tf.TensorSpec([batch_size], tf.int64),
+        tf.TensorSpec([batch_size], tf.int64),
+        tf.TensorSpec([batch_size, sequence_length], tf.int32),
+    )
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    ds = ds.unbatch()
+    return _mask_and_batch(
+        ds, salt=_TRAIN_SALT, seed=seed, masking=masking, ids=ids,
+        sequence_length=sequence_length, batch_size=batch_size,
+        segment_ids=segment_ids, drop_remainder=True,
+    )
+
+
+def evaluation_dataset(
+    tokens: np.ndarray,
+    *,
+    sequence_length: int,
+    batch_size: int,
+    masking: MaskingConfig,
+    ids: TokenIds,
+    seed: int,
+    max_batches: int = 0,
+    segment_ids: bool = True,
+) -> tf.data.Dataset:
+    """Held-out windows in order with fixed masks, so evaluations compare."""
+    windows = num_windows(len(tokens), sequence_length)
+    if max_batches:
+        windows = min(windows, max_batches * batch_size)
+    if windows == 0:
+        raise MlmError(
+            "the held-out split is empty; raise corpus.held_out_fraction or pass "
+            "held-out files with --held-out."
+        )
+
+    def generate():
+        for start in range(0, windows, batch_size):
+            window_ids = np.arange(start, min(start + batch_size, windows))
+            rows = read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids)
+            yield np.zeros(len(window_ids), np.int64), window_ids, rows
+
+    signature = (
+        tf.TensorSpec([None], tf.int64),
+        tf.TensorSpec([None], tf.int64),
+        tf.TensorSpec([None, sequence_length], tf.int32),
+    )
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+    return _mask_and_batch(
+        ds, salt=_EVAL_SALT, seed=seed, masking=masking, ids=ids,
+        sequence_length=sequence_length, batch_size=batch_size,
+        segment_ids=segment_ids, drop_remainder=False,
+    )
+
+
+def _mask_and_batch(
+    ds, *, salt, seed, masking, ids, sequence_length, batch_size, segment_ids, drop_remainder
+):
+    num_slots = max_selections(sequence_length, masking.selection_rate)
+
+    def mask_one(epoch, window, token_ids):
+        token_ids = tf.ensure_shape(token_ids, [sequence_length])
+        masked, positions, mask_ids, weights = mask_window(
+            token_ids, window_seed(seed, salt, epoch, window),
+            masking=masking, ids=ids, num_slots=num_slots,
+        )
+        return token_ids, masked, positions, mask_ids, weights
+
+    ds = ds.map(mask_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(
+        lambda *batch: _model_inputs(*batch, ids=ids, segment_ids=segment_ids),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,64 @@
+"""Fill-mask: the top-k tokens a MaskedLM predicts for each [MASK] in a text."""
+
+import numpy as np
+
+from mlm.errors import MlmError
+
+
+def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """Predicts the `top_k` fillers of every mask token in `text`.
+
+    The mask token is written literally (e.g. `[MASK]` for BERT); the text
+    around it is tokenized by the task's own tokenizer.
+
+    Args:
+        task: a keras-hub `MaskedLM` with a preprocessor.
+        text: the text, with one or more mask tokens.
+        top_k: candidates per mask.
+
+    Returns:
+        One list per mask, of `(token, probability)` pairs, best first.
+
+    Example:
+    ```python
+    task = keras_hub.models.MaskedLM.from_preset("runs/demo/preset")
+    fill_mask(task, "In the beginning God created the [MASK].")
+    ```
+    """
+    if top_k < 1:
+        raise MlmError(f"top_k must be at least 1, but received top_k={top_k}.")
+    tokenizer = task.preprocessor.tokenizer
+    mask_token = tokenizer.mask_token
+    pieces = text.split(mask_token)
+    if len(pieces) < 2:
+        raise MlmError(f"the text has no {mask_token} token; write {mask_token} where a word is missing.")
+    token_ids = [tokenizer.start_token_id]
+    positions = []
+    for i, piece in enumerate(pieces):
+        if piece.strip():
+            token_ids.extend(int(t) for t in np.asarray(tokenizer(piece)).tolist())
+        if i < len(pieces) - 1:
+            positions.append(len(token_ids))
+            token_ids.append(tokenizer.mask_token_id)
+    token_ids.append(tokenizer.end_token_id)
+    max_length = task.backbone.max_sequence_length
+    if len(token_ids) > max_length:
+        raise MlmError(
+            f"the text is {len(token_ids)} tokens long, but the model takes at most "
+            f"{max_length}; shorten it."
+        )
+    x = {
+        "token_ids": np.array([token_ids], dtype="int32"),
+        "padding_mask": np.ones((1, len(token_ids)), dtype="int32"),
+        "mask_positions": np.array([positions], dtype="int32"),
+    }
+    if "segment_ids" in task.backbone.input:
+        x["segment_ids"] = np.zeros((1, len(token_ids)), dtype="int32")
+    logits = np.asarray(task.predict_on_batch(x))[0]  # (num_masks, vocabulary_size)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    results = []
+    for row in probs:
+        best = np.argsort(-row)[:top_k]
+        results.append([(tokenizer.id_to_token(int(i)), float(row[i])) for i in best])
+    return results

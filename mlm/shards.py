@@ -1,0 +1,160 @@
+"""Tokenize a corpus once into an on-disk token cache keyed by content.
+
+A cache entry is a folder named after a hash of the corpus content and of
+the tokenizer (config and vocabulary), so a changed corpus or vocabulary
+never reads a stale cache, and re-runs or resumes never tokenize again.
+Each split is one flat binary array of token ids (uint16 when the
+vocabulary fits, else uint32), documents joined by the end token; it is
+read back memory-mapped, so memory does not grow with the corpus.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from mlm.errors import MlmError
+
+SPLITS = ("train", "held_out")
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCache:
+    """A complete cache entry on disk."""
+
+    path: Path
+    # Per split: documents, tokens (separators included), unknown tokens.
+    stats: dict
+
+    def tokens(self, split: str) -> np.ndarray:
+        """The flat token ids of `split`, memory-mapped read-only."""
+        meta = self.stats[split]
+        if meta["tokens"] == 0:
+            return np.zeros(0, dtype=meta["dtype"])
+        return np.memmap(self.path / f"{split}.bin", dtype=meta["dtype"], mode="r")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of a keras-hub tokenizer's config and vocabulary."""
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    h.update(json.dumps(tokenizer.get_config(), sort_keys=True, default=str).encode())
+    h.update("\n".join(tokenizer.get_vocabulary()).encode())
+    return h.hexdigest()
+
+
+def cache_key(corpus_fingerprint: str, tokenizer) -> str:
+    """The cache folder name for this corpus and tokenizer."""
+    h = hashlib.sha256(f"v{_FORMAT_VERSION}".encode())
+    h.update(corpus_fingerprint.encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    return h.hexdigest()[:24]
+
+
+def load_or_build_cache(
+    documents_by_split: dict,
+    tokenizer,
+    *,
+    cache_root: Path,
+    key: str,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> TokenCache:
+    """Returns the cache entry `cache_root/key`, tokenizing only if it is missing.
+
+    Args:
+        documents_by_split: split name -> zero-argument callable returning an
+            iterable of document strings.
+        tokenizer: a keras-hub tokenizer; its ids are the ones the exported
+            preset will produce, so training and serving agree by construction.
+        cache_root: folder holding cache entries.
+        key: the entry's name, from `cache_key`.
+        batch_size: documents per tokenizer call.
+        progress: print progress lines.
+    """
+    final = Path(cache_root) / key
+    if (final / "meta.json").is_file():
+        return TokenCache(path=final, stats=json.loads((final / "meta.json").read_text()))
+    tmp = Path(cache_root) / f".{key}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        stats = {
+            split: _tokenize_split(
+                documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
+                batch_size=batch_size, label=split if progress else None,
+            )
+            for split in SPLITS
+        }
+        (tmp / "meta.json").write_text(json.dumps(stats, indent=2))
+        os.replace(tmp, final)  # atomic: a crash never leaves a complete-looking entry
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if stats["train"]["documents"] == 0:
+        raise MlmError("the training split has no documents; add text to the corpus.")
+    return TokenCache(path=final, stats=stats)
+
+
+def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, label):
+    """Tokenizes `documents` into the flat binary file `out`."""
+    import tensorflow as tf
+
+    vocab_size = int(tokenizer.vocabulary_size())
+    dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    end_id = int(tokenizer.end_token_id)
+    unk_id = _unknown_id(tokenizer)
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(documents), output_signature=tf.TensorSpec([], tf.string)
+    )
+    ds = ds.batch(batch_size).map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    n_docs = n_tokens = n_unk = 0
+    start = last_print = time.time()
+    with open(out, "wb") as f:
+        for ragged in ds:
+            flat = ragged.flat_values.numpy()
+            ends = np.cumsum(ragged.row_lengths().numpy())
+            # One end token after each document: doc1 [SEP] doc2 [SEP] ...
+            joined = np.insert(flat, ends, end_id).astype(dtype)
+            f.write(joined.tobytes())
+            n_docs += len(ends)
+            n_tokens += len(joined)
+            n_unk += int(np.count_nonzero(flat == unk_id)) if unk_id is not None else 0
+            if label and time.time() - last_print > 5:
+                last_print = time.time()
+                _report(label, n_docs, n_tokens, start)
+    if label:
+        _report(label, n_docs, n_tokens, start)
+    return {
+        "documents": n_docs,
+        "tokens": n_tokens,
+        "unknown_tokens": n_unk,
+        "dtype": np.dtype(dtype).name,
+    }
+
+
+def _report(label, n_docs, n_tokens, start):
+    rate = n_tokens / max(time.time() - start, 1e-9)
+    print(
+        f"tokenizing {label}: {n_docs:,} documents, {n_tokens:,} tokens ({rate:,.0f} tokens/s)",
+        file=sys.stderr, flush=True,
+    )
+
+
+def _unknown_id(tokenizer):
+    for name in ("oov_token", "unk_token"):
+        token = getattr(tokenizer, name, None)
+        if token is not None:
+            try:
+                return int(tokenizer.token_to_id(token))
+            except (KeyError, ValueError):
+                return None
+    return None

@@ -1,0 +1,221 @@
+"""Build, compile and train a keras-hub MaskedLM task."""
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from mlm import checkpoints
+from mlm.architectures import Architecture
+from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
+from mlm.errors import MlmError
+from mlm.evaluate import evaluate_tokens, metric_objects
+from mlm.pipeline import TokenIds, max_selections, training_dataset
+
+
+@keras.saving.register_keras_serializable(package="mlm")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `peak`, then linear decay to 0 at `total_steps`.
+
+    Args:
+        peak: learning rate reached at the end of warmup.
+        warmup_steps: steps of linear warmup.
+        total_steps: step at which the rate reaches 0.
+    """
+
+    def __init__(self, peak, warmup_steps, total_steps):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = keras.ops.cast(max(self.warmup_steps, 1), "float32")
+        decay = keras.ops.cast(max(self.total_steps - self.warmup_steps, 1), "float32")
+        rising = step / warmup
+        falling = (self.total_steps - step) / decay
+        rate = keras.ops.where(step < self.warmup_steps, rising, falling)
+        return self.peak * keras.ops.clip(rate, 0.0, 1.0)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: MaskingConfig):
+    """A fresh MaskedLM task: backbone from the recipe, preprocessor from `tokenizer`."""
+    try:
+        backbone = arch.cls("backbone")(
+            vocabulary_size=tokenizer.vocabulary_size(), **config.backbone
+        )
+    except TypeError as e:
+        raise MlmError(
+            f"bad model.backbone fields for {arch.backbone} ({e}); fix the recipe."
+        ) from None
+    preprocessor = build_preprocessor(
+        arch, tokenizer=tokenizer, sequence_length=config.sequence_length, masking=masking
+    )
+    return arch.cls("masked_lm")(backbone=backbone, preprocessor=preprocessor)
+
+
+def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, masking):
+    """The keras-hub preprocessor saved with the preset, set to the run's masking."""
+    return arch.cls("preprocessor")(
+        tokenizer=tokenizer,
+        sequence_length=sequence_length,
+        mask_selection_rate=masking.selection_rate,
+        mask_selection_length=max_selections(sequence_length, masking.selection_rate),
+        mask_token_rate=masking.mask_token_rate,
+        random_token_rate=masking.random_token_rate,
+    )
+
+
+def compile_task(task, config: TrainConfig) -> None:
+    """AdamW with warmup and linear decay, clipping, masked loss and metrics."""
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=WarmupLinearDecay(config.learning_rate, config.warmup_steps, config.steps),
+        weight_decay=config.weight_decay,
+        beta_1=config.beta_1,
+        beta_2=config.beta_2,
+        epsilon=config.epsilon,
+        global_clipnorm=config.clip_norm or None,
+    )
+    # As in BERT: no weight decay on biases and LayerNorm scales/offsets.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    task.compile(
+        optimizer=optimizer,
+        # Mean over masked tokens only (weights are 0 on unused mask slots).
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"
+        ),
+        weighted_metrics=metric_objects(),
+        jit_compile=config.jit_compile,
+    )
+
+
+class MetricsLog:
+    """Appends one JSON object per line to `run_dir/metrics.jsonl`."""
+
+    def __init__(self, path: Path, *, quiet: bool):
+        self.path = Path(path)
+        self.quiet = quiet
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+def train(
+    task,
+    *,
+    recipe: Recipe,
+    arch: Architecture,
+    train_tokens: np.ndarray,
+    held_out_tokens: np.ndarray,
+    ids: TokenIds,
+    run_dir: Path,
+    start_step: int,
+    log: MetricsLog,
+) -> dict:
+    """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
+
+    Returns:
+        The last held-out evaluation and the measured training throughput.
+    """
+    cfg, model = recipe.train, recipe.model
+    data = training_dataset(
+        train_tokens, sequence_length=model.sequence_length, batch_size=cfg.batch_size,
+        masking=recipe.masking, ids=ids, seed=cfg.seed, start_step=start_step,
+        segment_ids=arch.uses_segment_ids,
+    )
+
+    def evaluate(step):
+        result = evaluate_tokens(
+            task, held_out_tokens, sequence_length=model.sequence_length, masking=recipe.masking,
+            ids=ids, batch_size=cfg.batch_size, seed=cfg.seed, max_batches=cfg.eval_batches,
+            segment_ids=arch.uses_segment_ids,
+        )
+        log.write({"step": step, "split": "held_out", **result})
+        log.say(
+            f"step {step}: held-out masked accuracy {result['accuracy']:.4f}, "
+            f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.1f}"
+        )
+        return result
+
+    result = evaluate(start_step) if start_step == 0 else {}
+    iterator = iter(data)
+    windows = []  # (tokens, seconds) per log window, evaluation and checkpoints excluded
+    tokens_seen, window_start, run_start = 0, time.perf_counter(), time.perf_counter()
+    for step in range(start_step + 1, cfg.steps + 1):
+        x, y, w = next(iterator)
+        logs = task.train_on_batch(x, y, sample_weight=w, return_dict=True)
+        tokens_seen += int(np.sum(x["padding_mask"]))
+        if not math.isfinite(float(logs["loss"])):
+            raise MlmError(
+                f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
+                f"or resume from the last checkpoint."
+            )
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            windows.append((tokens_seen, time.perf_counter() - window_start))
+            _log_train(log, task, logs, step=step, cfg=cfg, window=windows[-1],
+                       run_start=run_start, start_step=start_step)
+            task.reset_metrics()
+            tokens_seen = 0
+            window_start = time.perf_counter()
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            result = evaluate(step)
+            window_start = time.perf_counter()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpoints.save_checkpoint(
+                task, run_dir=run_dir, step=step, state={"recipe": recipe.name},
+                keep=cfg.keep_checkpoints,
+            )
+            window_start = time.perf_counter()
+    # The first window includes tracing and XLA compilation: leave it out when we can.
+    steady = windows[1:] or windows
+    throughput = sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9)
+    return {"held_out": result, "train_tokens_per_second": throughput if windows else None}
+
+
+def _log_train(log, task, logs, *, step, cfg, window, run_start, start_step):
+    tokens, elapsed = window
+    rate = float(keras.ops.convert_to_numpy(task.optimizer.learning_rate))
+    record = {
+        "step": step,
+        "split": "train",
+        "loss": float(logs["loss"]),
+        "accuracy": float(logs["accuracy"]),
+        "learning_rate": rate,
+        "tokens_per_second": tokens / max(elapsed, 1e-9),
+    }
+    log.write(record)
+    done = step - start_step
+    eta = (time.perf_counter() - run_start) / done * (cfg.steps - step)
+    log.say(
+        f"step {step}/{cfg.steps}: loss {record['loss']:.4f}, masked accuracy "
+        f"{record['accuracy']:.4f}, lr {rate:.2e}, {record['tokens_per_second']:,.0f} tokens/s, "
+        f"ETA {_duration(eta)}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

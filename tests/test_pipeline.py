@@ -1,0 +1,190 @@
+"""Packing and dynamic masking: exact windows and masking statistics."""
+
+import numpy as np
+import pytest
+
+from mlm.config import MaskingConfig
+from mlm.errors import MlmError
+from mlm.pipeline import (
+    TokenIds,
+    batch_schedule,
+    evaluation_dataset,
+    max_selections,
+    num_windows,
+    padding_fraction,
+    read_windows,
+    training_dataset,
+)
+
+PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+IDS = TokenIds(
+    vocabulary_size=1000, start_id=CLS, end_id=SEP, pad_id=PAD, mask_id=MASK,
+    special_ids=(PAD, CLS, SEP, MASK),
+)
+
+
+def _stream(num_tokens, *, seed=0, doc_length=40):
+    """Token ids 5..999 with a [SEP] closing every document."""
+    tokens = np.random.default_rng(seed).integers(5, 1000, size=num_tokens).astype(np.uint16)
+    tokens[doc_length - 1 :: doc_length] = SEP
+    return tokens
+
+
+def _batches(ds, n):
+    out = []
+    for x, y, w in ds.take(n):
+        out.append(({k: v.numpy() for k, v in x.items()}, y.numpy(), w.numpy()))
+    return out
+
+
+def test_windows_are_cls_body_sep_with_padding_only_in_the_last():
+    tokens = np.arange(5, 5 + 20, dtype=np.uint16)  # 20 tokens, body of 6 per window
+    assert num_windows(len(tokens), 8) == 4
+    rows = read_windows(tokens, np.arange(4), sequence_length=8, ids=IDS)
+    np.testing.assert_array_equal(rows[0], [CLS, 5, 6, 7, 8, 9, 10, SEP])
+    np.testing.assert_array_equal(rows[2], [CLS, 17, 18, 19, 20, 21, 22, SEP])
+    np.testing.assert_array_equal(rows[3], [CLS, 23, 24, SEP, PAD, PAD, PAD, PAD])
+    assert padding_fraction(len(tokens), 8) == pytest.approx(4 / 32)
+
+
+def test_every_token_lands_in_exactly_one_window():
+    tokens = _stream(1000)
+    rows = read_windows(tokens, np.arange(num_windows(1000, 32)), sequence_length=32, ids=IDS)
+    bodies = [r[1:][: np.where(r[1:] == SEP)[0][-1]] if r[-1] == PAD else r[1:-1] for r in rows]
+    np.testing.assert_array_equal(np.concatenate(bodies), tokens)
+
+
+def test_schedule_visits_each_window_once_per_epoch_in_a_new_order():
+    schedule = batch_schedule(100, batch_size=10, seed=3)
+    epoch0 = [next(schedule) for _ in range(10)]
+    epoch1 = [next(schedule) for _ in range(10)]
+    assert {e for e, _ in epoch0} == {0} and {e for e, _ in epoch1} == {1}
+    order0 = np.concatenate([w for _, w in epoch0])
+    order1 = np.concatenate([w for _, w in epoch1])
+    assert sorted(order0) == list(range(100)) == sorted(order1)
+    assert not np.array_equal(order0, order1)
+
+
+def test_schedule_resumed_at_any_step_matches_the_uninterrupted_one():
+    full = batch_schedule(37, batch_size=5, seed=1)
+    reference = [next(full) for _ in range(30)]
+    for start in (0, 4, 7, 8, 29):
+        resumed = batch_schedule(37, batch_size=5, seed=1, start_step=start)
+        for epoch, ids in reference[start:start + 3]:
+            got_epoch, got_ids = next(resumed)
+            assert got_epoch == epoch
+            np.testing.assert_array_equal(got_ids, ids)
+
+
+def test_masking_proportions_over_100k_selected_tokens():
+    masking = MaskingConfig(selection_rate=0.15, mask_token_rate=0.8, random_token_rate=0.1)
+    ds = training_dataset(_stream(100_000), sequence_length=128, batch_size=32,
+                          masking=masking, ids=IDS, seed=7)
+    selected = maskable = as_mask = as_random = unchanged = 0
+    for x, y, w in _batches(ds, 180):
+        valid = w > 0
+        seen = np.take_along_axis(x["token_ids"], x["mask_positions"], axis=1)
+        original = y
+        selected += valid.sum()
+        as_mask += (valid & (seen == MASK)).sum()
+        unchanged += (valid & (seen == original)).sum()
+        as_random += (valid & (seen != MASK) & (seen != original)).sum()
+        # Maskable = non-special tokens of the unmasked windows.
+        restored = x["token_ids"].copy()
+        rows, slots = np.nonzero(valid)
+        restored[rows, x["mask_positions"][rows, slots]] = original[rows, slots]
+        maskable += np.isin(restored, IDS.special_ids, invert=True).sum()
+    assert selected >= 100_000
+    assert abs(selected / maskable - 0.15) < 0.01
+    assert abs(as_mask / selected - 0.8) < 0.01
+    # A random replacement equal to the original (p = 1/995) counts as unchanged.
+    assert abs(as_random / selected - 0.1) < 0.01
+    assert abs(unchanged / selected - 0.1) < 0.01
+
+
+def test_specials_and_padding_never_selected_nor_used_as_replacements():
+    tokens = _stream(5_000, doc_length=7)  # many [SEP] separators
+    masking = MaskingConfig(selection_rate=0.5, mask_token_rate=0.0, random_token_rate=1.0)
+    ds = evaluation_dataset(tokens, sequence_length=64, batch_size=16, masking=masking,
+                            ids=IDS, seed=0)
+    checked = 0
+    for x, y, w in _batches(ds, 100):
+        valid = w > 0
+        assert not np.isin(y[valid], IDS.special_ids).any()
+        replaced = np.take_along_axis(x["token_ids"], x["mask_positions"], axis=1)[valid]
+        assert not np.isin(replaced, IDS.special_ids).any()
+        checked += valid.sum()
+    # The last window is padded; its padding never appears among selected positions.
+    assert checked > 1000
+
+
+def test_padding_mask_and_unused_slots():
+    tokens = np.arange(5, 5 + 10, dtype=np.uint16)  # one short window
+    ds = evaluation_dataset(tokens, sequence_length=32, batch_size=4, masking=MaskingConfig(),
+                            ids=IDS, seed=0)
+    ((x, y, w),) = _batches(ds, 1)
+    assert x["padding_mask"].tolist() == [[1] * 12 + [0] * 20]
+    slots = max_selections(32, 0.15)
+    assert w.shape == (1, slots)
+    # round(10 maskable * 0.15) = 2 selected; the other slots are weight 0.
+    assert w.sum() == 2 and (x["mask_positions"][0, 2:] == 0).all()
+    assert set(x["mask_positions"][0, :2]) <= set(range(1, 11))
+
+
+def test_two_epochs_give_different_masks_and_same_seed_gives_same_masks():
+    tokens = _stream(64 * 30 * 2)  # 2 batches of 30 windows-ish per epoch
+    kwargs = dict(sequence_length=32, batch_size=30, masking=MaskingConfig(), ids=IDS)
+    windows = num_windows(len(tokens), 32)
+    per_epoch = windows // 30
+    a = _batches(training_dataset(tokens, seed=5, **kwargs), 2 * per_epoch)
+    b = _batches(training_dataset(tokens, seed=5, **kwargs), 2 * per_epoch)
+    c = _batches(training_dataset(tokens, seed=6, **kwargs), 1)
+    for (xa, ya, _), (xb, yb, _) in zip(a, b):
+        np.testing.assert_array_equal(xa["token_ids"], xb["token_ids"])
+        np.testing.assert_array_equal(xa["mask_positions"], xb["mask_positions"])
+    assert not np.array_equal(a[0][0]["token_ids"], c[0][0]["token_ids"])
+
+    # The same window in epoch 0 and epoch 1 gets a different mask.
+    def masks_by_window(batches):
+        out = {}
+        for x, _, _ in batches:
+            for row, positions in zip(x["token_ids"], x["mask_positions"]):
+                out.setdefault(row[1:4].tobytes(), []).append(positions.tolist())
+        return out
+
+    seen_twice = [v for v in masks_by_window(a).values() if len(v) == 2]
+    assert len(seen_twice) >= 10
+    assert sum(p0 != p1 for p0, p1 in seen_twice) >= 0.9 * len(seen_twice)
+
+
+def test_resumed_dataset_yields_the_same_batches_as_the_uninterrupted_one():
+    tokens = _stream(20_000)
+    kwargs = dict(sequence_length=64, batch_size=8, masking=MaskingConfig(), ids=IDS, seed=2)
+    full = _batches(training_dataset(tokens, **kwargs), 50)
+    resumed = _batches(training_dataset(tokens, start_step=41, **kwargs), 9)
+    for (xf, yf, wf), (xr, yr, wr) in zip(full[41:], resumed):
+        for key in xf:
+            np.testing.assert_array_equal(xf[key], xr[key])
+        np.testing.assert_array_equal(yf, yr)
+        np.testing.assert_array_equal(wf, wr)
+
+
+def test_corpus_too_small_for_one_batch_is_a_clear_error():
+    with pytest.raises(MlmError, match="too small for one batch.*batch_size=64"):
+        training_dataset(_stream(100), sequence_length=32, batch_size=64,
+                         masking=MaskingConfig(), ids=IDS, seed=0)
+
+
+def test_keras_hub_mask_generator_draws_special_tokens_as_replacements():
+    """Why `mask_window` does not reuse keras-hub's MaskedLMMaskGenerator."""
+    import keras_hub
+
+    generator = keras_hub.layers.MaskedLMMaskGenerator(
+        vocabulary_size=8, mask_selection_rate=1.0, mask_token_id=MASK,
+        mask_selection_length=60, unselectable_token_ids=[PAD, CLS, SEP, MASK],
+        mask_token_rate=0.0, random_token_rate=1.0,
+    )
+    out = generator(np.full((20, 60), 6, dtype="int32"))
+    replaced = np.asarray(out["token_ids"])
+    # Random replacements include [PAD], [CLS], [SEP] and [MASK].
+    assert np.isin(replaced, [PAD, CLS, SEP, MASK]).any()
