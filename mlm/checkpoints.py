@@ -58,15 +58,26 @@ def find_checkpoint(run_dir: Path, *, step: int | None) -> Path:
     return found[step]
 
 
-def save_checkpoint(task, *, run_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """Writes `task` and its optimizer at `step`, then keeps the newest `keep`."""
+def save_checkpoint(
+    task, *, preprocessor, run_dir: Path, step: int, state: dict, keep: int
+) -> Path:
+    """Writes `task` (with `preprocessor`) and its optimizer at `step`.
+
+    Training runs with `task.preprocessor = None` (batches come preprocessed
+    from `mlm.pipeline`); the preprocessor is attached only while saving, so
+    the preset loads as a complete keras-hub task. Keeps the newest `keep`.
+    """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    task.save_to_preset(str(tmp / "preset"))
+    task.preprocessor = preprocessor
+    try:
+        task.save_to_preset(str(tmp / "preset"))
+    finally:
+        task.preprocessor = None
     arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(task.optimizer.variables)}
     np.savez(tmp / "optimizer.npz", **arrays)
     write_json_atomic(tmp / "state.json", {"step": step, **state})

@@ -58,8 +58,10 @@ def pretrain(
         stats = describe_data(cache, recipe=recipe, log=log)
         task, start_step = build_or_restore_task(recipe, arch=arch, tokenizer=tokenizer,
                                                  run_dir=run_dir, log=log)
+        # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.
+        preprocessor, task.preprocessor = task.preprocessor, None
         result = train(
-            task, recipe=recipe, arch=arch, train_tokens=cache.tokens("train"),
+            task, preprocessor=preprocessor, recipe=recipe, arch=arch, train_tokens=cache.tokens("train"),
             held_out_tokens=cache.tokens("held_out"), ids=ids, run_dir=run_dir,
             start_step=start_step, log=log,
         )

@@ -124,6 +124,7 @@ class MetricsLog:
 def train(
     task,
     *,
+    preprocessor,
     recipe: Recipe,
     arch: Architecture,
     train_tokens: np.ndarray,
@@ -134,6 +135,9 @@ def train(
     log: MetricsLog,
 ) -> dict:
     """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
+
+    `task.preprocessor` must be None: batches arrive preprocessed and masked
+    from `mlm.pipeline`; `preprocessor` is saved with every checkpoint.
 
     Returns:
         The last held-out evaluation and the measured training throughput.
@@ -183,7 +187,8 @@ def train(
             window_start = time.perf_counter()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoints.save_checkpoint(
-                task, run_dir=run_dir, step=step, state={"recipe": recipe.name},
+                task, preprocessor=preprocessor, run_dir=run_dir, step=step,
+                state={"recipe": recipe.name},
                 keep=cfg.keep_checkpoints,
             )
             window_start = time.perf_counter()

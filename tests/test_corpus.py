@@ -1,0 +1,314 @@
+import gzip
+import json
+import os
+import time
+import tracemalloc
+
+import pyarrow
+import pyarrow.parquet
+import pytest
+
+from mlm.config import CorpusConfig
+from mlm.corpus import (
+    count_documents,
+    iter_documents,
+    resolve_corpus,
+    sample_corpus_path,
+)
+from mlm.errors import MlmError
+
+# Blank lines, whitespace-only lines and Windows line ends all separate documents.
+TEXT = "first doc\nsecond line\n\n\n  second doc  \n \t \nthird doc\r\n\r\nfourth doc\n"
+TEXT_DOCUMENTS = ["first doc\nsecond line", "second doc", "third doc", "fourth doc"]
+ROWS = ["alpha beta", "gamma", "delta epsilon"]
+
+
+def documents(paths, **kwargs):
+    """All documents of a corpus in train order, with nothing held out."""
+    kwargs.setdefault("held_out_fraction", 0.0)
+    corpus = resolve_corpus(CorpusConfig(paths=tuple(map(str, paths)), **kwargs))
+    return list(iter_documents(corpus, split="train"))
+
+
+def write_table(path, column, values):
+    """Writes `values` as `column` of a .jsonl, .json, .csv or .parquet file."""
+    rows = [{"id": i, column: v} for i, v in enumerate(values)]
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif path.suffix == ".csv":
+        body = "".join(f'{r["id"]},"{r[column]}"\n' for r in rows)
+        path.write_text(f"id,{column}\n{body}")
+    else:
+        pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), path)
+    return path
+
+
+def test_text_file_splits_documents_on_blank_lines(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text(TEXT, newline="")
+    assert documents([path]) == TEXT_DOCUMENTS
+
+
+def test_gzipped_text_file_splits_documents_on_blank_lines(tmp_path):
+    path = tmp_path / "a.txt.gz"
+    path.write_bytes(gzip.compress(TEXT.encode()))
+    assert documents([path]) == TEXT_DOCUMENTS
+
+
+def test_directory_is_read_recursively_in_sorted_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "b.txt").write_text("doc b")
+    (tmp_path / "sub" / "a.txt").write_text("doc sub a\n\ndoc sub a2")
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(b"doc a"))
+    (tmp_path / "README.md").write_text("not corpus")
+    (tmp_path / ".git" / "x.txt").write_text("hidden")
+    write_table(tmp_path / "sub" / "c.jsonl", "text", ["doc c"])
+    assert documents([tmp_path]) == ["doc a", "doc b", "doc sub a", "doc sub a2", "doc c"]
+
+
+def test_glob_selects_matching_files(tmp_path):
+    for name in ["x1.txt", "x2.txt", "y.txt"]:
+        (tmp_path / name).write_text(f"doc {name}")
+    assert documents([tmp_path / "x*.txt"]) == ["doc x1.txt", "doc x2.txt"]
+
+
+def test_file_listed_twice_is_read_once(tmp_path):
+    (tmp_path / "a.txt").write_text("only once")
+    assert documents([tmp_path / "a.txt", tmp_path, tmp_path / "*.txt"]) == ["only once"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+@pytest.mark.parametrize("column", ["text", "body"])
+def test_tabular_file_yields_text_column(tmp_path, suffix, column):
+    path = write_table(tmp_path / f"data{suffix}", column, ROWS)
+    assert documents([path], text_column=column) == ROWS
+
+
+def test_tabular_files_skip_empty_values_and_keep_na_strings(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text('text,id\n"multi\nline",1\n,2\nNA,3\n  ,4\n')
+    records = [{"text": "x"}, {"other": 1}, {"text": None}, {"text": " y "}, {"text": "z", "k": 2}]
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    json_lines = tmp_path / "lines.json"  # A .json file may hold JSON Lines too.
+    json_lines.write_text('{"text": "j1"}\n{"text": "j2"}\n')
+    assert documents([path, jsonl, json_lines]) == ["multi\nline", "NA", "x", "y", "z", "j1", "j2"]
+
+
+def test_held_out_split_is_deterministic_disjoint_and_complete(tmp_path):
+    texts = [f"document number {i}" for i in range(3000)]
+    (tmp_path / "a.txt").write_text("\n\n".join(texts))
+    corpus = resolve_corpus(CorpusConfig(paths=(str(tmp_path / "a.txt"),), held_out_fraction=0.1))
+    train = list(iter_documents(corpus, split="train"))
+    held_out = list(iter_documents(corpus, split="held_out"))
+    assert not set(train) & set(held_out)
+    assert sorted(train + held_out) == sorted(texts)
+    assert 0.085 < len(held_out) / len(texts) < 0.115
+    assert list(iter_documents(corpus, split="held_out")) == held_out
+    assert count_documents(corpus, split="held_out") == len(held_out)
+
+    # Other files, another order, duplicates: each text keeps its side.
+    (tmp_path / "b.txt").write_text("\n\n".join(texts[::-1] + held_out[:5] + train[:5]))
+    reordered = resolve_corpus(
+        CorpusConfig(paths=(str(tmp_path / "b.txt"),), held_out_fraction=0.1)
+    )
+    assert list(iter_documents(reordered, split="held_out")) == held_out[::-1] + held_out[:5]
+    assert list(iter_documents(reordered, split="train")) == train[::-1] + train[:5]
+
+
+def test_held_out_files_replace_the_hashed_split(tmp_path):
+    (tmp_path / "train.txt").write_text("t1\n\nt2\n\nt3")
+    (tmp_path / "eval.jsonl").write_text('{"text": "e1"}\n{"text": "e2"}\n')
+    config = CorpusConfig(
+        paths=(str(tmp_path / "train.txt"),),
+        held_out_paths=(str(tmp_path / "eval.jsonl"),),
+        held_out_fraction=0.5,
+    )
+    corpus = resolve_corpus(config)
+    assert corpus.held_out_files == (str(tmp_path / "eval.jsonl"),)
+    assert list(iter_documents(corpus, split="train")) == ["t1", "t2", "t3"]
+    assert list(iter_documents(corpus, split="held_out")) == ["e1", "e2"]
+
+
+def test_sample_corpus_has_1189_documents():
+    corpus = resolve_corpus(CorpusConfig())
+    assert corpus.train_files == (str(sample_corpus_path()),)
+    train = count_documents(corpus, split="train")
+    held_out = count_documents(corpus, split="held_out")
+    assert train + held_out == 1189
+    assert 0 < held_out < 60  # held_out_fraction=0.02 of 1189 is about 24.
+
+
+def test_fingerprint_follows_content_not_mtime_or_location(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("some text")
+
+    def fingerprint(*paths, **kwargs):
+        config = CorpusConfig(paths=tuple(map(str, paths)), **kwargs)
+        return resolve_corpus(config).fingerprint
+
+    before = fingerprint(path)
+    os.utime(path, (1, 1))
+    assert fingerprint(path) == before
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "b.txt").write_text("some text")
+    assert fingerprint(tmp_path / "moved" / "b.txt") == before
+    assert fingerprint(path, held_out_fraction=0.5) != before
+    assert fingerprint(path, text_column="body") != before
+    path.write_text("some text!")
+    assert fingerprint(path) != before
+
+
+def test_fingerprint_includes_held_out_files(tmp_path):
+    (tmp_path / "train.txt").write_text("train")
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("held out")
+    config = CorpusConfig(paths=(str(tmp_path / "train.txt"),), held_out_paths=(str(held_out),))
+    before = resolve_corpus(config).fingerprint
+    held_out.write_text("held out, edited")
+    assert resolve_corpus(config).fingerprint != before
+
+
+def test_documents_stream_with_bounded_memory(tmp_path):
+    path = tmp_path / "big.txt"
+    paragraph = "lorem ipsum dolor sit amet " * 40  # 1080 characters.
+    with open(path, "w") as f:
+        for i in range(28_000):
+            f.write(f"{i} {paragraph}\n\n")
+    size = path.stat().st_size
+    assert size > 30_000_000
+    tracemalloc.start()
+    try:
+        corpus = resolve_corpus(CorpusConfig(paths=(str(path),)))
+        count = count_documents(corpus, split="train") + count_documents(
+            corpus, split="held_out"
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 28_000
+    # Files are read in 1 MiB chunks: a few MB at most, whatever the file size.
+    assert peak < size / 5
+
+
+def expect_error(config, *fragments):
+    with pytest.raises(MlmError) as info:
+        resolve_corpus(config)
+    message = str(info.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert str(fragment) in message
+    return message
+
+
+def test_missing_path_is_an_error(tmp_path):
+    missing = tmp_path / "nope.txt"
+    expect_error(CorpusConfig(paths=(str(missing),)), missing, "does not exist")
+
+
+def test_glob_without_supported_match_is_an_error(tmp_path):
+    (tmp_path / "a.md").write_text("markdown")
+    pattern = str(tmp_path / "*.md")
+    expect_error(CorpusConfig(paths=(pattern,)), pattern, "matched no")
+
+
+def test_directory_without_supported_files_is_an_error(tmp_path):
+    (tmp_path / "a.md").write_text("markdown")
+    expect_error(CorpusConfig(paths=(str(tmp_path),)), tmp_path, "holds no")
+
+
+def test_unsupported_extension_is_an_error(tmp_path):
+    path = tmp_path / "a.docx"
+    path.write_text("text")
+    expect_error(CorpusConfig(paths=(str(path),)), path, "unsupported extension", ".txt.gz")
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"text\x00\x01\x02", "NUL byte at offset 4"),
+        (bytes(range(1, 32)) * 10, "control characters"),
+        (b"hello world\n" + "caf\xe9".encode("latin-1"), "byte 0xe9 at offset 15"),
+        ("é".encode()[:1], "byte 0xc3 at offset 0"),
+    ],
+)
+def test_binary_or_non_utf8_file_is_an_error(tmp_path, content, fragment):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    expect_error(CorpusConfig(paths=(str(path),)), path, fragment)
+
+
+def test_non_utf8_offset_counts_across_read_chunks(tmp_path):
+    path = tmp_path / "bad.txt.gz"
+    # The 2-byte "é" straddles the first 1 MiB chunk; the bad byte follows it.
+    content = b"a" * ((1 << 20) - 1) + "é".encode() + b"\xff"
+    path.write_bytes(gzip.compress(content))
+    expect_error(CorpusConfig(paths=(str(path),)), path, f"byte 0xff at offset {(1 << 20) + 1}")
+
+
+def test_corrupt_gzip_is_an_error(tmp_path):
+    path = tmp_path / "a.txt.gz"
+    path.write_bytes(b"plain text, not gzip")
+    expect_error(CorpusConfig(paths=(str(path),)), path, "not a valid gzip file")
+
+
+@pytest.mark.parametrize("content", ["", " \n\t\n\n"])
+def test_empty_corpus_is_an_error(tmp_path, content):
+    path = tmp_path / "empty.txt"
+    path.write_text(content)
+    expect_error(CorpusConfig(paths=(str(path),)), path, "holds no text")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_missing_text_column_is_an_error(tmp_path, suffix):
+    path = write_table(tmp_path / f"data{suffix}", "body", ROWS)
+    expect_error(CorpusConfig(paths=(str(path),)), path, "no column 'text'", "id, body")
+
+
+def test_malformed_json_line_is_an_error_while_reading(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": broken}\n')
+    corpus = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.0))
+    with pytest.raises(MlmError, match="line 2 is not valid JSON"):
+        list(iter_documents(corpus, split="train"))
+
+
+def test_non_string_text_is_an_error_while_reading(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": 5}\n')
+    corpus = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.0))
+    with pytest.raises(MlmError, match="line 1 column 'text' must be a string, but received int"):
+        list(iter_documents(corpus, split="train"))
+
+
+def test_held_out_file_also_in_train_is_an_error(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("text")
+    config = CorpusConfig(paths=(str(tmp_path),), held_out_paths=(str(path),))
+    expect_error(config, path, "also in corpus.paths")
+
+
+def test_unknown_split_is_an_error():
+    corpus = resolve_corpus(CorpusConfig())
+    with pytest.raises(MlmError, match="received split='test'"):
+        iter_documents(corpus, split="test")
+
+
+def test_train_split_without_documents_is_an_error_while_reading(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"text": "  "}\n')
+    corpus = resolve_corpus(CorpusConfig(paths=(str(path),)))
+    with pytest.raises(MlmError, match="no non-blank document"):
+        list(iter_documents(corpus, split="train"))
+
+
+def test_unreachable_hub_dataset_fails_fast():
+    # Without network this fails at the connection probe; with network the
+    # hub answers that the dataset does not exist. Both are one-line errors.
+    name = "mlm-tests-no-such-owner/no-such-dataset"
+    start = time.monotonic()
+    expect_error(CorpusConfig(paths=(name,)), f"could not download dataset '{name}'")
+    assert time.monotonic() - start < 15
