@@ -84,7 +84,7 @@ def save_checkpoint(
     _fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old_step, path in list(list_checkpoints(run_dir).items())[:-keep]:
+    for _old_step, path in list(list_checkpoints(run_dir).items())[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
     return final
 
@@ -97,13 +97,13 @@ def restore_optimizer(task, checkpoint: Path) -> int:
         arrays = [saved[f"v{i}"] for i in range(len(saved.files))]
     variables = optimizer.variables
     if len(arrays) != len(variables) or any(
-        tuple(a.shape) != tuple(v.shape) for a, v in zip(arrays, variables)
+        tuple(a.shape) != tuple(v.shape) for a, v in zip(arrays, variables, strict=False)
     ):
         raise MlmError(
             f"the optimizer state in {checkpoint} does not match the model; "
             f"resume with the recipe the run was started with."
         )
-    for variable, array in zip(variables, arrays):
+    for variable, array in zip(variables, arrays, strict=False):
         variable.assign(array)
     return int(json.loads((checkpoint / "state.json").read_text())["step"])
 

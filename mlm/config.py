@@ -164,7 +164,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise MlmError(f"recipe {name_or_path} is not valid JSON ({e}); fix the file.")
+        raise MlmError(f"recipe {name_or_path} is not valid JSON ({e}); fix the file.") from None
     data.setdefault("name", name)
     return recipe_from_dict(data)
 
@@ -172,7 +172,9 @@ def load_recipe(name_or_path: str) -> Recipe:
 def recipe_from_dict(data: dict) -> Recipe:
     """Builds and validates a `Recipe` from nested dictionaries."""
     if not isinstance(data, dict):
-        raise MlmError(f"a recipe must be a JSON object, but received {type(data).__name__}.")
+        raise MlmError(
+            f"a recipe must be a JSON object, but received {type(data).__name__}."
+        )
     unknown = set(data) - set(SECTIONS) - {"name"}
     if unknown:
         raise MlmError(
@@ -190,7 +192,9 @@ def recipe_from_dict(data: dict) -> Recipe:
 
 def _section_from_dict(section: str, cls: type, values: dict) -> Any:
     if not isinstance(values, dict):
-        raise MlmError(f"recipe section '{section}' must be an object, but received {values!r}.")
+        raise MlmError(
+            f"recipe section '{section}' must be an object, but received {values!r}."
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:
@@ -268,34 +272,44 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     return recipe_from_dict(data)
 
 
+def _within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
 def validate(recipe: Recipe) -> None:
     """Raises `MlmError` for out-of-range values."""
-    m, t, c = recipe.masking, recipe.train, recipe.corpus
+    m, t, c, v = recipe.masking, recipe.train, recipe.corpus, recipe.vocab
+    unit = (0.0, 1.0)
     checks = [
-        (0.0 < m.selection_rate <= 1.0, "masking.selection_rate", m.selection_rate, "in (0, 1]"),
-        (0.0 <= m.mask_token_rate <= 1.0, "masking.mask_token_rate", m.mask_token_rate, "in [0, 1]"),
-        (0.0 <= m.random_token_rate <= 1.0, "masking.random_token_rate", m.random_token_rate, "in [0, 1]"),
-        (m.mask_token_rate + m.random_token_rate <= 1.0 + 1e-9, "masking.random_token_rate",
-         m.random_token_rate, "at most 1 - masking.mask_token_rate"),
-        (0.0 <= c.held_out_fraction < 1.0, "corpus.held_out_fraction", c.held_out_fraction, "in [0, 1)"),
-        (recipe.vocab.size >= 100, "vocab.size", recipe.vocab.size, "at least 100"),
-        (recipe.vocab.min_frequency >= 1, "vocab.min_frequency", recipe.vocab.min_frequency, "at least 1"),
-        (recipe.model.sequence_length >= 8, "model.sequence_length", recipe.model.sequence_length, "at least 8"),
-        (t.batch_size >= 1, "train.batch_size", t.batch_size, "at least 1"),
-        (t.steps >= 1, "train.steps", t.steps, "at least 1"),
-        (t.learning_rate > 0, "train.learning_rate", t.learning_rate, "positive"),
-        (0 <= t.warmup_steps, "train.warmup_steps", t.warmup_steps, "at least 0"),
-        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "at least 0"),
-        (t.clip_norm >= 0, "train.clip_norm", t.clip_norm, "at least 0 (0 disables)"),
-        (t.log_every >= 1, "train.log_every", t.log_every, "at least 1"),
-        (t.eval_every >= 1, "train.eval_every", t.eval_every, "at least 1"),
-        (t.eval_batches >= 0, "train.eval_batches", t.eval_batches, "at least 0"),
-        (t.checkpoint_every >= 1, "train.checkpoint_every", t.checkpoint_every, "at least 1"),
-        (t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "at least 1"),
+        ("masking.selection_rate", m.selection_rate, 0.0 < m.selection_rate <= 1.0, "in (0, 1]"),
+        ("masking.mask_token_rate", m.mask_token_rate, _within(m.mask_token_rate, unit),
+         "in [0, 1]"),
+        ("masking.random_token_rate", m.random_token_rate,
+         _within(m.random_token_rate, (0.0, 1.0 - m.mask_token_rate + 1e-9)),
+         "in [0, 1 - masking.mask_token_rate]"),
+        ("corpus.held_out_fraction", c.held_out_fraction, 0.0 <= c.held_out_fraction < 1.0,
+         "in [0, 1)"),
+        ("vocab.size", v.size, v.size >= 100, "at least 100"),
+        ("vocab.min_frequency", v.min_frequency, v.min_frequency >= 1, "at least 1"),
+        ("model.sequence_length", recipe.model.sequence_length,
+         recipe.model.sequence_length >= 8, "at least 8"),
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
+        ("train.steps", t.steps, t.steps >= 1, "at least 1"),
+        ("train.learning_rate", t.learning_rate, t.learning_rate > 0, "positive"),
+        ("train.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, "at least 0"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "at least 0"),
+        ("train.clip_norm", t.clip_norm, t.clip_norm >= 0, "at least 0 (0 disables)"),
+        ("train.log_every", t.log_every, t.log_every >= 1, "at least 1"),
+        ("train.eval_every", t.eval_every, t.eval_every >= 1, "at least 1"),
+        ("train.eval_batches", t.eval_batches, t.eval_batches >= 0, "at least 0"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 1, "at least 1"),
+        ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1, "at least 1"),
     ]
-    for ok, field, value, expected in checks:
+    for field, value, ok, expected in checks:
         if not ok:
-            raise MlmError(f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}.")
+            raise MlmError(
+                f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}."
+            )
     max_len = recipe.model.backbone.get("max_sequence_length")
     if max_len is not None and recipe.model.sequence_length > max_len:
         raise MlmError(

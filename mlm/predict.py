@@ -31,7 +31,9 @@ def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]
     mask_token = tokenizer.mask_token
     pieces = text.split(mask_token)
     if len(pieces) < 2:
-        raise MlmError(f"the text has no {mask_token} token; write {mask_token} where a word is missing.")
+        raise MlmError(
+            f"the text has no {mask_token} token; write {mask_token} where a word is missing."
+        )
     token_ids = [tokenizer.start_token_id]
     positions = []
     for i, piece in enumerate(pieces):

@@ -46,6 +46,7 @@ def pretrain(
     if resume:
         saved = runs.load_run_recipe(run_dir)
         recipe = runs.with_steps(saved, recipe.train.steps)
+        runs.save_run_recipe(run_dir, recipe)
     arch = get_architecture(recipe.model.architecture)
     source = corpus.resolve_corpus(recipe.corpus)
     if not resume:
@@ -61,8 +62,9 @@ def pretrain(
         # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.
         preprocessor, task.preprocessor = task.preprocessor, None
         result = train(
-            task, preprocessor=preprocessor, recipe=recipe, arch=arch, train_tokens=cache.tokens("train"),
-            held_out_tokens=cache.tokens("held_out"), ids=ids, run_dir=run_dir,
+            task, preprocessor=preprocessor, recipe=recipe, arch=arch,
+            train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
+            ids=ids, run_dir=run_dir,
             start_step=start_step, log=log,
         )
     summary = {**stats, **result, "steps": recipe.train.steps, "run_dir": str(run_dir)}

@@ -58,7 +58,9 @@ def _check_writable(run_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise MlmError(f"cannot write to {parent} ({e.strerror}); choose another --run-dir.")
+        raise MlmError(
+            f"cannot write to {parent} ({e.strerror}); choose another --run-dir."
+        ) from None
 
 
 @contextlib.contextmanager

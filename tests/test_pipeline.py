@@ -139,7 +139,7 @@ def test_two_epochs_give_different_masks_and_same_seed_gives_same_masks():
     a = _batches(training_dataset(tokens, seed=5, **kwargs), 2 * per_epoch)
     b = _batches(training_dataset(tokens, seed=5, **kwargs), 2 * per_epoch)
     c = _batches(training_dataset(tokens, seed=6, **kwargs), 1)
-    for (xa, ya, _), (xb, yb, _) in zip(a, b):
+    for (xa, _ya, _), (xb, _yb, _) in zip(a, b, strict=False):
         np.testing.assert_array_equal(xa["token_ids"], xb["token_ids"])
         np.testing.assert_array_equal(xa["mask_positions"], xb["mask_positions"])
     assert not np.array_equal(a[0][0]["token_ids"], c[0][0]["token_ids"])
@@ -148,7 +148,7 @@ def test_two_epochs_give_different_masks_and_same_seed_gives_same_masks():
     def masks_by_window(batches):
         out = {}
         for x, _, _ in batches:
-            for row, positions in zip(x["token_ids"], x["mask_positions"]):
+            for row, positions in zip(x["token_ids"], x["mask_positions"], strict=False):
                 out.setdefault(row[1:4].tobytes(), []).append(positions.tolist())
         return out
 
@@ -162,7 +162,7 @@ def test_resumed_dataset_yields_the_same_batches_as_the_uninterrupted_one():
     kwargs = dict(sequence_length=64, batch_size=8, masking=MaskingConfig(), ids=IDS, seed=2)
     full = _batches(training_dataset(tokens, **kwargs), 50)
     resumed = _batches(training_dataset(tokens, start_step=41, **kwargs), 9)
-    for (xf, yf, wf), (xr, yr, wr) in zip(full[41:], resumed):
+    for (xf, yf, wf), (xr, yr, wr) in zip(full[41:], resumed, strict=False):
         for key in xf:
             np.testing.assert_array_equal(xf[key], xr[key])
         np.testing.assert_array_equal(yf, yr)

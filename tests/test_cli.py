@@ -1,0 +1,141 @@
+"""Bad input: one line naming the problem and the fix, exit 2, nothing left behind."""
+
+import subprocess
+import sys
+
+import pytest
+
+from mlm.cli import main
+
+
+def run_main(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("mlm: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    return tmp_path / "run"
+
+
+def pretrain_args(run_dir, *extra):
+    return ("pretrain", "--recipe", "bert_test", "--run-dir", run_dir, *extra)
+
+
+def test_missing_corpus_path(capsys, run_dir, tmp_path):
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", tmp_path / "nope.txt"))
+    assert_one_line_error(code, err, "nope.txt")
+    assert not run_dir.exists()
+
+
+def test_empty_corpus(capsys, run_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n   \n")
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", empty))
+    assert_one_line_error(code, err, "empty.txt")
+    assert not run_dir.exists()
+
+
+def test_binary_corpus(capsys, run_dir, tmp_path):
+    binary = tmp_path / "model.txt"
+    binary.write_bytes(bytes(range(256)) * 100)
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", binary))
+    assert_one_line_error(code, err, "model.txt")
+    assert not run_dir.exists()
+
+
+def test_non_utf8_corpus(capsys, run_dir, tmp_path):
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\u00e9 cr\u00e8me and more text here.\n".encode("latin-1"))
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", latin1))
+    assert_one_line_error(code, err, "latin1.txt", "UTF-8")
+    assert not run_dir.exists()
+
+
+def test_corpus_too_small_for_one_batch_leaves_nothing_behind(capsys, run_dir, tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("In the beginning God created the heaven and the earth.\n\nAmen.\n")
+    held = tmp_path / "held.txt"
+    held.write_text("And the earth was without form, and void.\n")
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", tiny, "--held-out", held))
+    assert_one_line_error(code, err, "too small for one batch", "batch_size=8")
+    assert not run_dir.exists()
+
+
+def test_unknown_recipe(capsys, run_dir):
+    code, _, err = run_main(capsys, "pretrain", "--recipe", "bert_huge", "--run-dir", run_dir)
+    assert_one_line_error(code, err, "unknown recipe 'bert_huge'", "bert_tiny_en_uncased")
+
+
+def test_unknown_field(capsys, run_dir):
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--set", "train.stepz=3"))
+    assert_one_line_error(code, err, "train.stepz", "steps")
+
+
+def test_out_of_range_option(capsys, run_dir):
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--set", "masking.selection_rate=1.5"))
+    assert_one_line_error(code, err, "selection_rate=1.5")
+
+
+def test_sequence_length_above_the_backbone_maximum(capsys, run_dir):
+    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--sequence-length", "100"))
+    assert_one_line_error(code, err, "max_sequence_length=64", "sequence_length=100")
+
+
+def test_existing_run_dir_needs_resume_or_overwrite(capsys, run_dir):
+    run_dir.mkdir()
+    (run_dir / "something").write_text("keep me")
+    code, _, err = run_main(capsys, *pretrain_args(run_dir))
+    assert_one_line_error(code, err, "--resume", "--overwrite")
+    assert (run_dir / "something").read_text() == "keep me"
+
+
+def test_resume_of_a_folder_that_is_no_run(capsys, run_dir):
+    run_dir.mkdir()
+    code, _, err = run_main(capsys, "pretrain", "--run-dir", run_dir, "--resume")
+    assert_one_line_error(code, err, "cannot resume")
+
+
+def test_predict_on_a_folder_that_is_no_preset(capsys, tmp_path):
+    code, _, err = run_main(capsys, "predict", tmp_path, "The [MASK] sat.")
+    assert_one_line_error(code, err, "not a keras-hub preset")
+
+
+def test_builtin_preset_offline_says_no_network(capsys):
+    code, _, err = run_main(capsys, "predict", "bert_tiny_en_uncased", "The [MASK] sat.")
+    assert_one_line_error(code, err, "could not download preset bert_tiny_en_uncased",
+                          "local directory")
+
+
+def test_export_of_a_run_without_checkpoints(capsys, tmp_path):
+    code, _, err = run_main(capsys, "export", tmp_path, "--out", tmp_path / "out")
+    assert_one_line_error(code, err, "no complete checkpoint")
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_process_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlm", "pretrain", "--recipe", "bert_test", "--corpus",
+         str(tmp_path / "missing"), "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("mlm: error: ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipes_lists_the_shipped_recipes(capsys):
+    code, out, _ = run_main(capsys, "recipes")
+    assert code == 0
+    assert {"bert_tiny_en_uncased", "bert_small_en_uncased", "bert_test"} <= set(out.split())
