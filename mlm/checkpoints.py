@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from mlm.errors import MlmError
@@ -73,20 +74,32 @@ def save_checkpoint(
     tmp = root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    task.preprocessor = preprocessor
     try:
-        task.save_to_preset(str(tmp / "preset"))
-    finally:
-        task.preprocessor = None
-    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(task.optimizer.variables)}
-    np.savez(tmp / "optimizer.npz", **arrays)
-    write_json_atomic(tmp / "state.json", {"step": step, **state})
-    _fsync_tree(tmp)
+        _write_checkpoint(task, preprocessor=preprocessor, folder=tmp, step=step, state=state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for _old_step, path in list(list_checkpoints(run_dir).items())[:-keep]:
+    for path in list(list_checkpoints(run_dir).values())[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dict) -> None:
+    # Keras saves a compiled model's optimizer into task.weights.h5. Swap in the
+    # fresh Adam that keras-hub's default `MaskedLM.compile()` creates, so the preset
+    # is what keras-hub itself writes: no training state shipped, no load warnings.
+    optimizer = task.optimizer
+    task.preprocessor, task.optimizer = preprocessor, keras.optimizers.Adam(5e-5)
+    try:
+        task.save_to_preset(str(folder / "preset"))
+    finally:
+        task.preprocessor, task.optimizer = None, optimizer
+    arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
+    np.savez(folder / "optimizer.npz", **arrays)
+    write_json_atomic(folder / "state.json", {"step": step, **state})  # last: marks complete
+    _fsync_tree(folder)
 
 
 def restore_optimizer(task, checkpoint: Path) -> int:

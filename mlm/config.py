@@ -165,7 +165,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise MlmError(f"recipe {name_or_path} is not valid JSON ({e}); fix the file.") from None
-    data.setdefault("name", name)
+    if isinstance(data, dict):
+        data.setdefault("name", name)
     return recipe_from_dict(data)
 
 
@@ -311,6 +312,11 @@ def validate(recipe: Recipe) -> None:
                 f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}."
             )
     max_len = recipe.model.backbone.get("max_sequence_length")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):
+        raise MlmError(
+            f"'model.backbone.max_sequence_length' must be an integer, but received "
+            f"max_sequence_length={max_len!r}."
+        )
     if max_len is not None and recipe.model.sequence_length > max_len:
         raise MlmError(
             f"'model.sequence_length' must be at most the backbone's "

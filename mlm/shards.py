@@ -46,7 +46,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of a keras-hub tokenizer's config and vocabulary."""
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
-    h.update(json.dumps(tokenizer.get_config(), sort_keys=True, default=str).encode())
+    # The layer name is auto-numbered per process (bert_tokenizer_1, ...): not content.
+    config = {k: v for k, v in tokenizer.get_config().items() if k != "name"}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update("\n".join(tokenizer.get_vocabulary()).encode())
     return h.hexdigest()
 
@@ -94,12 +96,12 @@ def load_or_build_cache(
             )
             for split in SPLITS
         }
+        if stats["train"]["documents"] == 0:
+            raise MlmError("the training split has no documents; add text to the corpus.")
         (tmp / "meta.json").write_text(json.dumps(stats, indent=2))
         os.replace(tmp, final)  # atomic: a crash never leaves a complete-looking entry
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if stats["train"]["documents"] == 0:
-        raise MlmError("the training split has no documents; add text to the corpus.")
     return TokenCache(path=final, stats=stats)
 
 

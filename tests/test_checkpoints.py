@@ -1,0 +1,226 @@
+"""Checkpoints: loadable presets, retention, crash safety and optimizer resume."""
+
+import json
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+from mlm.checkpoints import (
+    find_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    restore_optimizer,
+    save_checkpoint,
+    write_json_atomic,
+)
+from mlm.config import TrainConfig
+from mlm.errors import MlmError
+from mlm.train import compile_task
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
+SEQUENCE_LENGTH = 16
+TEXT = ["the cat sat on the mat ."] * 2
+
+
+def _task(*, hidden_dim=16, seed=0):
+    """A compiled one-layer BertMaskedLM, detached from its preprocessor as in training."""
+    keras.utils.set_random_seed(seed)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True)
+    preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
+        tokenizer, sequence_length=SEQUENCE_LENGTH, mask_selection_rate=1.0,
+        mask_selection_length=4,
+    )
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCAB), num_layers=1, num_heads=2, hidden_dim=hidden_dim,
+        intermediate_dim=2 * hidden_dim, max_sequence_length=SEQUENCE_LENGTH,
+    )
+    task = keras_hub.models.BertMaskedLM(backbone, preprocessor=preprocessor)
+    compile_task(task, TrainConfig(jit_compile=False))
+    task.preprocessor = None
+    return task, preprocessor
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """(task, preprocessor) after two optimizer steps."""
+    task, preprocessor = _task()
+    x, y, w = preprocessor(TEXT)
+    for _ in range(2):
+        task.train_on_batch(x, y, sample_weight=w)
+    return task, preprocessor
+
+
+@pytest.fixture(scope="module")
+def saved(trained, tmp_path_factory):
+    """A checkpoint of the trained task at step 2."""
+    task, preprocessor = trained
+    run_dir = tmp_path_factory.mktemp("run")
+    path = save_checkpoint(
+        task, preprocessor=preprocessor, run_dir=run_dir, step=2, state={"epoch": 0}, keep=3
+    )
+    return run_dir, path
+
+
+def _fake_checkpoint(run_dir, name, *, complete=True):
+    """A checkpoint folder; `state.json` is what marks it complete."""
+    folder = run_dir / "checkpoints" / name
+    folder.mkdir(parents=True)
+    if complete:
+        (folder / "state.json").write_text('{"step": 0}')
+    return folder
+
+
+def _save(trained, run_dir, step, *, keep=3):
+    task, preprocessor = trained
+    return save_checkpoint(
+        task, preprocessor=preprocessor, run_dir=run_dir, step=step, state={}, keep=keep
+    )
+
+
+def test_checkpoint_holds_preset_optimizer_and_state(trained, saved):
+    task, _ = trained
+    run_dir, path = saved
+    assert path == run_dir / "checkpoints" / "step-2"
+    assert sorted(p.name for p in path.iterdir()) == ["optimizer.npz", "preset", "state.json"]
+    assert json.loads((path / "state.json").read_text()) == {"step": 2, "epoch": 0}
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2"]
+    assert task.preprocessor is None
+
+
+def test_checkpoint_preset_loads_with_preprocessor_and_exact_weights(trained, saved):
+    task, _ = trained
+    _, path = saved
+    loaded = keras_hub.models.MaskedLM.from_preset(str(path / "preset"))
+    assert isinstance(loaded, keras_hub.models.BertMaskedLM)
+    assert isinstance(loaded.preprocessor, keras_hub.models.BertMaskedLMPreprocessor)
+    assert loaded.preprocessor.sequence_length == SEQUENCE_LENGTH
+    assert loaded.preprocessor.tokenizer.get_vocabulary() == VOCAB
+    expected, actual = task.get_weights(), loaded.get_weights()
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_retention_keeps_the_newest_steps_by_number(trained, tmp_path):
+    for step in (2, 9, 10):
+        _save(trained, tmp_path, step, keep=2)
+    assert list(list_checkpoints(tmp_path)) == [9, 10]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-10", "step-9"]
+    _save(trained, tmp_path, 11, keep=1)
+    assert list_checkpoints(tmp_path) == {11: tmp_path / "checkpoints" / "step-11"}
+
+
+def test_incomplete_checkpoints_are_ignored(tmp_path):
+    complete = _fake_checkpoint(tmp_path, "step-3")
+    _fake_checkpoint(tmp_path, ".step-7.tmp")  # a crash before the final rename
+    _fake_checkpoint(tmp_path, "step-9", complete=False)  # a crash before state.json
+    _fake_checkpoint(tmp_path, "step-x")
+    assert list_checkpoints(tmp_path) == {3: complete}
+    assert latest_checkpoint(tmp_path) == complete
+    assert find_checkpoint(tmp_path, step=None) == complete
+
+
+def test_no_checkpoints_gives_none_and_find_raises(tmp_path):
+    assert list_checkpoints(tmp_path) == {}
+    assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(MlmError, match="no complete checkpoint"):
+        find_checkpoint(tmp_path, step=None)
+
+
+def test_find_checkpoint_returns_the_step_or_lists_the_available_steps(tmp_path):
+    for step in (12, 3, 6):
+        _fake_checkpoint(tmp_path, f"step-{step}")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-12"
+    assert find_checkpoint(tmp_path, step=6) == tmp_path / "checkpoints" / "step-6"
+    with pytest.raises(MlmError) as excinfo:
+        find_checkpoint(tmp_path, step=5)
+    assert "step 5" in str(excinfo.value)
+    assert "available steps: 3, 6, 12." in str(excinfo.value)
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_save_failing_in_numpy_savez_keeps_previous_checkpoints(trained, tmp_path, monkeypatch):
+    first = _save(trained, tmp_path, 1)
+    before = _snapshot(first)
+
+    def failing_savez(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(np, "savez", failing_savez)
+    for step in (2, 1):  # a new step, and a re-save over the existing one
+        with pytest.raises(OSError, match="no space left"):
+            _save(trained, tmp_path, step)
+        assert list_checkpoints(tmp_path) == {1: first}
+        assert _snapshot(first) == before
+        assert trained[0].preprocessor is None
+    monkeypatch.undo()
+
+    second = _save(trained, tmp_path, 2)
+    assert list_checkpoints(tmp_path) == {1: first, 2: second}
+    assert second == tmp_path / "checkpoints" / "step-2"
+    assert not (tmp_path / "checkpoints" / ".step-2.tmp").exists()
+
+
+def test_save_failing_in_save_to_preset_keeps_previous_and_detaches(
+    trained, tmp_path, monkeypatch
+):
+    task, _ = trained
+    first = _save(trained, tmp_path, 1)
+    before = _snapshot(first)
+
+    def failing_save_to_preset(self, preset_dir, **kwargs):
+        raise OSError("disk full while writing weights")
+
+    monkeypatch.setattr(type(task), "save_to_preset", failing_save_to_preset)
+    with pytest.raises(OSError, match="disk full"):
+        _save(trained, tmp_path, 2)
+    monkeypatch.undo()
+    assert task.preprocessor is None
+    assert list_checkpoints(tmp_path) == {1: first}
+    assert latest_checkpoint(tmp_path) == first
+    assert _snapshot(first) == before
+
+
+def test_restore_optimizer_restores_every_variable_exactly(trained, saved):
+    task, preprocessor = trained
+    _, path = saved
+    fresh = keras_hub.models.MaskedLM.from_preset(str(path / "preset"))
+    compile_task(fresh, TrainConfig(jit_compile=False))
+    fresh.preprocessor = None
+
+    assert restore_optimizer(fresh, path) == 2
+    expected = task.optimizer.variables
+    actual = fresh.optimizer.variables
+    # Same variables in the same order; only the optimizer's own name differs.
+    assert [v.path.split("/", 1)[1] for v in actual] == [
+        v.path.split("/", 1)[1] for v in expected
+    ]
+    for a, e in zip(actual, expected, strict=True):
+        np.testing.assert_array_equal(a.numpy(), e.numpy())
+    assert int(fresh.optimizer.iterations.numpy()) == 2
+
+    x, y, w = preprocessor(TEXT)
+    fresh.train_on_batch(x, y, sample_weight=w)
+    assert int(fresh.optimizer.iterations.numpy()) == 3
+
+
+def test_restore_optimizer_into_a_different_model_raises(saved):
+    _, path = saved
+    other, _ = _task(hidden_dim=8)
+    with pytest.raises(MlmError) as excinfo:
+        restore_optimizer(other, path)
+    assert str(path) in str(excinfo.value)
+    assert "does not match the model" in str(excinfo.value)
+
+
+def test_write_json_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "state.json"
+    write_json_atomic(path, {"step": 1})
+    write_json_atomic(path, {"step": 2, "loss": [1.5, 0.25]})
+    assert json.loads(path.read_text()) == {"step": 2, "loss": [1.5, 0.25]}
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
