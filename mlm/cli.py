@@ -4,6 +4,7 @@ Every `MlmError` becomes one line on stderr and exit status 2.
 """
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,19 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="learn a vocabulary and pretrain a MaskedLM from raw text")
     p.add_argument("--recipe", default="bert_tiny_en_uncased",
                    help="recipe name in presets/ or a JSON file (default: %(default)s)")
-    p.add_argument("--corpus", nargs="+", default=None, metavar="PATH",
-                   help="text files, folders, globs or a hub dataset (default: the sample corpus)")
-    p.add_argument("--held-out", nargs="+", default=None, metavar="PATH",
-                   help="held-out files (default: a hashed fraction of the corpus)")
-    p.add_argument("--run-dir", default="runs/demo", help="run directory (default: %(default)s)")
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size")
-    p.add_argument("--sequence-length", type=int, help="override model.sequence_length")
-    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any recipe field, e.g. --set train.learning_rate=3e-4")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
-    p.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+    _add_run_arguments(p, default_run_dir="runs/demo")
+
+    p = sub.add_parser("continue", help="continue MLM pretraining of a preset on a new corpus")
+    p.add_argument("--preset", required=True,
+                   help="keras-hub handle, keras-hub preset folder, or HuggingFace checkpoint "
+                   "folder")
+    p.add_argument("--recipe", default="continue_pretraining",
+                   help="training settings (default: %(default)s)")
+    _add_run_arguments(p, default_run_dir="runs/continued")
 
     p = sub.add_parser("evaluate", help="held-out masked accuracy and perplexity of a preset")
     p.add_argument("preset", help="preset folder (e.g. runs/demo/preset) or keras-hub handle")
@@ -65,9 +62,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> None:
+    p.add_argument("--corpus", nargs="+", default=None, metavar="PATH",
+                   help="text files, folders, globs or a hub dataset (default: the sample corpus)")
+    p.add_argument("--held-out", nargs="+", default=None, metavar="PATH",
+                   help="held-out files (default: a hashed fraction of the corpus)")
+    p.add_argument("--run-dir", default=default_run_dir,
+                   help="run directory (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size")
+    p.add_argument("--learning-rate", type=float, help="override train.learning_rate")
+    p.add_argument("--sequence-length", type=int, help="override model.sequence_length")
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any recipe field, e.g. --set train.warmup_steps=100")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the summary")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    # Before TensorFlow is imported: hide its C++ log lines (e.g. "failed call to
+    # cuInit" on machines without a GPU), which are noise to a user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         return COMMANDS[args.command](args) or 0
     except MlmError as e:
@@ -79,8 +96,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pretrain(args) -> None:
-    from mlm import config
     from mlm.pretrain import pretrain
+
+    pretrain(_run_recipe(args), run_dir=args.run_dir, resume=args.resume,
+             overwrite=args.overwrite, quiet=args.quiet)
+
+
+def _continue(args) -> None:
+    from mlm.pretrain import pretrain
+
+    pretrain(_run_recipe(args, preset=args.preset), run_dir=args.run_dir, resume=args.resume,
+             overwrite=args.overwrite, quiet=args.quiet)
+
+
+def _run_recipe(args, *, preset: str | None = None):
+    """The recipe named on the command line (or the run's own, with --resume) + overrides."""
+    from mlm import config
     from mlm.runs import load_run_recipe
 
     if args.resume and args.overwrite:
@@ -90,17 +121,19 @@ def _pretrain(args) -> None:
     else:
         recipe = config.load_recipe(args.recipe)
     overrides = list(args.set)
-    for flag, field in (("steps", "train.steps"), ("batch_size", "train.batch_size"),
-                        ("sequence_length", "model.sequence_length")):
+    flags = (("steps", "train.steps"), ("batch_size", "train.batch_size"),
+             ("learning_rate", "train.learning_rate"),
+             ("sequence_length", "model.sequence_length"))
+    for flag, field in flags:
         if getattr(args, flag) is not None:
             overrides.append(f"{field}={getattr(args, flag)}")
     if args.corpus is not None:
-        overrides.append(f"corpus.paths={_json_list(args.corpus)}")
+        overrides.append(f"corpus.paths={json.dumps(args.corpus)}")
     if args.held_out is not None:
-        overrides.append(f"corpus.held_out_paths={_json_list(args.held_out)}")
-    recipe = config.apply_overrides(recipe, overrides)
-    pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-             quiet=args.quiet)
+        overrides.append(f"corpus.held_out_paths={json.dumps(args.held_out)}")
+    if preset is not None and not args.resume:
+        overrides.append(f"model.preset={json.dumps(preset)}")
+    return config.apply_overrides(recipe, overrides)
 
 
 def _evaluate(args) -> None:
@@ -163,14 +196,9 @@ def _recipes(args) -> None:
     print("\n".join(available_recipes()))
 
 
-def _json_list(values: list[str]) -> str:
-    import json
-
-    return json.dumps(values)
-
-
 COMMANDS = {
     "pretrain": _pretrain,
+    "continue": _continue,
     "evaluate": _evaluate,
     "predict": _predict,
     "export": _export,

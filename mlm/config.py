@@ -54,6 +54,12 @@ class VocabConfig:
 class ModelConfig:
     """The encoder to build."""
 
+    # Start from this keras-hub preset (a built-in handle, kaggle:// or hf://
+    # handle, a local keras-hub preset folder or a local HuggingFace checkpoint
+    # folder) instead of a fresh backbone: continued pretraining. Its tokenizer
+    # is kept (no vocabulary is learned) and `architecture`/`backbone` are
+    # ignored. Empty: pretrain from scratch.
+    preset: str = ""
     # Row of the architecture table in `mlm.architectures`.
     architecture: str = "bert"
     # Tokens per training window, [CLS] and [SEP] included.

@@ -92,7 +92,8 @@ def evaluate_preset(
     if batch_size < 1:
         raise MlmError(f"--batch-size must be at least 1, but received batch_size={batch_size}.")
     task = load_masked_lm(preset)
-    preprocessor = task.preprocessor
+    # Windows arrive tokenized and masked from mlm.pipeline: no preprocessing in evaluate().
+    preprocessor, task.preprocessor = task.preprocessor, None
     source = corpus.resolve_corpus(
         CorpusConfig(paths=tuple(paths), text_column=text_column, held_out_fraction=0.0)
     )

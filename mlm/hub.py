@@ -40,3 +40,24 @@ def load_masked_lm(preset: str):
 def _looks_like_path(preset: str) -> bool:
     # Built-in handles have no slash; other handles carry a scheme (kaggle://, hf://).
     return "://" not in preset and ("/" in preset or preset.startswith((".", "~")))
+
+
+def preset_has_masked_lm_head(preset: str) -> bool:
+    """Whether `preset` carries a MaskedLM task (head weights), not just a backbone."""
+    import keras_hub
+
+    # keras-hub's own test of the same question in `KerasPresetLoader.load_task`.
+    from keras_hub.src.utils.preset_utils import (
+        TASK_CONFIG_FILE,
+        check_config_class,
+        check_file_exists,
+        load_json,
+    )
+
+    try:
+        if not check_file_exists(preset, TASK_CONFIG_FILE):
+            return False
+        config_class = check_config_class(load_json(preset, TASK_CONFIG_FILE))
+    except (OSError, ValueError):
+        return False
+    return issubclass(config_class, keras_hub.models.MaskedLM)

@@ -1,5 +1,6 @@
 """Fill-mask: the top-k tokens a MaskedLM predicts for each [MASK] in a text."""
 
+import keras
 import numpy as np
 
 from mlm.errors import MlmError
@@ -56,7 +57,8 @@ def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]
     }
     if "segment_ids" in task.backbone.input:
         x["segment_ids"] = np.zeros((1, len(token_ids)), dtype="int32")
-    logits = np.asarray(task.predict_on_batch(x))[0]  # (num_masks, vocabulary_size)
+    # Calling the model runs no preprocessing (predict_on_batch would tokenize x again).
+    logits = keras.ops.convert_to_numpy(task(x, training=False))[0]  # (num_masks, vocab)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     results = []

@@ -1,15 +1,22 @@
-"""`pretrain`: raw text -> vocabulary -> token cache -> trained MaskedLM -> preset."""
+"""`pretrain` and `continue_pretraining`: raw text -> trained MaskedLM -> preset.
 
+Both are one story: read the corpus, get a task (fresh with a learned
+vocabulary, from a preset, or from the run's newest checkpoint), tokenize
+once, train with dynamic masking, export.
+"""
+
+import shutil
 from pathlib import Path
 
 import keras
 
 from mlm import checkpoints, corpus, runs, shards, vocab
-from mlm.architectures import get_architecture
-from mlm.config import Recipe
+from mlm.architectures import architecture_of_backbone, get_architecture
+from mlm.config import Recipe, apply_overrides, load_recipe
+from mlm.errors import MlmError
 from mlm.export import copy_atomic, plot_curves, write_model_card
 from mlm.pipeline import TokenIds, padding_fraction
-from mlm.train import MetricsLog, build_task, compile_task, train
+from mlm.train import MetricsLog, build_preprocessor, build_task, compile_task, train
 
 
 def pretrain(
@@ -20,51 +27,52 @@ def pretrain(
     overwrite: bool = False,
     quiet: bool = False,
 ) -> dict:
-    """Pretrains a MaskedLM from scratch on `recipe.corpus` into `run_dir`.
+    """Pretrains a MaskedLM on `recipe.corpus` into `run_dir`.
+
+    From scratch (a vocabulary is learned and a backbone built from the
+    recipe), or, when `recipe.model.preset` is set, continued from that preset.
 
     Args:
-        recipe: the resolved recipe (ignored for everything but `train.steps`
-            when resuming: the run's saved recipe is used).
+        recipe: the resolved recipe. When resuming, the run's saved recipe is
+            used instead, with `train.steps` taken from this one.
         run_dir: the run directory; must not exist (or be empty) unless
             `resume` or `overwrite`.
         resume: continue from the newest complete checkpoint in `run_dir`.
         overwrite: delete an existing `run_dir` first.
-        quiet: print nothing but errors.
+        quiet: print nothing but errors and the final summary.
 
     Returns:
-        A summary: held-out metrics, throughput, padding fraction, paths.
+        A summary: held-out metrics at the start and end, throughput, corpus
+        statistics with the padding fraction, and the preset path.
 
     Example:
     ```python
     import mlm
-    recipe = mlm.load_recipe("bert_test")
+    recipe = mlm.apply_overrides(mlm.load_recipe("bert_test"), ["train.steps=20"])
     summary = mlm.pretrain(recipe, run_dir="runs/demo")
     print(summary["held_out"]["accuracy"])
     ```
     """
     run_dir = Path(run_dir)
     if resume:
-        saved = runs.load_run_recipe(run_dir)
-        recipe = runs.with_steps(saved, recipe.train.steps)
-        runs.save_run_recipe(run_dir, recipe)
-    arch = get_architecture(recipe.model.architecture)
+        recipe = runs.with_steps(runs.load_run_recipe(run_dir), recipe.train.steps)
     source = corpus.resolve_corpus(recipe.corpus)
-    if not resume:
+    if resume:
+        runs.save_run_recipe(run_dir, recipe)
+    else:
         runs.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     log = MetricsLog(run_dir / "metrics.jsonl", quiet=quiet)
     with runs.removed_on_failure(run_dir, fresh=not resume):
-        tokenizer = load_or_train_tokenizer(source, recipe=recipe, run_dir=run_dir, log=log)
-        cache = tokenize_corpus(source, tokenizer, run_dir=run_dir, quiet=quiet)
-        ids = TokenIds.from_tokenizer(tokenizer)
-        stats = describe_data(cache, recipe=recipe, log=log)
-        task, start_step = build_or_restore_task(recipe, arch=arch, tokenizer=tokenizer,
-                                                 run_dir=run_dir, log=log)
+        task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
+        arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.
         preprocessor, task.preprocessor = task.preprocessor, None
+        cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, quiet=quiet)
+        stats = describe_data(cache, recipe=recipe, log=log)
         result = train(
             task, preprocessor=preprocessor, recipe=recipe, arch=arch,
             train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
-            ids=ids, run_dir=run_dir,
+            ids=TokenIds.from_tokenizer(preprocessor.tokenizer), run_dir=run_dir,
             start_step=start_step, log=log,
         )
     summary = {**stats, **result, "steps": recipe.train.steps, "run_dir": str(run_dir)}
@@ -72,11 +80,93 @@ def pretrain(
     return summary
 
 
+def continue_pretraining(
+    preset: str,
+    *,
+    run_dir: str | Path,
+    recipe: Recipe | None = None,
+    overrides: tuple[str, ...] = (),
+    **kwargs,
+) -> dict:
+    """Continues MLM pretraining of `preset` on a new corpus (domain adaptation).
+
+    Args:
+        preset: a keras-hub handle (`bert_tiny_en_uncased`, `kaggle://...`,
+            `hf://...`), a local keras-hub preset folder, or a local HuggingFace
+            checkpoint folder (`config.json`, `model.safetensors`, vocabulary).
+        run_dir: the run directory.
+        recipe: training settings; default the `continue_pretraining` recipe
+            (smaller learning rate and short warmup).
+        overrides: `section.field=value` overrides, e.g. `corpus.paths=["a.txt"]`.
+        **kwargs: `resume`, `overwrite`, `quiet`, as for `pretrain`.
+
+    Example:
+    ```python
+    summary = mlm.continue_pretraining(
+        "runs/demo/preset", run_dir="runs/legal",
+        overrides=['corpus.paths=["legal_texts/"]', "train.steps=500"],
+    )
+    print(summary["held_out_start"]["accuracy"], "->", summary["held_out"]["accuracy"])
+    ```
+    """
+    recipe = recipe or load_recipe("continue_pretraining")
+    recipe = apply_overrides(recipe, [*overrides, f"model.preset={preset}"])
+    return pretrain(recipe, run_dir=run_dir, **kwargs)
+
+
+def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
+    """The task to train and its step: newest checkpoint, preset, or fresh."""
+    from mlm.hub import load_masked_lm
+
+    latest = checkpoints.latest_checkpoint(run_dir)
+    if latest is not None:
+        task = load_masked_lm(str(latest / "preset"))
+        compile_task(task, recipe.train)
+        step = checkpoints.restore_optimizer(task, latest)
+        log.say(f"resuming from {latest} (step {step})")
+        return task, step
+    keras.utils.set_random_seed(recipe.train.seed)
+    if recipe.model.preset:
+        task = preset_task(recipe, log=log)
+    else:
+        tokenizer = load_or_train_tokenizer(source, recipe=recipe, run_dir=run_dir, log=log)
+        task = build_task(recipe.model, arch=get_architecture(recipe.model.architecture),
+                          tokenizer=tokenizer, masking=recipe.masking)
+    compile_task(task, recipe.train)
+    log.say(f"model: {type(task).__name__}, {task.count_params():,} parameters")
+    return task, 0
+
+
+def preset_task(recipe: Recipe, *, log: MetricsLog):
+    """The preset's MaskedLM with its tokenizer, set to the run's length and masking."""
+    from mlm.hub import load_masked_lm, preset_has_masked_lm_head
+
+    task = load_masked_lm(recipe.model.preset)
+    arch = architecture_of_backbone(task.backbone)
+    length, limit = recipe.model.sequence_length, task.backbone.max_sequence_length
+    if length > limit:
+        raise MlmError(
+            f"model.sequence_length must be at most the preset's max_sequence_length={limit}, "
+            f"but received sequence_length={length}; lower it with --sequence-length."
+        )
+    task.preprocessor = build_preprocessor(
+        arch, tokenizer=task.preprocessor.tokenizer, sequence_length=length,
+        masking=recipe.masking,
+    )
+    if preset_has_masked_lm_head(recipe.model.preset):
+        log.say(f"continuing from {recipe.model.preset}: backbone and MaskedLM head kept")
+    else:
+        log.say(
+            f"continuing from {recipe.model.preset}: it has no MaskedLM head, so a new "
+            f"head was created (its dense layers start from random weights)"
+        )
+    return task
+
+
 def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: MetricsLog):
     """The run's tokenizer: learned once into `run_dir/vocab`, then reloaded."""
     vocab_dir = run_dir / "vocab"
-    arch = get_architecture(recipe.model.architecture)
-    family = recipe.vocab.family or arch.tokenizer_family
+    family = recipe.vocab.family
     path = vocab.vocabulary_path(vocab_dir, family=family)
     if not path.is_file():
         log.say(f"training a {family} vocabulary of up to {recipe.vocab.size:,} entries")
@@ -115,45 +205,26 @@ def describe_data(cache: shards.TokenCache, *, recipe: Recipe, log: MetricsLog) 
     return {
         "train_documents": train_stats["documents"],
         "train_tokens": train_stats["tokens"],
+        "unknown_tokens": train_stats["unknown_tokens"],
         "held_out_documents": held_stats["documents"],
         "held_out_tokens": held_stats["tokens"],
         "padding_fraction": pad,
     }
 
 
-def build_or_restore_task(recipe: Recipe, *, arch, tokenizer, run_dir: Path, log: MetricsLog):
-    """A compiled task: from the newest checkpoint if there is one, else fresh."""
-    import keras_hub
-
-    latest = checkpoints.latest_checkpoint(run_dir)
-    if latest is None:
-        keras.utils.set_random_seed(recipe.train.seed)
-        task = build_task(recipe.model, arch=arch, tokenizer=tokenizer, masking=recipe.masking)
-        compile_task(task, recipe.train)
-        log.say(f"model: {arch.masked_lm}, {task.count_params():,} parameters")
-        return task, 0
-    task = keras_hub.models.MaskedLM.from_preset(str(latest / "preset"))
-    compile_task(task, recipe.train)
-    step = checkpoints.restore_optimizer(task, latest)
-    log.say(f"resuming from {latest} (step {step})")
-    return task, step
-
-
 def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog) -> Path:
     """Writes the final preset (with its model card) and the curves PNG."""
     preset = run_dir / "preset"
-    if preset.exists():
-        import shutil
-
-        shutil.rmtree(preset)
+    shutil.rmtree(preset, ignore_errors=True)
     copy_atomic(checkpoints.latest_checkpoint(run_dir) / "preset", preset)
     write_model_card(preset, recipe=recipe.to_dict(), summary=summary)
     plot_curves(log.read(), run_dir / "curves.png")
-    held = summary["held_out"]
     log.say(f"preset written to {preset}; curves in {run_dir / 'curves.png'}")
-    if held:
+    start, end = summary["held_out_start"], summary["held_out"]
+    if end:
+        before = f"{start['accuracy']:.4f} -> " if start else ""
         print(
-            f"held-out masked accuracy {held['accuracy']:.4f}, loss {held['loss']:.4f}, "
-            f"perplexity {held['perplexity']:.2f} (preset: {preset})"
+            f"held-out masked accuracy {before}{end['accuracy']:.4f}, loss {end['loss']:.4f}, "
+            f"perplexity {end['perplexity']:.2f} (preset: {preset})"
         )
     return preset

@@ -160,7 +160,7 @@ def test_override_of_the_wrong_type_names_field_and_value(override, field, shown
         ("train.learning_rate=0", "learning_rate", "learning_rate=0.0"),
         ("train.keep_checkpoints=0", "keep_checkpoints", "keep_checkpoints=0"),
         ("vocab.size=99", "vocab.size", "size=99"),
-        ("model.sequence_length=65", "sequence_length", "sequence_length=65"),
+        ("model.sequence_length=513", "sequence_length", "sequence_length=513"),
         ("model.sequence_length=4", "sequence_length", "sequence_length=4"),
     ],
 )
@@ -186,11 +186,11 @@ def test_rates_on_the_boundary_are_accepted():
             "masking.mask_token_rate=0.8",
             "masking.random_token_rate=0.2",
             "corpus.held_out_fraction=0.0",
-            "model.sequence_length=64",
+            "model.sequence_length=512",
         ],
     )
     assert recipe.masking.random_token_rate == 0.2
-    assert recipe.model.sequence_length == 64
+    assert recipe.model.sequence_length == 512
 
 
 def test_non_numeric_backbone_max_sequence_length_raises_mlm_error():
