@@ -54,15 +54,18 @@ def evaluate_tokens(
         tokens, sequence_length=sequence_length, batch_size=batch_size, masking=masking,
         ids=ids, seed=seed, max_batches=max_batches, segment_ids=segment_ids,
     )
-    logs = task.evaluate(ds, return_dict=True, verbose=0)
-    task.reset_metrics()
     windows = num_windows(len(tokens), sequence_length)
+    if max_batches:
+        windows = min(windows, max_batches * batch_size)
+    # Passing the step count keeps keras from warning that the data "ran out".
+    logs = task.evaluate(ds, steps=math.ceil(windows / batch_size), return_dict=True, verbose=0)
+    task.reset_metrics()
     loss = float(logs["masked_loss"])
     return {
         "loss": loss,
         "accuracy": float(logs["accuracy"]),
         "perplexity": math.exp(min(loss, 700.0)),
-        "windows": min(windows, max_batches * batch_size) if max_batches else windows,
+        "windows": windows,
     }
 
 
