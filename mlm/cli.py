@@ -74,7 +74,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> N
     p.add_argument("--learning-rate", type=float, help="override train.learning_rate")
     p.add_argument("--sequence-length", type=int, help="override model.sequence_length")
     p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any recipe field, e.g. --set train.warmup_steps=100")
+                   help="override any recipe field, e.g. --set train.warmup_fraction=0.05")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
     p.add_argument("--quiet", action="store_true", help="print only errors and the summary")

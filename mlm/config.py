@@ -91,8 +91,9 @@ class TrainConfig:
     steps: int = 1000
     # Peak learning rate, reached after warmup and then decayed linearly to 0.
     learning_rate: float = 5e-4
-    # Steps of linear warmup from 0 to the peak learning rate.
-    warmup_steps: int = 100
+    # Fraction of `steps` spent in linear warmup from 0 to the peak learning
+    # rate (a fraction, so that changing `steps` keeps the schedule's shape).
+    warmup_fraction: float = 0.1
     # AdamW decoupled weight decay; not applied to biases and LayerNorm.
     weight_decay: float = 0.01
     # Clip the global gradient norm to this value (0 disables clipping).
@@ -303,7 +304,8 @@ def validate(recipe: Recipe) -> None:
         ("train.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("train.steps", t.steps, t.steps >= 1, "at least 1"),
         ("train.learning_rate", t.learning_rate, t.learning_rate > 0, "positive"),
-        ("train.warmup_steps", t.warmup_steps, t.warmup_steps >= 0, "at least 0"),
+        ("train.warmup_fraction", t.warmup_fraction, _within(t.warmup_fraction, unit),
+         "in [0, 1]"),
         ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "at least 0"),
         ("train.clip_norm", t.clip_norm, t.clip_norm >= 0, "at least 0 (0 disables)"),
         ("train.log_every", t.log_every, t.log_every >= 1, "at least 1"),

@@ -81,7 +81,9 @@ def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, m
 def compile_task(task, config: TrainConfig) -> None:
     """AdamW with warmup and linear decay, clipping, masked loss and metrics."""
     optimizer = keras.optimizers.AdamW(
-        learning_rate=WarmupLinearDecay(config.learning_rate, config.warmup_steps, config.steps),
+        learning_rate=WarmupLinearDecay(
+            config.learning_rate, round(config.warmup_fraction * config.steps), config.steps
+        ),
         weight_decay=config.weight_decay,
         beta_1=config.beta_1,
         beta_2=config.beta_2,
