@@ -12,6 +12,7 @@ run sees exactly the masks an uninterrupted one would, and parallel
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterator
 
@@ -104,6 +105,12 @@ def batch_schedule(
         for step in range(offset, per_epoch):
             yield epoch, order[step * batch_size : (step + 1) * batch_size]
         epoch, offset = epoch + 1, 0
+
+
+def ordered_schedule(windows: int, *, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields `(0, window_ids)` covering every window once, in order (evaluation)."""
+    for start in range(0, windows, batch_size):
+        yield 0, np.arange(start, min(start + batch_size, windows))
 
 
 def window_seed(seed: int, salt: int, epoch, window):
@@ -218,20 +225,10 @@ def training_dataset(
             f"or lower train.batch_size or model.sequence_length."
         )
 
-    def generate():
-        for epoch, window_ids in batch_schedule(
-            windows, batch_size=batch_size, seed=seed, start_step=start_step
-        ):
-            rows = read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids)
-            yield np.full(len(window_ids), epoch), window_ids, rows
-
-    signature = (
-        tf.TensorSpec([batch_size], tf.int64),
-        tf.TensorSpec([batch_size], tf.int64),
-        tf.TensorSpec([batch_size, sequence_length], tf.int32),
+    schedule = functools.partial(
+        batch_schedule, windows, batch_size=batch_size, seed=seed, start_step=start_step
     )
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    ds = ds.unbatch()
+    ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids)
     return _mask_and_batch(
         ds, salt=_TRAIN_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size,
@@ -260,23 +257,33 @@ def evaluation_dataset(
             "held-out files with --held-out."
         )
 
+    schedule = functools.partial(ordered_schedule, windows, batch_size=batch_size)
+    ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids)
+    return _mask_and_batch(
+        ds, salt=_EVAL_SALT, seed=seed, masking=masking, ids=ids,
+        sequence_length=sequence_length, batch_size=batch_size,
+        segment_ids=segment_ids, drop_remainder=False,
+    )
+
+
+def _window_dataset(tokens, schedule, *, sequence_length, ids) -> tf.data.Dataset:
+    """Single windows `(epoch, window index, (L,) token ids)` read in `schedule` order.
+
+    `schedule()` yields `(epoch, window_ids)` per batch; windows are read from
+    the memory-mapped cache one batch at a time, then unbatched for masking.
+    """
+
     def generate():
-        for start in range(0, windows, batch_size):
-            window_ids = np.arange(start, min(start + batch_size, windows))
+        for epoch, window_ids in schedule():
             rows = read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids)
-            yield np.zeros(len(window_ids), np.int64), window_ids, rows
+            yield np.full(len(window_ids), epoch), window_ids, rows
 
     signature = (
         tf.TensorSpec([None], tf.int64),
         tf.TensorSpec([None], tf.int64),
         tf.TensorSpec([None, sequence_length], tf.int32),
     )
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
-    return _mask_and_batch(
-        ds, salt=_EVAL_SALT, seed=seed, masking=masking, ids=ids,
-        sequence_length=sequence_length, batch_size=batch_size,
-        segment_ids=segment_ids, drop_remainder=False,
-    )
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
 
 
 def _mask_and_batch(
