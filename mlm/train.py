@@ -1,5 +1,6 @@
 """Build, compile and train a keras-hub MaskedLM task."""
 
+import contextlib
 import json
 import math
 import sys
@@ -166,10 +167,11 @@ def train(
         )
         return result
 
+    if start_step >= cfg.steps:
+        log.say(f"the run is already at step {start_step} of {cfg.steps}; pass --steps to extend")
     start = result = evaluate(start_step) if start_step == 0 else {}
     iterator = iter(data)
-    windows = []  # (tokens, seconds) per log window, evaluation and checkpoints excluded
-    tokens_seen, window_start, run_start = 0, time.perf_counter(), time.perf_counter()
+    window, throughput, run_start = _LogWindow(), [], time.perf_counter()
     for step in range(start_step + 1, cfg.steps + 1):
         x, y, w = next(iterator)
         with warnings.catch_warnings():
@@ -177,57 +179,87 @@ def train(
             # MLM loss, and keras warns about it when tracing. Expected: not shown.
             warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
             logs = task.train_on_batch(x, y, sample_weight=w, return_dict=True)
-        tokens_seen += int(np.sum(x["padding_mask"]))
-        if not math.isfinite(float(logs["loss"])):
+        if not math.isfinite(logs["loss"]):
             raise MlmError(
                 f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
                 f"or resume from the last checkpoint."
             )
+        window.add(logs, x=x, w=w)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            windows.append((tokens_seen, time.perf_counter() - window_start))
-            _log_train(log, task, logs, step=step, cfg=cfg, window=windows[-1],
-                       run_start=run_start, start_step=start_step)
-            task.reset_metrics()
-            tokens_seen = 0
-            window_start = time.perf_counter()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            result = evaluate(step)
-            window_start = time.perf_counter()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoints.save_checkpoint(
-                task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-                state={"recipe": recipe.name},
-                keep=cfg.keep_checkpoints,
-            )
-            window_start = time.perf_counter()
+            record = window.record(step, learning_rate=task.optimizer.learning_rate)
+            throughput.append((window.tokens, window.seconds()))
+            _log_train(log, record, steps=cfg.steps, start_step=start_step, run_start=run_start)
+            window = _LogWindow()
+        with window.paused():
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                result = evaluate(step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoints.save_checkpoint(
+                    task, preprocessor=preprocessor, run_dir=run_dir, step=step,
+                    state={"recipe": recipe.name}, keep=cfg.keep_checkpoints,
+                )
     # The first window includes tracing and XLA compilation: leave it out when we can.
-    steady = windows[1:] or windows
-    throughput = sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9)
+    steady = throughput[1:] or throughput
     return {
         "held_out_start": start,
         "held_out": result,
-        "train_tokens_per_second": throughput if windows else None,
+        "train_tokens_per_second": (
+            sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9) if steady else None
+        ),
     }
 
 
-def _log_train(log, task, logs, *, step, cfg, window, run_start, start_step):
-    tokens, elapsed = window
-    rate = float(keras.ops.convert_to_numpy(task.optimizer.learning_rate))
-    record = {
-        "step": step,
-        "split": "train",
-        "loss": float(logs["loss"]),
-        "accuracy": float(logs["accuracy"]),
-        "learning_rate": rate,
-        "tokens_per_second": tokens / max(elapsed, 1e-9),
-    }
+class _LogWindow:
+    """Training metrics since the last log line, averaged over masked tokens.
+
+    `train_on_batch` resets keras metrics on every call, so its logs hold one
+    batch; weighting each batch by its masked-token count gives the exact
+    window average. Time spent evaluating or checkpointing is not counted.
+    """
+
+    def __init__(self):
+        self.tokens = 0  # non-padding tokens trained on
+        self.masked = self.loss_sum = self.correct = self.excluded = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, logs: dict, *, x, w) -> None:
+        masked = float(np.sum(w))
+        self.masked += masked
+        self.loss_sum += logs["loss"] * masked
+        self.correct += logs["accuracy"] * masked
+        self.tokens += int(np.sum(x["padding_mask"]))
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start - self.excluded
+
+    @contextlib.contextmanager
+    def paused(self):
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - began
+
+    def record(self, step: int, *, learning_rate) -> dict:
+        masked = max(self.masked, 1.0)
+        return {
+            "step": step,
+            "split": "train",
+            "loss": self.loss_sum / masked,
+            "accuracy": self.correct / masked,
+            "learning_rate": float(keras.ops.convert_to_numpy(learning_rate)),
+            "tokens_per_second": self.tokens / max(self.seconds(), 1e-9),
+        }
+
+
+def _log_train(log, record: dict, *, steps: int, start_step: int, run_start: float) -> None:
     log.write(record)
-    done = step - start_step
-    eta = (time.perf_counter() - run_start) / done * (cfg.steps - step)
+    step = record["step"]
+    eta = (time.perf_counter() - run_start) / (step - start_step) * (steps - step)
     log.say(
-        f"step {step}/{cfg.steps}: loss {record['loss']:.4f}, masked accuracy "
-        f"{record['accuracy']:.4f}, lr {rate:.2e}, {record['tokens_per_second']:,.0f} tokens/s, "
-        f"ETA {_duration(eta)}"
+        f"step {step}/{steps}: loss {record['loss']:.4f}, masked accuracy "
+        f"{record['accuracy']:.4f}, lr {record['learning_rate']:.2e}, "
+        f"{record['tokens_per_second']:,.0f} tokens/s, ETA {_duration(eta)}"
     )
 
 
