@@ -17,6 +17,7 @@ _EXPORTS = {
     "Recipe": "mlm.config",
     "MlmError": "mlm.errors",
     "pretrain": "mlm.pretrain",
+    "continue_pretraining": "mlm.pretrain",
     "evaluate_preset": "mlm.evaluate",
     "fill_mask": "mlm.predict",
     "load_masked_lm": "mlm.hub",

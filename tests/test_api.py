@@ -1,0 +1,30 @@
+"""The Python API: `import mlm` is cheap and exposes the commands as functions."""
+
+import subprocess
+import sys
+
+
+def test_import_mlm_loads_no_tensorflow_and_exposes_the_api():
+    program = (
+        "import sys, mlm\n"
+        "names = ['load_recipe', 'apply_overrides', 'pretrain', 'continue_pretraining',\n"
+        "         'evaluate_preset', 'fill_mask', 'load_masked_lm', 'export_checkpoint',\n"
+        "         'train_vocabulary', 'MlmError']\n"
+        "print('tensorflow' in sys.modules, all(n in dir(mlm) for n in names))\n"
+        "print(callable(mlm.pretrain), callable(mlm.continue_pretraining))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "True", "True", "True"]
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    import mlm
+
+    try:
+        mlm.does_not_exist  # noqa: B018
+    except AttributeError as e:
+        assert "does_not_exist" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
