@@ -14,7 +14,6 @@ import re
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from mlm.errors import MlmError
@@ -87,6 +86,8 @@ def save_checkpoint(
 
 
 def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dict) -> None:
+    import keras
+
     # Keras saves a compiled model's optimizer into task.weights.h5. Swap in the
     # fresh Adam that keras-hub's default `MaskedLM.compile()` creates, so the preset
     # is what keras-hub itself writes: no training state shipped, no load warnings.

@@ -95,18 +95,44 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with the C++ stderr (fd 2) silenced.
+
+    TF 2.21 and XLA write absl lines ("All log messages before
+    absl::InitializeLog() ...", "Could not find cuda drivers ...") while
+    loading, before TF_CPP_MIN_LOG_LEVEL is read. Python exceptions still
+    propagate; set MLM_TF_LOGS=1 to see those lines.
+    """
+    if os.environ.get("MLM_TF_LOGS"):
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras_hub  # noqa: F401
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _pretrain(args) -> None:
+    recipe = _run_recipe(args)
+    _import_tensorflow_quietly()
     from mlm.pretrain import pretrain
 
-    pretrain(_run_recipe(args), run_dir=args.run_dir, resume=args.resume,
-             overwrite=args.overwrite, quiet=args.quiet)
+    pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+             quiet=args.quiet)
 
 
 def _continue(args) -> None:
+    recipe = _run_recipe(args, preset=args.preset)
+    _import_tensorflow_quietly()
     from mlm.pretrain import pretrain
 
-    pretrain(_run_recipe(args, preset=args.preset), run_dir=args.run_dir, resume=args.resume,
-             overwrite=args.overwrite, quiet=args.quiet)
+    pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+             quiet=args.quiet)
 
 
 def _run_recipe(args, *, preset: str | None = None):
@@ -137,6 +163,7 @@ def _run_recipe(args, *, preset: str | None = None):
 
 
 def _evaluate(args) -> None:
+    _import_tensorflow_quietly()
     from mlm.evaluate import evaluate_preset
 
     result = evaluate_preset(
@@ -150,6 +177,7 @@ def _evaluate(args) -> None:
 
 
 def _predict(args) -> None:
+    _import_tensorflow_quietly()
     from mlm.hub import load_masked_lm
     from mlm.predict import fill_mask
 
@@ -161,6 +189,7 @@ def _predict(args) -> None:
 
 
 def _export(args) -> None:
+    _import_tensorflow_quietly()
     from mlm.export import export_checkpoint
 
     out = export_checkpoint(Path(args.run_dir), out=Path(args.out), step=args.step)
