@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from mlm.errors import MlmError
+from mlm.errors import MlmError, RunStopped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except MlmError as e:
         print(f"mlm: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"mlm: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("mlm: interrupted", file=sys.stderr)
         return 130

@@ -8,3 +8,15 @@ class MlmError(Exception):
     a traceback. The message must name the problem and the fix, and show the
     value received, e.g. `"... but received sequence_length=1024."`.
     """
+
+
+class RunStopped(Exception):
+    """Training stopped on request (SIGTERM or SIGINT) after writing a checkpoint.
+
+    Not a failure: the CLI prints the message, which says how to resume, and
+    exits with status 128 + `signum`, as a process ended by that signal would.
+    """
+
+    def __init__(self, message: str, *, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -57,12 +57,12 @@ def pretrain(
     if resume:
         recipe = runs.with_steps(runs.load_run_recipe(run_dir), recipe.train.steps)
     source = corpus.resolve_corpus(recipe.corpus)
-    if resume:
-        runs.save_run_recipe(run_dir, recipe)
-    else:
+    if not resume:
         runs.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     log = MetricsLog(run_dir / "metrics.jsonl", quiet=quiet)
-    with runs.removed_on_failure(run_dir, fresh=not resume):
+    with runs.removed_on_failure(run_dir, fresh=not resume), runs.run_lock(run_dir):
+        if resume:
+            runs.save_run_recipe(run_dir, recipe)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
         arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.

@@ -39,6 +39,8 @@ def create_run_dir(run_dir: Path, *, recipe: Recipe, overwrite: bool) -> None:
                 f"run directory {run_dir} already exists; pass --resume to continue it, "
                 f"--overwrite to replace it, or choose another --run-dir."
             )
+        with run_lock(run_dir):  # never delete a run another process is training
+            pass
         shutil.rmtree(run_dir)
     _check_writable(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -79,3 +81,36 @@ def with_steps(recipe: Recipe, steps: int) -> Recipe:
     data = recipe.to_dict()
     data["train"]["steps"] = steps
     return recipe_from_dict(data)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Holds `run_dir/.lock` so that one process at a time trains in a run directory.
+
+    The lock is an `flock` on that file: the operating system releases it when
+    the process exits in any way, SIGKILL included, so a stale lock from a dead
+    process never blocks a resume.
+    """
+    import fcntl
+    import os
+
+    path = Path(run_dir) / ".lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise MlmError(
+            f"run directory {run_dir} is in use by {owner}; wait for it to finish or stop "
+            f"it, or choose another --run-dir."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    try:
+        yield
+    finally:
+        handle.close()

@@ -3,7 +3,9 @@
 import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +16,7 @@ import numpy as np
 from mlm import checkpoints
 from mlm.architectures import Architecture
 from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
-from mlm.errors import MlmError
+from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens, metric_objects
 from mlm.pipeline import TokenIds, max_selections, training_dataset
 
@@ -172,32 +174,36 @@ def train(
     start = result = evaluate(start_step) if start_step == 0 else {}
     iterator = iter(data)
     window, throughput, run_start = _LogWindow(), [], time.perf_counter()
-    for step in range(start_step + 1, cfg.steps + 1):
-        x, y, w = next(iterator)
-        with warnings.catch_warnings():
-            # The backbone's pooler (for classification) gets no gradient from the
-            # MLM loss, and keras warns about it when tracing. Expected: not shown.
-            warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
-            logs = task.train_on_batch(x, y, sample_weight=w, return_dict=True)
-        if not math.isfinite(logs["loss"]):
-            raise MlmError(
-                f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
-                f"or resume from the last checkpoint."
-            )
-        window.add(logs, x=x, w=w)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            record = window.record(step, learning_rate=task.optimizer.learning_rate)
-            throughput.append((window.tokens, window.seconds()))
-            _log_train(log, record, steps=cfg.steps, start_step=start_step, run_start=run_start)
-            window = _LogWindow()
-        with window.paused():
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                result = evaluate(step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoints.save_checkpoint(
-                    task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-                    state={"recipe": recipe.name}, keep=cfg.keep_checkpoints,
+    with _stop_requests() as stop:
+        for step in range(start_step + 1, cfg.steps + 1):
+            x, y, w = next(iterator)
+            with warnings.catch_warnings():
+                # The backbone's pooler (for classification) gets no gradient from the
+                # MLM loss, and keras warns about it when tracing. Expected: not shown.
+                warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+                logs = task.train_on_batch(x, y, sample_weight=w, return_dict=True)
+            if not math.isfinite(logs["loss"]):
+                raise MlmError(
+                    f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
+                    f"or resume from the last checkpoint."
                 )
+            window.add(logs, x=x, w=w)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                record = window.record(step, learning_rate=task.optimizer.learning_rate)
+                throughput.append((window.tokens, window.seconds()))
+                _log_train(log, record, steps=cfg.steps, start_step=start_step, run_start=run_start)
+                window = _LogWindow()
+            with window.paused():
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    result = evaluate(step)
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    checkpoints.save_checkpoint(
+                        task, preprocessor=preprocessor, run_dir=run_dir, step=step,
+                        state={"recipe": recipe.name}, keep=cfg.keep_checkpoints,
+                    )
+            if stop:
+                _stop(task, preprocessor=preprocessor, run_dir=run_dir, step=step,
+                      recipe=recipe, signum=stop[0], log=log)
     # The first window includes tracing and XLA compilation: leave it out when we can.
     steady = throughput[1:] or throughput
     return {
@@ -207,6 +213,50 @@ def train(
             sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9) if steady else None
         ),
     }
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """Turns SIGTERM and SIGINT into a request the loop honours after the step.
+
+    Yields a list that receives the signal numbers. A second signal stops at
+    once (KeyboardInterrupt). Only the main thread may install handlers;
+    elsewhere the list stays empty.
+    """
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        requested.append(signum)
+        if len(requested) > 1:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log) -> None:
+    """Checkpoints `step` (unless just done) and raises `RunStopped`."""
+    if step not in checkpoints.list_checkpoints(run_dir):
+        checkpoints.save_checkpoint(
+            task, preprocessor=preprocessor, run_dir=run_dir, step=step,
+            state={"recipe": recipe.name}, keep=recipe.train.keep_checkpoints,
+        )
+    name = signal.Signals(signum).name
+    log.say(f"{name} received: stopped after step {step} and wrote a checkpoint")
+    raise RunStopped(
+        f"stopped by {name} at step {step} of {recipe.train.steps}; resume with: "
+        f"mlm pretrain --run-dir {run_dir} --resume",
+        signum=signum,
+    )
 
 
 class _LogWindow:
