@@ -2,34 +2,10 @@
 
 import math
 
-import keras
 import numpy as np
 
 from mlm.config import MaskingConfig
-from mlm.pipeline import TokenIds, evaluation_dataset, num_windows
-
-
-def metric_objects():
-    """Weighted metrics compiled into every task: exact over all masked tokens.
-
-    Keras averages the compiled loss per batch; these accumulate
-    `sum(w * value) / sum(w)` over every masked token of every batch instead.
-    """
-    return [
-        keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-        keras.metrics.SparseCategoricalCrossentropy(from_logits=True, name="masked_loss"),
-    ]
-
-
-def compile_for_evaluation(task) -> None:
-    """Compiles a loaded task with the metrics `evaluate_tokens` reads."""
-    task.compile(
-        optimizer="adam",
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight"
-        ),
-        weighted_metrics=metric_objects(),
-    )
+from mlm.pipeline import TokenIds, evaluation_dataset
 
 
 def evaluate_tokens(
@@ -46,26 +22,44 @@ def evaluate_tokens(
 ) -> dict:
     """Masked-token metrics of `task` on held-out windows with fixed masks.
 
+    Exact over every masked token of every batch: the sums of cross-entropy
+    and of correct predictions are divided by the number of masked tokens.
+    They are computed here from the logits rather than by a compiled keras
+    metric, which would cost every training step about 11% (measured on the
+    tiny recipe: 0.484 against 0.431 s/step).
+
+    Args:
+        task: a keras-hub MaskedLM whose `preprocessor` is None (windows
+            arrive tokenized and masked).
+
     Returns:
-        `{"loss", "accuracy", "perplexity", "windows"}`; the loss is the
-        mean cross-entropy over masked tokens and perplexity its exponential.
+        `{"loss", "accuracy", "perplexity", "windows", "masked_tokens"}`; the
+        loss is the mean cross-entropy over masked tokens, perplexity its
+        exponential.
     """
     ds = evaluation_dataset(
         tokens, sequence_length=sequence_length, batch_size=batch_size, masking=masking,
         ids=ids, seed=seed, max_batches=max_batches, segment_ids=segment_ids,
     )
-    windows = num_windows(len(tokens), sequence_length)
-    if max_batches:
-        windows = min(windows, max_batches * batch_size)
-    # Passing the step count keeps keras from warning that the data "ran out".
-    logs = task.evaluate(ds, steps=math.ceil(windows / batch_size), return_dict=True, verbose=0)
-    task.reset_metrics()
-    loss = float(logs["masked_loss"])
+    loss_sum = correct = masked = 0.0
+    windows = 0
+    for x, y, w in ds:
+        logits = np.asarray(task.predict_on_batch(x), dtype=np.float32)  # (B, M, V)
+        y, w = y.numpy(), w.numpy()  # (B, M)
+        top = logits.max(axis=-1, keepdims=True)
+        log_norm = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
+        picked = np.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+        loss_sum += float(((log_norm - picked) * w).sum())
+        correct += float(((logits.argmax(axis=-1) == y) * w).sum())
+        masked += float(w.sum())
+        windows += len(y)
+    loss = loss_sum / max(masked, 1.0)
     return {
         "loss": loss,
-        "accuracy": float(logs["accuracy"]),
+        "accuracy": correct / max(masked, 1.0),
         "perplexity": math.exp(min(loss, 700.0)),
         "windows": windows,
+        "masked_tokens": int(masked),
     }
 
 
@@ -105,7 +99,6 @@ def evaluate_preset(
             {"train": lambda: corpus.iter_documents(source, split="train"), "held_out": list},
             preprocessor.tokenizer, cache_root=Path(tmp), key="eval", progress=False,
         )
-        compile_for_evaluation(task)
         return evaluate_tokens(
             task, cache.tokens("train"), sequence_length=preprocessor.sequence_length,
             masking=MaskingConfig(
