@@ -140,3 +140,17 @@ def test_recipes_lists_the_shipped_recipes(capsys):
     code, out, _ = run_main(capsys, "recipes")
     assert code == 0
     assert {"bert_tiny_en_uncased", "bert_small_en_uncased", "bert_test"} <= set(out.split())
+
+
+def test_vocab_command_writes_a_vocabulary_file(capsys, small_corpus, tmp_path):
+    out = tmp_path / "vocab.txt"
+    code, stdout, _ = run_main(capsys, "vocab", "--corpus", small_corpus, "--size", "300",
+                               "--out", out)
+    assert code == 0 and str(out) in stdout
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 300
+    assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--family", "bpe",
+                            "--out", tmp_path / "other.txt")
+    assert_one_line_error(code, err, "unknown tokenizer family 'bpe'", "wordpiece")
+    assert not (tmp_path / "other.txt").exists()
