@@ -24,10 +24,16 @@ class Architecture:
     tokenizer: str
     preprocessor: str
     masked_lm: str
-    # Vocabulary trainer in `mlm.vocab` that produces this tokenizer's assets.
+    # Vocabulary trainer in `mlm.vocab` that produces this tokenizer's assets:
+    # "wordpiece", "sentencepiece" or "byte_bpe".
     tokenizer_family: str
-    # Whether the backbone takes a `segment_ids` input.
-    uses_segment_ids: bool
+    # The backbone's inputs besides `token_ids`: some of "segment_ids" and
+    # "padding_mask" (FNet and RoFormerV2 take no padding mask, DistilBERT,
+    # DeBERTaV3 and RoBERTa no segment ids).
+    inputs: tuple[str, ...]
+    # The special tokens the vocabulary trainer puts first, in id order, as
+    # this keras-hub tokenizer looks them up (by piece, or by fixed id).
+    special_tokens: tuple[str, ...]
 
     def cls(self, role: str):
         """Returns the keras-hub class for `role` ("backbone", "tokenizer", ...)."""
@@ -36,16 +42,65 @@ class Architecture:
         return getattr(keras_hub.models, getattr(self, role))
 
 
+_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
 ARCHITECTURES = {
-    "bert": Architecture(
-        name="bert",
-        backbone="BertBackbone",
-        tokenizer="BertTokenizer",
-        preprocessor="BertMaskedLMPreprocessor",
-        masked_lm="BertMaskedLM",
-        tokenizer_family="wordpiece",
-        uses_segment_ids=True,
-    ),
+    row.name: row
+    for row in (
+        Architecture(
+            name="bert", backbone="BertBackbone", tokenizer="BertTokenizer",
+            preprocessor="BertMaskedLMPreprocessor", masked_lm="BertMaskedLM",
+            tokenizer_family="wordpiece", inputs=("segment_ids", "padding_mask"),
+            special_tokens=_BERT_SPECIALS,
+        ),
+        Architecture(
+            name="distil_bert", backbone="DistilBertBackbone", tokenizer="DistilBertTokenizer",
+            preprocessor="DistilBertMaskedLMPreprocessor", masked_lm="DistilBertMaskedLM",
+            tokenizer_family="wordpiece", inputs=("padding_mask",),
+            special_tokens=_BERT_SPECIALS,
+        ),
+        Architecture(
+            name="roformer_v2", backbone="RoformerV2Backbone", tokenizer="RoformerV2Tokenizer",
+            preprocessor="RoformerV2MaskedLMPreprocessor", masked_lm="RoformerV2MaskedLM",
+            tokenizer_family="wordpiece", inputs=("segment_ids",),
+            special_tokens=_BERT_SPECIALS,
+        ),
+        Architecture(
+            name="albert", backbone="AlbertBackbone", tokenizer="AlbertTokenizer",
+            preprocessor="AlbertMaskedLMPreprocessor", masked_lm="AlbertMaskedLM",
+            tokenizer_family="sentencepiece", inputs=("segment_ids", "padding_mask"),
+            # AlbertTokenizer's defaults: pad_id=0, unk_id=1.
+            special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
+        ),
+        Architecture(
+            name="f_net", backbone="FNetBackbone", tokenizer="FNetTokenizer",
+            preprocessor="FNetMaskedLMPreprocessor", masked_lm="FNetMaskedLM",
+            tokenizer_family="sentencepiece", inputs=("segment_ids",),
+            special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
+        ),
+        Architecture(
+            name="deberta_v3", backbone="DebertaV3Backbone", tokenizer="DebertaV3Tokenizer",
+            preprocessor="DebertaV3MaskedLMPreprocessor", masked_lm="DebertaV3MaskedLM",
+            tokenizer_family="sentencepiece", inputs=("padding_mask",),
+            # DebertaV3Tokenizer: pad_id=0, cls 1, sep 2, unk_id=3; "[MASK]"
+            # kept in the model so its id is looked up, not appended.
+            special_tokens=("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"),
+        ),
+        Architecture(
+            name="xlm_roberta", backbone="XLMRobertaBackbone", tokenizer="XLMRobertaTokenizer",
+            preprocessor="XLMRobertaMaskedLMPreprocessor", masked_lm="XLMRobertaMaskedLM",
+            tokenizer_family="sentencepiece", inputs=("padding_mask",),
+            # The fairseq layout: XLMRobertaTokenizer shifts the model's ids by
+            # one to put "<pad>" at 1 and appends "<mask>" after the last piece.
+            special_tokens=("<unk>", "<s>", "</s>"),
+        ),
+        Architecture(
+            name="roberta", backbone="RobertaBackbone", tokenizer="RobertaTokenizer",
+            preprocessor="RobertaMaskedLMPreprocessor", masked_lm="RobertaMaskedLM",
+            tokenizer_family="byte_bpe", inputs=("padding_mask",),
+            special_tokens=("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+        ),
+    )
 }
 
 

@@ -18,7 +18,7 @@ def evaluate_tokens(
     batch_size: int,
     seed: int,
     max_batches: int = 0,
-    segment_ids: bool = True,
+    inputs: tuple[str, ...] = ("segment_ids", "padding_mask"),
 ) -> dict:
     """Masked-token metrics of `task` on held-out windows with fixed masks.
 
@@ -39,7 +39,7 @@ def evaluate_tokens(
     """
     ds = evaluation_dataset(
         tokens, sequence_length=sequence_length, batch_size=batch_size, masking=masking,
-        ids=ids, seed=seed, max_batches=max_batches, segment_ids=segment_ids,
+        ids=ids, seed=seed, max_batches=max_batches, inputs=inputs,
     )
     loss_sum = correct = masked = 0.0
     windows = 0
@@ -108,5 +108,5 @@ def evaluate_preset(
             ),
             ids=TokenIds.from_tokenizer(preprocessor.tokenizer), batch_size=batch_size,
             seed=seed, max_batches=max_batches,
-            segment_ids=architecture_of_backbone(task.backbone).uses_segment_ids,
+            inputs=architecture_of_backbone(task.backbone).inputs,
         )

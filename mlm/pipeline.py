@@ -189,14 +189,17 @@ def mask_window(token_ids, seed, *, masking: MaskingConfig, ids: TokenIds, num_s
     return masked, positions, tf.where(valid, original, 0), weights
 
 
-def _model_inputs(token_ids, masked, positions, mask_ids, weights, *, ids, segment_ids):
-    """Packs one batch as the `(x, y, sample_weight)` a keras-hub MaskedLM takes."""
-    x = {
-        "token_ids": masked,
-        "padding_mask": tf.cast(token_ids != ids.pad_id, tf.int32),
-        "mask_positions": positions,
-    }
-    if segment_ids:
+def _model_inputs(token_ids, masked, positions, mask_ids, weights, *, ids, inputs):
+    """Packs one batch as the `(x, y, sample_weight)` a keras-hub MaskedLM takes.
+
+    `inputs` names the backbone's inputs besides `token_ids` (its row in
+    `mlm.architectures`); the padding mask is int32 because bool inputs do not
+    distribute under `tf.distribute`.
+    """
+    x = {"token_ids": masked, "mask_positions": positions}
+    if "padding_mask" in inputs:
+        x["padding_mask"] = tf.cast(token_ids != ids.pad_id, tf.int32)
+    if "segment_ids" in inputs:
         x["segment_ids"] = tf.zeros_like(masked)
     return x, mask_ids, weights
 
@@ -210,7 +213,7 @@ def training_dataset(
     ids: TokenIds,
     seed: int,
     start_step: int = 0,
-    segment_ids: bool = True,
+    inputs: tuple[str, ...] = ("segment_ids", "padding_mask"),
 ) -> tf.data.Dataset:
     """An endless dataset of masked training batches, starting at `start_step`.
 
@@ -232,7 +235,7 @@ def training_dataset(
     return _mask_and_batch(
         ds, salt=_TRAIN_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size,
-        segment_ids=segment_ids, drop_remainder=True,
+        inputs=inputs, drop_remainder=True,
     )
 
 
@@ -245,7 +248,7 @@ def evaluation_dataset(
     ids: TokenIds,
     seed: int,
     max_batches: int = 0,
-    segment_ids: bool = True,
+    inputs: tuple[str, ...] = ("segment_ids", "padding_mask"),
 ) -> tf.data.Dataset:
     """Held-out windows in order with fixed masks, so evaluations compare."""
     windows = num_windows(len(tokens), sequence_length)
@@ -262,7 +265,7 @@ def evaluation_dataset(
     return _mask_and_batch(
         ds, salt=_EVAL_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size,
-        segment_ids=segment_ids, drop_remainder=False,
+        inputs=inputs, drop_remainder=False,
     )
 
 
@@ -287,7 +290,7 @@ def _window_dataset(tokens, schedule, *, sequence_length, ids) -> tf.data.Datase
 
 
 def _mask_and_batch(
-    ds, *, salt, seed, masking, ids, sequence_length, batch_size, segment_ids, drop_remainder
+    ds, *, salt, seed, masking, ids, sequence_length, batch_size, inputs, drop_remainder
 ):
     num_slots = max_selections(sequence_length, masking.selection_rate)
 
@@ -302,7 +305,7 @@ def _mask_and_batch(
     ds = ds.map(mask_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(
-        lambda *batch: _model_inputs(*batch, ids=ids, segment_ids=segment_ids),
+        lambda *batch: _model_inputs(*batch, ids=ids, inputs=inputs),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return ds.prefetch(tf.data.AUTOTUNE)

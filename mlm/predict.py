@@ -52,9 +52,11 @@ def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]
         )
     x = {
         "token_ids": np.array([token_ids], dtype="int32"),
-        "padding_mask": np.ones((1, len(token_ids)), dtype="int32"),
         "mask_positions": np.array([positions], dtype="int32"),
     }
+    # Each backbone takes its own inputs (FNet has no padding mask, RoBERTa no segments).
+    if "padding_mask" in task.backbone.input:
+        x["padding_mask"] = np.ones((1, len(token_ids)), dtype="int32")
     if "segment_ids" in task.backbone.input:
         x["segment_ids"] = np.zeros((1, len(token_ids)), dtype="int32")
     # Calling the model runs no preprocessing (predict_on_batch would tokenize x again).

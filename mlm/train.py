@@ -155,14 +155,14 @@ def train(
     data = training_dataset(
         train_tokens, sequence_length=model.sequence_length, batch_size=cfg.batch_size,
         masking=recipe.masking, ids=ids, seed=cfg.seed, start_step=start_step,
-        segment_ids=arch.uses_segment_ids,
+        inputs=arch.inputs,
     )
 
     def evaluate(step):
         result = evaluate_tokens(
             task, held_out_tokens, sequence_length=model.sequence_length, masking=recipe.masking,
             ids=ids, batch_size=cfg.batch_size, seed=cfg.seed, max_batches=cfg.eval_batches,
-            segment_ids=arch.uses_segment_ids,
+            inputs=arch.inputs,
         )
         log.write({"step": step, "split": "held_out", **result})
         log.say(
