@@ -123,7 +123,7 @@ def _import_tensorflow_quietly() -> None:
 def _pretrain(args) -> None:
     recipe = _run_recipe(args)
     _import_tensorflow_quietly()
-    from mlm.pretrain import pretrain
+    from mlm.pretraining import pretrain
 
     pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
              quiet=args.quiet)
@@ -132,7 +132,7 @@ def _pretrain(args) -> None:
 def _continue(args) -> None:
     recipe = _run_recipe(args, preset=args.preset)
     _import_tensorflow_quietly()
-    from mlm.pretrain import pretrain
+    from mlm.pretraining import pretrain
 
     pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
              quiet=args.quiet)

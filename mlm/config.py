@@ -39,8 +39,9 @@ class CorpusConfig:
 class VocabConfig:
     """The vocabulary to learn (pretraining from scratch only)."""
 
-    # Tokenizer family; see `mlm.architectures` for which families exist.
-    family: str = "wordpiece"
+    # Tokenizer family: "wordpiece", "sentencepiece" or "byte_bpe". Empty:
+    # the family of `model.architecture` (its row in `mlm.architectures`).
+    family: str = ""
     # Largest vocabulary to learn, special tokens included. A small corpus
     # may give fewer entries; the backbone is sized to what was learned.
     size: int = 30522
@@ -319,6 +320,7 @@ def validate(recipe: Recipe) -> None:
             raise MlmError(
                 f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}."
             )
+    _validate_architecture(recipe)
     max_len = recipe.model.backbone.get("max_sequence_length")
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):
         raise MlmError(
@@ -330,4 +332,21 @@ def validate(recipe: Recipe) -> None:
             f"'model.sequence_length' must be at most the backbone's "
             f"max_sequence_length={max_len}, but received "
             f"sequence_length={recipe.model.sequence_length}; lower it."
+        )
+
+
+def _validate_architecture(recipe: Recipe) -> None:
+    """The architecture exists and the vocabulary family is the one its tokenizer loads."""
+    # `mlm.architectures` is a table of names with no heavy imports.
+    from mlm.architectures import get_architecture
+
+    if recipe.model.preset:
+        return  # The preset brings its own architecture and tokenizer.
+    arch = get_architecture(recipe.model.architecture)
+    family = recipe.vocab.family
+    if family and family != arch.tokenizer_family:
+        raise MlmError(
+            f"'vocab.family' must be '{arch.tokenizer_family}' for architecture "
+            f"'{arch.name}' ({arch.tokenizer} loads it), but received family={family}; "
+            f"remove vocab.family from the recipe or fix it."
         )

@@ -38,14 +38,18 @@ def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]
     token_ids = [tokenizer.start_token_id]
     positions = []
     for i, piece in enumerate(pieces):
+        if i < len(pieces) - 1:
+            # The space before a mask belongs to the masked word (byte-level
+            # BPE would otherwise make it a token of its own).
+            piece = piece.rstrip()
         if piece.strip():
             token_ids.extend(int(t) for t in np.asarray(tokenizer(piece)).tolist())
         if i < len(pieces) - 1:
             positions.append(len(token_ids))
             token_ids.append(tokenizer.mask_token_id)
     token_ids.append(tokenizer.end_token_id)
-    max_length = task.backbone.max_sequence_length
-    if len(token_ids) > max_length:
+    max_length = getattr(task.backbone, "max_sequence_length", None)  # None: rotary (RoFormerV2)
+    if max_length is not None and len(token_ids) > max_length:
         raise MlmError(
             f"the text is {len(token_ids)} tokens long, but the model takes at most "
             f"{max_length}; shorten it."

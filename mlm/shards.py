@@ -50,6 +50,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     config = {k: v for k, v in tokenizer.get_config().items() if k != "name"}
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update("\n".join(tokenizer.get_vocabulary()).encode())
+    # The pieces alone do not decide a tokenization: a SentencePiece model's
+    # scores (in its proto) and a byte-level BPE's merges do too.
+    proto = getattr(tokenizer, "proto", None)
+    if isinstance(proto, bytes):
+        h.update(proto)
+    merges = getattr(tokenizer, "merges", None)
+    if merges:
+        h.update("\n".join(merges).encode())
     return h.hexdigest()
 
 

@@ -189,7 +189,7 @@ def train(
                     f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
                     f"or resume from the last checkpoint."
                 )
-            window.add(logs, x=x, w=w)
+            window.add(logs, x=x, w=w, pad_id=ids.pad_id)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 record = window.record(step, learning_rate=task.optimizer.learning_rate)
                 throughput.append((window.tokens, window.seconds()))
@@ -274,12 +274,13 @@ class _LogWindow:
         self.masked = self.loss_sum = self.correct = self.excluded = 0.0
         self.start = time.perf_counter()
 
-    def add(self, logs: dict, *, x, w) -> None:
+    def add(self, logs: dict, *, x, w, pad_id: int) -> None:
         masked = float(np.sum(w))
         self.masked += masked
         self.loss_sum += logs["loss"] * masked
         self.correct += logs["accuracy"] * masked
-        self.tokens += int(np.sum(x["padding_mask"]))
+        # Not every backbone takes a padding mask (FNet, RoFormerV2): count ids.
+        self.tokens += int(np.sum(np.asarray(x["token_ids"]) != pad_id))
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start - self.excluded

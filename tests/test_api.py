@@ -12,11 +12,16 @@ def test_import_mlm_loads_no_tensorflow_and_exposes_the_api():
         "         'train_vocabulary', 'MlmError']\n"
         "print('tensorflow' in sys.modules, all(n in dir(mlm) for n in names))\n"
         "print(callable(mlm.pretrain), callable(mlm.continue_pretraining))\n"
+        # Importing every submodule must not shadow a function of the same name.
+        "import pkgutil, importlib\n"
+        "for m in pkgutil.iter_modules(mlm.__path__):\n"
+        "    m.name != '__main__' and importlib.import_module('mlm.' + m.name)\n"
+        "print(all(callable(getattr(mlm, n)) for n in names))\n"
     )
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["False", "True", "True", "True"]
+    assert proc.stdout.split() == ["False", "True", "True", "True", "True"]
 
 
 def test_unknown_attribute_is_an_attribute_error():

@@ -12,7 +12,7 @@ import pytest
 
 from mlm import config, vocab
 from mlm.cli import main
-from mlm.pretrain import continue_pretraining, preset_task
+from mlm.pretraining import continue_pretraining, preset_task
 from mlm.train import MetricsLog
 from tests.conftest import sample_documents
 

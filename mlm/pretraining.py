@@ -143,8 +143,10 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
 
     task = load_masked_lm(recipe.model.preset)
     arch = architecture_of_backbone(task.backbone)
-    length, limit = recipe.model.sequence_length, task.backbone.max_sequence_length
-    if length > limit:
+    # RoFormerV2's rotary positions have no maximum length.
+    length = recipe.model.sequence_length
+    limit = getattr(task.backbone, "max_sequence_length", None)
+    if limit is not None and length > limit:
         raise MlmError(
             f"model.sequence_length must be at most the preset's max_sequence_length={limit}, "
             f"but received sequence_length={length}; lower it with --sequence-length."
@@ -165,17 +167,21 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
 
 def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: MetricsLog):
     """The run's tokenizer: learned once into `run_dir/vocab`, then reloaded."""
+    arch = get_architecture(recipe.model.architecture)
     vocab_dir = run_dir / "vocab"
-    family = recipe.vocab.family
+    family = recipe.vocab.family or arch.tokenizer_family
     path = vocab.vocabulary_path(vocab_dir, family=family)
-    if not path.is_file():
+    if not path.exists():
         log.say(f"training a {family} vocabulary of up to {recipe.vocab.size:,} entries")
         vocab.train_vocabulary(
             corpus.iter_documents(source, split="train"), family=family,
             size=recipe.vocab.size, lowercase=recipe.vocab.lowercase,
             min_frequency=recipe.vocab.min_frequency, out_dir=vocab_dir,
+            special_tokens=arch.special_tokens,
         )
-    tokenizer = vocab.build_tokenizer(path, family=family, lowercase=recipe.vocab.lowercase)
+    tokenizer = vocab.build_tokenizer(
+        path, family=family, lowercase=recipe.vocab.lowercase, tokenizer=arch.tokenizer
+    )
     log.say(f"vocabulary: {tokenizer.vocabulary_size():,} entries in {path}")
     return tokenizer
 

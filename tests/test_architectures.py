@@ -1,0 +1,158 @@
+"""Every architecture row: pretrain from scratch, export, reload, continue.
+
+One parameterised suite over `mlm.architectures.ARCHITECTURES`: each row's
+`<name>_tiny` recipe is shrunk to one small layer and a few steps, trained on
+the sample slice, and its preset is checked the way a user would use it.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from mlm.architectures import ARCHITECTURES
+from mlm.config import apply_overrides, load_recipe
+
+pytestmark = pytest.mark.slow
+
+NAMES = sorted(ARCHITECTURES)
+
+# Shrinks any backbone to a test size; only the keys a recipe has are set.
+_SMALL_BACKBONE = {
+    "num_layers": 1, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64,
+    "embedding_dim": 16, "head_size": 16, "bucket_size": 16, "dropout": 0.0,
+}
+
+
+def tiny_recipe(name: str, *, corpus, held_out):
+    """The `<name>_tiny` recipe at test size: 3 steps of 8 windows of 32 tokens."""
+    recipe = load_recipe(f"{name}_tiny")
+    overrides = [
+        f"model.backbone.{key}={json.dumps(value)}"
+        for key, value in _SMALL_BACKBONE.items()
+        if key in recipe.model.backbone
+    ]
+    overrides += [
+        "vocab.size=500", "vocab.min_frequency=1", "model.sequence_length=32",
+        "train.batch_size=8", "train.steps=3", "train.log_every=1", "train.eval_every=3",
+        "train.eval_batches=1", "train.checkpoint_every=3", "train.jit_compile=false",
+        f"corpus.paths={json.dumps([str(corpus)])}",
+        f"corpus.held_out_paths={json.dumps([str(held_out)])}",
+    ]
+    return apply_overrides(recipe, overrides)
+
+
+class _Runs(dict):
+    """name -> (run_dir, summary); each architecture is pretrained on first use."""
+
+    def __init__(self, root, *, corpus, held_out):
+        super().__init__()
+        self.root, self.corpus, self.held_out = root, corpus, held_out
+
+    def __missing__(self, name):
+        import mlm
+
+        run_dir = self.root / name
+        recipe = tiny_recipe(name, corpus=self.corpus, held_out=self.held_out)
+        self[name] = run_dir, mlm.pretrain(recipe, run_dir=run_dir, quiet=True)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, small_corpus, held_out_corpus):
+    return _Runs(tmp_path_factory.mktemp("arch"), corpus=small_corpus, held_out=held_out_corpus)
+
+
+def test_every_row_has_tiny_and_small_recipes():
+    for name in NAMES:
+        for size in ("tiny", "small"):
+            recipe = load_recipe(f"{name}_{size}")
+            assert recipe.model.architecture == name
+            assert recipe.vocab.family == ARCHITECTURES[name].tokenizer_family
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pretraining_runs_and_learns_something(runs, name):
+    run_dir, summary = runs[name]
+    held_out = summary["held_out"]
+    assert np.isfinite(held_out["loss"]) and 0.0 <= held_out["accuracy"] <= 1.0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in records if r.get("split") == "train"]
+    assert len(train_losses) == 3 and all(np.isfinite(train_losses))
+    # Three steps at lr 1e-3 move the loss off its start, up or down.
+    assert train_losses[0] != train_losses[-1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_preset_loads_as_the_right_classes(runs, name):
+    import keras_hub
+
+    run_dir, _ = runs[name]
+    row = ARCHITECTURES[name]
+    task = keras_hub.models.MaskedLM.from_preset(str(run_dir / "preset"))
+    assert type(task).__name__ == row.masked_lm
+    assert type(task.backbone).__name__ == row.backbone
+    assert type(task.preprocessor.tokenizer).__name__ == row.tokenizer
+    classifier = keras_hub.models.TextClassifier.from_preset(
+        str(run_dir / "preset"), num_classes=3
+    )
+    logits = classifier.predict(["In the beginning", "the earth was"], verbose=0)
+    assert logits.shape == (2, 3) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("names", [NAMES], ids=["all"])
+def test_presets_reload_in_a_fresh_process_with_identical_predictions(runs, names, tmp_path):
+    import keras_hub
+
+    texts = ["And God said, Let there be light: and there was light.", "The end."]
+    expected = {}
+    for name in names:
+        task = keras_hub.models.MaskedLM.from_preset(str(runs[name][0] / "preset"))
+        x, _, _ = task.preprocessor(texts)
+        np.savez(tmp_path / f"{name}_x.npz", **{k: np.asarray(v) for k, v in x.items()})
+        expected[name] = np.asarray(task(x))
+    program = f"""
+        import sys
+        import numpy as np
+        import keras_hub
+        for name, preset in {[(n, str(runs[n][0] / "preset")) for n in names]!r}:
+            task = keras_hub.models.MaskedLM.from_preset(preset)
+            x = dict(np.load(f"{tmp_path}/{{name}}_x.npz"))
+            np.save(f"{tmp_path}/{{name}}_logits.npy", np.asarray(task(x)))
+            print(name, type(task).__name__)
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(program)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in names:
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}_logits.npy"), expected[name])
+        assert f"{name} {ARCHITECTURES[name].masked_lm}" in proc.stdout
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_continue_pretraining_from_the_exported_preset(runs, name, tmp_path,
+                                                       small_corpus, held_out_corpus):
+    import mlm
+
+    preset = runs[name][0] / "preset"
+    summary = mlm.continue_pretraining(
+        str(preset), run_dir=tmp_path / "continued",
+        overrides=[
+            "train.steps=2", "train.batch_size=8", "model.sequence_length=32",
+            "train.eval_every=2", "train.eval_batches=1", "train.log_every=1",
+            "train.checkpoint_every=2", "train.jit_compile=false",
+            f"corpus.paths={json.dumps([str(small_corpus)])}",
+            f"corpus.held_out_paths={json.dumps([str(held_out_corpus)])}",
+        ],
+        quiet=True,
+    )
+    assert np.isfinite(summary["held_out"]["loss"])
+    # The preset's tokenizer is kept: no vocabulary is learned.
+    assert not (tmp_path / "continued" / "vocab").exists()
+    import keras_hub
+
+    task = keras_hub.models.MaskedLM.from_preset(summary["preset"])
+    assert type(task).__name__ == ARCHITECTURES[name].masked_lm
