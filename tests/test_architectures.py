@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mlm.architectures import ARCHITECTURES
-from mlm.config import apply_overrides, load_recipe
+from mlm.config import apply_overrides, available_recipes, load_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +27,15 @@ _SMALL_BACKBONE = {
 }
 
 
+def recipe_name(name: str, size: str) -> str:
+    """`<name>_<size>`, or BERT's `bert_<size>_en_uncased`."""
+    names = available_recipes()
+    return f"{name}_{size}" if f"{name}_{size}" in names else f"{name}_{size}_en_uncased"
+
+
 def tiny_recipe(name: str, *, corpus, held_out):
     """The `<name>_tiny` recipe at test size: 3 steps of 8 windows of 32 tokens."""
-    recipe = load_recipe(f"{name}_tiny")
+    recipe = load_recipe(recipe_name(name, "tiny"))
     overrides = [
         f"model.backbone.{key}={json.dumps(value)}"
         for key, value in _SMALL_BACKBONE.items()
@@ -69,7 +75,7 @@ def runs(tmp_path_factory, small_corpus, held_out_corpus):
 def test_every_row_has_tiny_and_small_recipes():
     for name in NAMES:
         for size in ("tiny", "small"):
-            recipe = load_recipe(f"{name}_{size}")
+            recipe = load_recipe(recipe_name(name, size))
             assert recipe.model.architecture == name
             assert recipe.vocab.family == ARCHITECTURES[name].tokenizer_family
 
