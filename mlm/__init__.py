@@ -23,6 +23,8 @@ _EXPORTS = {
     "load_masked_lm": "mlm.hub",
     "export_checkpoint": "mlm.export",
     "train_vocabulary": "mlm.vocab",
+    "write_report": "mlm.report",
+    "build_report": "mlm.report",
 }
 
 

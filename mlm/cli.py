@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--out", required=True, help="output vocabulary file")
 
+    p = sub.add_parser("report", help="rebuild RUN_DIR/report.md from the run's files")
+    p.add_argument("run_dir")
+    p.add_argument("--examples", type=int, default=3,
+                   help="fill-mask examples from held-out text (default: %(default)s)")
+
     sub.add_parser("recipes", help="list the recipes in presets/")
     return parser
 
@@ -205,6 +210,7 @@ def _vocab(args) -> None:
 
     from mlm import corpus, vocab
     from mlm.config import CorpusConfig
+    from mlm.progress import track
 
     source = corpus.resolve_corpus(
         CorpusConfig(paths=tuple(args.corpus or ()), text_column=args.text_column,
@@ -213,13 +219,22 @@ def _vocab(args) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise MlmError(f"--out {out} is a folder; pass a file path such as {out}/vocab.txt.")
+    documents = track(corpus.iter_documents(source, split="train"), label="counting words",
+                      total=corpus.count_documents(source, split="train"), unit="documents")
     with tempfile.TemporaryDirectory(dir=out.resolve().parent) as tmp:
         path = vocab.train_vocabulary(
-            corpus.iter_documents(source, split="train"), family=args.family, size=args.size,
+            documents, family=args.family, size=args.size,
             lowercase=not args.cased, min_frequency=args.min_frequency, out_dir=Path(tmp),
         )
         shutil.move(path, out)
     print(f"vocabulary written to {out}")
+
+
+def _report(args) -> None:
+    _import_tensorflow_quietly()
+    from mlm.report import write_report
+
+    print(f"report written to {write_report(Path(args.run_dir), examples=args.examples)}")
 
 
 def _recipes(args) -> None:
@@ -235,5 +250,6 @@ COMMANDS = {
     "predict": _predict,
     "export": _export,
     "vocab": _vocab,
+    "report": _report,
     "recipes": _recipes,
 }

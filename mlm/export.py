@@ -1,4 +1,4 @@
-"""The exported preset directory, its model card, and the curves plot."""
+"""What a run shows: the preset directory, its model card, curves, TensorBoard scalars."""
 
 import json
 import os
@@ -68,26 +68,102 @@ def write_model_card(preset_dir: Path, *, recipe: dict, summary: dict) -> None:
     (Path(preset_dir) / MODEL_CARD).write_text("\n".join(lines))
 
 
+# Both plots are 1000 x 400 pixels: figsize (10, 4) inches at 100 dpi.
+PLOT_SIZE, PLOT_DPI = (10, 4), 100
+
+
 def plot_curves(records: list[dict], out: Path) -> None:
     """Writes training and held-out loss/accuracy against step as a PNG."""
-    import matplotlib
+    _plot_pair(
+        records, out,
+        panels=(("loss", "masked loss", "cross-entropy"),
+                ("accuracy", "masked-token accuracy", "accuracy")),
+        splits=(("train", "-"), ("held_out", "o-")),
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    for split, style in (("train", "-"), ("held_out", "o-")):
-        rows = [r for r in records if r.get("split") == split]
-        steps = [r["step"] for r in rows]
-        ax_loss.plot(steps, [r["loss"] for r in rows], style, label=split.replace("_", "-"))
-        ax_acc.plot(steps, [r["accuracy"] for r in rows], style, label=split.replace("_", "-"))
-    ax_loss.set(title="masked loss", xlabel="step", ylabel="cross-entropy")
-    ax_acc.set(title="masked-token accuracy", xlabel="step", ylabel="accuracy")
-    for ax in (ax_loss, ax_acc):
+def plot_schedule(records: list[dict], out: Path) -> None:
+    """Writes the learning rate and the training throughput against step as a PNG."""
+    _plot_pair(
+        records, out,
+        panels=(("learning_rate", "learning rate", "learning rate"),
+                ("tokens_per_second", "throughput", "non-padding tokens / s")),
+        splits=(("train", "-"),),
+    )
+
+
+def _plot_pair(records: list[dict], out: Path, *, panels, splits) -> None:
+    """Two side-by-side panels of `(field, title, ylabel)` against step, one line per split."""
+    # A bare Figure, not pyplot: no global backend switch (a notebook keeps
+    # drawing inline) and nothing to close.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI)
+    axes = fig.subplots(1, 2)
+    for ax, (field, title, ylabel) in zip(axes, panels, strict=True):
+        for split, style in splits:
+            rows = [r for r in records if r.get("split") == split and field in r]
+            ax.plot([r["step"] for r in rows], [r[field] for r in rows], style,
+                    label=split.replace("_", "-"))
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     tmp = Path(out).with_name(Path(out).name + ".tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, out)
+
+
+def tensorboard_hint(logdir: Path) -> str:
+    """The command that shows the scalars under `logdir` live."""
+    import importlib.util
+
+    missing = "" if importlib.util.find_spec("tensorboard") else " (after pip install tensorboard)"
+    return f"curves live in TensorBoard{missing}: tensorboard --logdir {logdir}"
+
+
+class TensorBoardLog:
+    """Writes metrics records as TensorBoard scalars, one TensorBoard run per split.
+
+    `logdir/train/` and `logdir/held_out/` hold scalars of the same names
+    (`loss`, `accuracy`, ...), so TensorBoard draws both splits in one chart.
+    Every number in a record except `step` and `time` becomes a scalar.
+
+    Only TensorFlow is needed: `tf.summary.scalar` lives in the `tensorboard`
+    package, but `tf.summary.write` with the scalars plugin's metadata (what
+    `tf.summary.scalar` writes) does not. Viewing needs `pip install tensorboard`.
+    """
+
+    def __init__(self, logdir: Path):
+        self.logdir = Path(logdir)
+        self._writers = {}
+
+    def write(self, record: dict) -> None:
+        import tensorflow as tf
+
+        split, step = record.get("split"), record.get("step")
+        scalars = {
+            name: value for name, value in record.items()
+            if name not in ("step", "time") and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        }
+        if split is None or step is None or not scalars:
+            return
+        metadata = tf.compat.v1.SummaryMetadata(
+            plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
+        )
+        writer = self._writer(split)
+        with writer.as_default():
+            for name, value in scalars.items():
+                tf.summary.write(name, tf.constant(value, tf.float32), step=step,
+                                 metadata=metadata)
+        # Flushed per record (a few per log interval), so a crash loses nothing.
+        writer.flush()
+
+    def _writer(self, split: str):
+        import tensorflow as tf
+
+        if split not in self._writers:
+            self._writers[split] = tf.summary.create_file_writer(str(self.logdir / split))
+        return self._writers[split]
+

@@ -14,8 +14,10 @@ from mlm import checkpoints, corpus, runs, shards, vocab
 from mlm.architectures import architecture_of_backbone, get_architecture
 from mlm.config import Recipe, apply_overrides, load_recipe
 from mlm.errors import MlmError
-from mlm.export import copy_atomic, plot_curves, write_model_card
+from mlm.export import copy_atomic, tensorboard_hint, write_model_card
 from mlm.pipeline import TokenIds, padding_fraction
+from mlm.progress import track
+from mlm.report import write_report
 from mlm.train import MetricsLog, build_preprocessor, build_task, compile_task, train
 
 
@@ -59,8 +61,11 @@ def pretrain(
     source = corpus.resolve_corpus(recipe.corpus)
     if not resume:
         runs.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
-    log = MetricsLog(run_dir / "metrics.jsonl", quiet=quiet)
+    log = MetricsLog(run_dir / "metrics.jsonl", quiet=quiet,
+                     tensorboard_dir=run_dir / "tensorboard")
     with runs.removed_on_failure(run_dir, fresh=not resume), runs.run_lock(run_dir):
+        log.write({"split": "run", "event": "start"})  # the report sums sessions' wall time
+        log.say(tensorboard_hint(run_dir / "tensorboard"))
         if resume:
             runs.save_run_recipe(run_dir, recipe)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
@@ -174,7 +179,8 @@ def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: Metri
     if not path.exists():
         log.say(f"training a {family} vocabulary of up to {recipe.vocab.size:,} entries")
         vocab.train_vocabulary(
-            corpus.iter_documents(source, split="train"), family=family,
+            _with_progress(source, label="vocabulary: counting words", quiet=log.quiet),
+            family=family,
             size=recipe.vocab.size, lowercase=recipe.vocab.lowercase,
             min_frequency=recipe.vocab.min_frequency, out_dir=vocab_dir,
             special_tokens=arch.special_tokens,
@@ -184,6 +190,13 @@ def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: Metri
     )
     log.say(f"vocabulary: {tokenizer.vocabulary_size():,} entries in {path}")
     return tokenizer
+
+
+def _with_progress(source, *, label: str, quiet: bool):
+    """The training documents, counted on a progress line (counting first gives the ETA)."""
+    total = None if quiet else corpus.count_documents(source, split="train")
+    return track(corpus.iter_documents(source, split="train"), label=label, total=total,
+                 unit="documents", enabled=not quiet)
 
 
 def tokenize_corpus(source, tokenizer, *, run_dir: Path, quiet: bool) -> shards.TokenCache:
@@ -219,13 +232,13 @@ def describe_data(cache: shards.TokenCache, *, recipe: Recipe, log: MetricsLog) 
 
 
 def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog) -> Path:
-    """Writes the final preset (with its model card) and the curves PNG."""
+    """Writes the final preset (with its model card) and the run report with its curves."""
     preset = run_dir / "preset"
     shutil.rmtree(preset, ignore_errors=True)
     copy_atomic(checkpoints.latest_checkpoint(run_dir) / "preset", preset)
     write_model_card(preset, recipe=recipe.to_dict(), summary=summary)
-    plot_curves(log.read(), run_dir / "curves.png")
-    log.say(f"preset written to {preset}; curves in {run_dir / 'curves.png'}")
+    log.write({"split": "run", "event": "end", "step": recipe.train.steps})
+    log.say(f"preset written to {preset}; report in {write_report(run_dir)}")
     start, end = summary["held_out_start"], summary["held_out"]
     if end:
         before = f"{start['accuracy']:.4f} -> " if start else ""

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mlm.errors import MlmError
+from mlm.progress import Progress
 
 SPLITS = ("train", "held_out")
 _FORMAT_VERSION = 1
@@ -88,7 +88,7 @@ def load_or_build_cache(
         cache_root: folder holding cache entries.
         key: the entry's name, from `cache_key`.
         batch_size: documents per tokenizer call.
-        progress: print progress lines.
+        progress: show progress with an ETA (`mlm.progress`).
     """
     final = Path(cache_root) / key
     if (final / "meta.json").is_file():
@@ -100,7 +100,8 @@ def load_or_build_cache(
         stats = {
             split: _tokenize_split(
                 documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
-                batch_size=batch_size, label=split if progress else None,
+                batch_size=batch_size,
+                bar=_progress(split, documents_by_split[split], enabled=progress),
             )
             for split in SPLITS
         }
@@ -113,21 +114,21 @@ def load_or_build_cache(
     return TokenCache(path=final, stats=stats)
 
 
-def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, label):
+def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, bar):
     """Tokenizes `documents` into the flat binary file `out`."""
     import tensorflow as tf
 
     vocab_size = int(tokenizer.vocabulary_size())
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     end_id = int(tokenizer.end_token_id)
-    unk_id = _unknown_id(tokenizer)
+    unk_id = unknown_token_id(tokenizer)
     ds = tf.data.Dataset.from_generator(
         lambda: iter(documents), output_signature=tf.TensorSpec([], tf.string)
     )
     ds = ds.batch(batch_size).map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     n_docs = n_tokens = n_unk = 0
-    start = last_print = time.time()
+    start = time.time()
     with open(out, "wb") as f:
         for ragged in ds:
             flat = ragged.flat_values.numpy()
@@ -138,11 +139,9 @@ def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_siz
             n_docs += len(ends)
             n_tokens += len(joined)
             n_unk += int(np.count_nonzero(flat == unk_id)) if unk_id is not None else 0
-            if label and time.time() - last_print > 5:
-                last_print = time.time()
-                _report(label, n_docs, n_tokens, start)
-    if label:
-        _report(label, n_docs, n_tokens, start)
+            rate = n_tokens / max(time.time() - start, 1e-9)
+            bar.update(n_docs, note=f"{n_tokens:,} tokens ({rate:,.0f} tokens/s)")
+    bar.finish()
     return {
         "documents": n_docs,
         "tokens": n_tokens,
@@ -151,15 +150,14 @@ def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_siz
     }
 
 
-def _report(label, n_docs, n_tokens, start):
-    rate = n_tokens / max(time.time() - start, 1e-9)
-    print(
-        f"tokenizing {label}: {n_docs:,} documents, {n_tokens:,} tokens ({rate:,.0f} tokens/s)",
-        file=sys.stderr, flush=True,
-    )
+def _progress(split: str, documents, *, enabled: bool) -> Progress:
+    """Tokenizing progress; counting the documents first (a quick read) gives the ETA."""
+    total = sum(1 for _ in documents()) if enabled else None
+    return Progress(f"tokenizing {split}", total=total, unit="documents", enabled=enabled)
 
 
-def _unknown_id(tokenizer):
+def unknown_token_id(tokenizer) -> int | None:
+    """The id of the tokenizer's unknown token ([UNK]), or None if it has none."""
     for name in ("oov_token", "unk_token"):
         token = getattr(tokenizer, name, None)
         if token is not None:

@@ -18,7 +18,9 @@ from mlm.architectures import Architecture
 from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
 from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
+from mlm.export import TensorBoardLog
 from mlm.pipeline import TokenIds, max_selections, training_dataset
+from mlm.progress import Progress
 
 
 @keras.saving.register_keras_serializable(package="mlm")
@@ -109,19 +111,44 @@ def compile_task(task, config: TrainConfig) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to `run_dir/metrics.jsonl`."""
+    """Appends one JSON object per line to `run_dir/metrics.jsonl`.
 
-    def __init__(self, path: Path, *, quiet: bool):
+    Each record is stamped with its wall-clock `time` (Unix seconds) and, when
+    `tensorboard_dir` is given, also written there as TensorBoard scalars.
+    """
+
+    def __init__(self, path: Path, *, quiet: bool, tensorboard_dir: Path | None = None):
         self.path = Path(path)
         self.quiet = quiet
+        self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir else None
+        self._bar = None  # the live progress line, which messages must not garble
 
     def write(self, record: dict) -> None:
+        record = {**record, "time": record.get("time", time.time())}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def say(self, message: str) -> None:
-        if not self.quiet:
+        if self._bar is not None:
+            self._bar.say(message)
+        elif not self.quiet:
             print(message, file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def progress(self, label: str, **kwargs):
+        """A `mlm.progress.Progress` line (silent when quiet) that `say` prints above."""
+        self._bar = Progress(label, enabled=not self.quiet, **kwargs)
+        try:
+            yield self._bar
+        except BaseException:
+            self._bar.clear()
+            raise
+        else:
+            self._bar.finish()
+        finally:
+            self._bar = None
 
     def read(self) -> list[dict]:
         if not self.path.is_file():
@@ -176,7 +203,10 @@ def train(
     start = result = evaluate(start_step) if start_step == 0 else {}
     iterator = iter(data)
     window, throughput, run_start = _LogWindow(), [], time.perf_counter()
-    with _stop_requests() as stop:
+    # On a terminal, a line redrawn every step; the log lines are the plain-text progress.
+    progress = log.progress("training", total=cfg.steps, initial=start_step, unit="steps",
+                            plain_every=None)
+    with _stop_requests() as stop, progress as bar:
         for step in range(start_step + 1, cfg.steps + 1):
             x, y, w = next(iterator)
             with warnings.catch_warnings():
@@ -190,6 +220,7 @@ def train(
                     f"or resume from the last checkpoint."
                 )
             window.add(logs, x=x, w=w, pad_id=ids.pad_id)
+            bar.update(step)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 record = window.record(step, learning_rate=task.optimizer.learning_rate)
                 throughput.append((window.tokens, window.seconds()))

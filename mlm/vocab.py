@@ -41,7 +41,6 @@ import itertools
 import json
 import os
 import re
-import sys
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -320,7 +319,8 @@ def _count_words(batches: Iterator[list[str]]) -> dict[str, int]:
     """Counts the words keras-hub splits the documents into, before case folding."""
     counter = tokenizers.Tokenizer(models.WordLevel(unk_token="[UNK]"))
     counter.pre_tokenizer = _keras_hub_word_splitter()
-    trainer = trainers.WordLevelTrainer(vocab_size=0, show_progress=sys.stdout.isatty())
+    # No bar of its own: it would draw over the caller's (`mlm.progress.track`).
+    trainer = trainers.WordLevelTrainer(vocab_size=0, show_progress=False)
     counter.train_from_iterator(batches, trainer=trainer)
     # `tokenizers` exposes the counts it gathered only in the trainer's
     # pickled state.
@@ -389,7 +389,7 @@ def _merge_wordpieces(
             for token in (*WORDPIECE_SPECIAL_TOKENS, *suffixes)
         ],
         continuing_subword_prefix="##",
-        show_progress=sys.stdout.isatty(),
+        show_progress=False,  # its bar would show under --quiet; the caller shows progress
     )
     learner.train_from_iterator(_replay(counts), trainer=trainer)
     learned = learner.get_vocab(with_added_tokens=False)
