@@ -24,6 +24,7 @@ import numpy as np
 
 from mlm import checkpoints
 from mlm.errors import MlmError
+from mlm.progress import format_duration
 
 REPORT_FILE = "report.md"
 # The PNGs the report shows, written beside it.
@@ -275,7 +276,7 @@ def _header(report: dict) -> list[str]:
     if wall["seconds"] is not None:
         finished = datetime.datetime.fromtimestamp(wall["finished"], datetime.UTC)
         lines += [
-            f"| wall time | {_duration(wall['seconds'])} in {wall['sessions']} "
+            f"| wall time | {format_duration(wall['seconds'])} in {wall['sessions']} "
             f"session{'s' if wall['sessions'] != 1 else ''} |",
             f"| last record | {finished:%Y-%m-%d %H:%M} UTC |",
         ]
@@ -332,12 +333,6 @@ def _examples_section(examples: list[dict]) -> list[str]:
             f"   answer **{example['answer']}**; predicted: {guesses}",
         ]
     return [*lines, ""]
-
-
-def _duration(seconds: float) -> str:
-    from mlm.progress import format_duration
-
-    return format_duration(seconds)
 
 
 # Reading the run directory.
