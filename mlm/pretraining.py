@@ -6,6 +6,7 @@ once, train with dynamic masking, export.
 """
 
 import collections
+import functools
 import shutil
 from pathlib import Path
 
@@ -220,11 +221,15 @@ def tokenize_corpus(
     What the reader repaired or skipped on the way (see `corpus.iter_documents`)
     is reported on stderr and in `metrics.jsonl` when the cache is built.
     """
-    tallies = {split: collections.Counter() for split in shards.SPLITS}
+    tallies = {}
+
+    def documents(split):
+        # The last full read counts (a progress line may count the documents first).
+        tallies[split] = collections.Counter()
+        return corpus.iter_documents(source, split=split, tally=tallies[split])
+
     cache = shards.load_or_build_cache(
-        {split: (lambda split=split: corpus.iter_documents(source, split=split,
-                                                           tally=tallies[split]))
-         for split in shards.SPLITS},
+        {split: functools.partial(documents, split) for split in shards.SPLITS},
         tokenizer,
         cache_root=run_dir / "cache",
         key=shards.cache_key(source.fingerprint, tokenizer),
