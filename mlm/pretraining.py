@@ -266,7 +266,7 @@ def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog)
     """Writes the final preset (with its model card) and the run report with its curves."""
     preset = run_dir / "preset"
     shutil.rmtree(preset, ignore_errors=True)
-    copy_atomic(checkpoints.latest_checkpoint(run_dir) / "preset", preset)
+    copy_atomic(checkpoints.latest_checkpoint(run_dir, report=log.say) / "preset", preset)
     write_model_card(preset, recipe=recipe.to_dict(), summary=summary)
     log.write({"split": "run", "event": "end", "step": recipe.train.steps})
     log.say(f"preset written to {preset}; report in {write_report(run_dir)}")
