@@ -4,6 +4,7 @@ Every `MlmError` becomes one line on stderr and exit status 2.
 """
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -80,6 +81,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> N
     p.add_argument("--sequence-length", type=int, help="override model.sequence_length")
     p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any recipe field, e.g. --set train.warmup_fraction=0.05")
+    p.add_argument("--deterministic", action="store_true",
+                   help="seeded, deterministic ops: a killed and resumed run ends with the "
+                   "weights of an uninterrupted one (sets train.deterministic)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
     p.add_argument("--quiet", action="store_true", help="print only errors and the summary")
@@ -98,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:
         print(f"mlm: {e}", file=sys.stderr)
         return 128 + e.signum
+    except OSError as e:
+        # A full or read-only disk is the machine's state, not a bug: one line.
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"mlm: error: {e.strerror}{where}; free space or choose another folder.",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("mlm: interrupted", file=sys.stderr)
         return 130
@@ -161,6 +173,8 @@ def _run_recipe(args, *, preset: str | None = None):
     for flag, field in flags:
         if getattr(args, flag) is not None:
             overrides.append(f"{field}={getattr(args, flag)}")
+    if args.deterministic:
+        overrides.append("train.deterministic=true")
     if args.corpus is not None:
         overrides.append(f"corpus.paths={json.dumps(args.corpus)}")
     if args.held_out is not None:

@@ -33,6 +33,10 @@ class CorpusConfig:
     held_out_paths: tuple[str, ...] = ()
     # Fraction of documents held out for evaluation when no held-out files.
     held_out_fraction: float = 0.02
+    # What to do with bytes that are not UTF-8: "error" (stop and name the
+    # file and offset) or "replace" (each such byte becomes U+FFFD; the count
+    # is reported in the run log).
+    on_decode_error: str = "error"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +121,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     # Compile the train step with XLA.
     jit_compile: bool = True
+    # Seed every random generator from `seed` and make TensorFlow ops
+    # deterministic, so that a run killed at any point and resumed ends with
+    # exactly the weights of an uninterrupted run (slower on some GPU ops).
+    deterministic: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,6 +306,8 @@ def validate(recipe: Recipe) -> None:
          "in [0, 1 - masking.mask_token_rate]"),
         ("corpus.held_out_fraction", c.held_out_fraction, 0.0 <= c.held_out_fraction < 1.0,
          "in [0, 1)"),
+        ("corpus.on_decode_error", repr(c.on_decode_error),
+         c.on_decode_error in ("error", "replace"), "'error' or 'replace'"),
         ("vocab.size", v.size, v.size >= 100, "at least 100"),
         ("vocab.min_frequency", v.min_frequency, v.min_frequency >= 1, "at least 1"),
         ("model.sequence_length", recipe.model.sequence_length,

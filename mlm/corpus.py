@@ -21,12 +21,23 @@ request to the network for every local load, its text loader splits
 paragraphs only on an exact "\\n\\n", and its JSON loader fails with a
 `CastError` when a key first appears past the first 10 MB of a file.
 
+Hostile text never stops a run and is never dropped silently: NUL
+characters become spaces (TensorFlow's tokenizer would end a text at one),
+lone surrogates become U+FFFD (they cannot be encoded to UTF-8), documents
+longer than `MAX_DOCUMENT_CHARS` are cut into pieces at whitespace (a text
+file is read at most that many characters at a time, so a 50 MB line without
+a newline reads in bounded memory), and empty documents are skipped; each
+is counted in the `tally` of `iter_documents` for the run log. Bytes that are
+not UTF-8 are an error, or with `on_decode_error="replace"` each becomes
+U+FFFD and is counted. CRLF and CR line ends read as LF.
+
 The held-out split is either the files of `held_out_paths` or, without them,
 the documents whose text hashes under `held_out_fraction`: it does not depend
 on file order or on the run, and duplicated documents land on the same side.
 """
 
 import codecs
+import collections
 import csv
 import dataclasses
 import glob
@@ -47,6 +58,7 @@ import pyarrow.parquet
 
 from mlm.config import CorpusConfig
 from mlm.errors import MlmError
+from mlm.faults import fault_point
 
 SPLITS = ("train", "held_out")
 
@@ -62,7 +74,18 @@ _FORMATS = {
 _SUPPORTED = ", ".join(_FORMATS)
 # Bumped when the way documents are cut out of files changes, so that token
 # caches built by an older version are not reused.
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+# Longest document handed on; longer ones are cut into pieces at whitespace,
+# and text files are read this many characters at a time at most.
+MAX_DOCUMENT_CHARS = 1 << 20
+# With on_decode_error="replace", each undecodable byte is read as this
+# noncharacter, which `_clean` turns into U+FFFD and counts. Unlike the lone
+# surrogates of Python's "surrogateescape" it is valid UTF-8, which pandas'
+# CSV parser needs; noncharacters do not occur in text.
+_INVALID_BYTE = "\ufdd1"
+_MARK_INVALID = "mlm.mark_invalid_bytes"
+# NUL, marked bytes and lone surrogates: replaced in every document.
+_UNSAFE_CHARS = re.compile("[\x00\ufdd1\ud800-\udfff]")
 _CHUNK_BYTES = 1 << 20
 # How much of a file decides whether it is binary.
 _HEAD_BYTES = 1 << 16
@@ -92,6 +115,8 @@ class Corpus:
         text_column: Column holding the text in tabular files and hub data.
         held_out_fraction: Fraction of documents held out when there are no
             held-out files.
+        on_decode_error: `"error"` or `"replace"`: what bytes that are not
+            UTF-8 do.
         fingerprint: Hex digest of the content and of the settings that
             change the documents; the key of the token cache.
     """
@@ -102,6 +127,7 @@ class Corpus:
     hub_split: str = "train"
     text_column: str = "text"
     held_out_fraction: float = 0.02
+    on_decode_error: str = "error"
     fingerprint: str = ""
 
 
@@ -137,15 +163,23 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
     _check_disjoint(train_files, held_out_files)
     if hub_name:
         _check_hub(hub_name, split=config.hub_split, text_column=config.text_column)
+    errors = _codec_errors(config.on_decode_error)
     sources = {
-        "train": _scan_files(train_files, text_column=config.text_column, field="corpus.paths"),
+        "train": _scan_files(
+            train_files, text_column=config.text_column, field="corpus.paths", errors=errors
+        ),
         "held_out": _scan_files(
-            held_out_files, text_column=config.text_column, field="corpus.held_out_paths"
+            held_out_files, text_column=config.text_column, field="corpus.held_out_paths",
+            errors=errors,
         ),
         "hub": [hub_name, config.hub_split] if hub_name else None,
     }
     fraction = None if held_out_files else config.held_out_fraction
-    settings = {"text_column": config.text_column, "held_out_fraction": fraction}
+    settings = {
+        "text_column": config.text_column,
+        "held_out_fraction": fraction,
+        "on_decode_error": config.on_decode_error,
+    }
     return Corpus(
         train_files=train_files,
         held_out_files=held_out_files,
@@ -153,22 +187,34 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
         hub_split=config.hub_split,
         text_column=config.text_column,
         held_out_fraction=config.held_out_fraction,
+        on_decode_error=config.on_decode_error,
         fingerprint=_fingerprint(sources, settings=settings),
     )
 
 
-def iter_documents(corpus: Corpus, *, split: str) -> Iterator[str]:
+def iter_documents(
+    corpus: Corpus, *, split: str, tally: collections.Counter | None = None
+) -> Iterator[str]:
     """Streams the stripped, non-blank documents of one split.
 
     Documents come in file order (sorted paths), then in order within a file.
-    Memory stays bounded by the longest document, whatever the corpus size.
+    Memory stays bounded by `MAX_DOCUMENT_CHARS` (and, for JSON and CSV, by
+    the longest record), whatever the corpus size.
 
     Args:
         corpus: A corpus from `resolve_corpus`.
         split: `"train"` or `"held_out"`.
+        tally: Receives what was repaired or skipped (see `describe_tally`):
+            `"invalid_replaced"` (undecodable bytes or lone surrogates, now
+            U+FFFD) and `"nul_replaced"` (NUL characters, now spaces) in the
+            documents of this split; `"empty_skipped"` and `"long_cut"`
+            (documents cut into pieces) among the documents read, counted
+            once, in the train split, when the held-out split is drawn by hash;
+            and `"documents"`, the documents yielded.
 
     Yields:
-        Each document's text, stripped of surrounding whitespace.
+        Each document's text, stripped of surrounding whitespace, with no NUL
+        or lone surrogate and at most `MAX_DOCUMENT_CHARS` long.
 
     Raises:
         MlmError: `split` is unknown, the train split turns out to hold no
@@ -177,16 +223,27 @@ def iter_documents(corpus: Corpus, *, split: str) -> Iterator[str]:
     if split not in SPLITS:
         raise MlmError(f"split must be one of {', '.join(SPLITS)}, but received split={split!r}.")
     # Checked above, not in the generator, so a bad split fails at the call.
-    return _iter_split(corpus, split=split)
+    return _iter_split(corpus, split=split, tally=collections.Counter() if tally is None else tally)
 
 
-def _iter_split(corpus: Corpus, *, split: str) -> Iterator[str]:
+def _iter_split(corpus: Corpus, *, split: str, tally: collections.Counter) -> Iterator[str]:
     by_hash = not corpus.held_out_files
     want_held_out = split == "held_out"
+    # With a hashed split both splits read the same files: count what is not
+    # any one document's (empty, cut) in the train pass only.
+    events = collections.Counter() if by_hash and want_held_out else tally
     found = False
-    for document in _iter_sources(corpus, split=split):
+    for raw in _iter_sources(corpus, split=split, events=events):
+        document, fixes = _clean(raw)
+        document = document.strip()
+        if not document:
+            events["empty_skipped"] += 1
+            continue
         if by_hash and _is_held_out(document, fraction=corpus.held_out_fraction) != want_held_out:
             continue
+        tally.update(fixes)
+        fault_point("read_document", split=split, index=tally["documents"])
+        tally["documents"] += 1
         found = True
         yield document
     if split == "train" and not found:
@@ -195,6 +252,21 @@ def _iter_split(corpus: Corpus, *, split: str) -> Iterator[str]:
             f"(held_out_fraction={corpus.held_out_fraction}); add text or lower "
             f"corpus.held_out_fraction."
         )
+
+
+def describe_tally(tally: collections.Counter) -> str:
+    """One line on what `iter_documents` repaired or skipped; empty if nothing."""
+    parts = [
+        f"{tally[key]:,} {what}"
+        for key, what in (
+            ("invalid_replaced", "undecodable bytes or lone surrogates replaced by U+FFFD"),
+            ("nul_replaced", "NUL characters replaced by spaces"),
+            ("empty_skipped", "empty documents skipped"),
+            ("long_cut", f"documents over {MAX_DOCUMENT_CHARS:,} characters cut into pieces"),
+        )
+        if tally[key]
+    ]
+    return "; ".join(parts)
 
 
 def count_documents(corpus: Corpus, *, split: str) -> int:
@@ -286,14 +358,16 @@ def _check_disjoint(train_files: tuple[str, ...], held_out_files: tuple[str, ...
 # Validating and hashing files.
 
 
-def _scan_files(files: tuple[str, ...], *, text_column: str, field: str) -> list[list[str]]:
+def _scan_files(
+    files: tuple[str, ...], *, text_column: str, field: str, errors: str
+) -> list[list[str]]:
     """Validates files; returns `[format, content digest]` for each."""
     scans, has_text = [], False
     for path in files:
         fmt = _format_of(path)
-        digest, file_has_text = _scan_file(path, fmt=fmt)
+        digest, file_has_text = _scan_file(path, fmt=fmt, errors=errors)
         if file_has_text:
-            _check_text_column(path, fmt=fmt, text_column=text_column)
+            _check_text_column(path, fmt=fmt, text_column=text_column, errors=errors)
         has_text = has_text or file_has_text
         scans.append([fmt, digest])
     if files and not has_text:
@@ -305,8 +379,8 @@ def _scan_files(files: tuple[str, ...], *, text_column: str, field: str) -> list
     return scans
 
 
-def _scan_file(path: str, *, fmt: str) -> tuple[str, bool]:
-    """Hashes a file in one read; checks that text formats are UTF-8 text.
+def _scan_file(path: str, *, fmt: str, errors: str) -> tuple[str, bool]:
+    """Hashes a file in one read; checks that text formats are (UTF-8) text.
 
     Returns:
         The content digest, and whether the file holds any non-blank text
@@ -316,7 +390,7 @@ def _scan_file(path: str, *, fmt: str) -> tuple[str, bool]:
     if fmt == "parquet":
         return _scan_parquet(path)
     digest = hashlib.blake2b(digest_size=16)
-    decoder = codecs.getincrementaldecoder("utf-8")()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
     offset, has_text = 0, False
     for chunk in _read_chunks(path):
         if offset == 0:
@@ -325,7 +399,9 @@ def _scan_file(path: str, *, fmt: str) -> tuple[str, bool]:
         has_text = has_text or (bool(text) and not text.isspace())
         digest.update(chunk)
         offset += len(chunk)
-    _decode(decoder, b"", path=path, offset=offset, final=True)
+    # A file may end inside a multi-byte sequence: with errors replaced, that is text too.
+    text = _decode(decoder, b"", path=path, offset=offset, final=True)
+    has_text = has_text or (bool(text) and not text.isspace())
     return digest.hexdigest(), has_text
 
 
@@ -344,17 +420,18 @@ def _read_chunks(path: str) -> Iterator[bytes]:
 
 
 def _check_not_binary(head: bytes, *, path: str) -> None:
-    nul = head.find(b"\x00")
-    if nul >= 0:
-        raise MlmError(
-            f"'{path}' looks binary (a NUL byte at offset {nul}), not text; pass UTF-8 "
-            f"text files (convert UTF-16 text to UTF-8)."
-        )
+    """Refuses a file whose head is mostly control bytes (NUL included): binary or UTF-16.
+
+    A few stray NUL bytes in text are replaced and counted when reading instead.
+    """
     control = len(head.translate(None, delete=_TEXT_BYTES))
     if control > _BINARY_SHARE * len(head):
+        nul = head.find(b"\x00")
+        where = f", a NUL byte at offset {nul}" if nul >= 0 else ""
         raise MlmError(
             f"'{path}' looks binary ({control} of its first {len(head)} bytes are control "
-            f"characters), not text; pass UTF-8 text files."
+            f"characters{where}), not text; pass UTF-8 text files (convert UTF-16 text "
+            f"to UTF-8)."
         )
 
 
@@ -367,7 +444,8 @@ def _decode(decoder, chunk: bytes, *, path: str, offset: int, final: bool = Fals
         where = offset - pending + e.start
         raise MlmError(
             f"'{path}' is not valid UTF-8: byte 0x{e.object[e.start]:02x} at offset {where} "
-            f"({e.reason}); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8."
+            f"({e.reason}); re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or "
+            f"set corpus.on_decode_error=replace to replace such bytes."
         ) from e
 
 
@@ -385,8 +463,8 @@ def _scan_parquet(path: str) -> tuple[str, bool]:
     return digest.hexdigest(), rows > 0
 
 
-def _check_text_column(path: str, *, fmt: str, text_column: str) -> None:
-    columns = _columns_of(path, fmt=fmt)
+def _check_text_column(path: str, *, fmt: str, text_column: str, errors: str) -> None:
+    columns = _columns_of(path, fmt=fmt, errors=errors)
     if columns is not None and text_column not in columns:
         raise MlmError(
             f"'{path}' has no column '{text_column}' (columns found: "
@@ -395,22 +473,22 @@ def _check_text_column(path: str, *, fmt: str, text_column: str) -> None:
         )
 
 
-def _columns_of(path: str, *, fmt: str) -> list[str] | None:
+def _columns_of(path: str, *, fmt: str, errors: str) -> list[str] | None:
     """The columns of a tabular file, from its header; None for plain text."""
     if fmt == "parquet":
         return pyarrow.parquet.ParquetFile(path).schema_arrow.names
     if fmt == "csv":
-        with open(path, encoding="utf-8-sig", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors=errors, newline="") as f:
             return next(csv.reader(f), [])
     if fmt in ("jsonl", "json"):
-        record = _first_json_record(path)
+        record = _first_json_record(path, errors=errors)
         return None if record is None else list(_as_object(record, where=f"'{path}'"))
     return None
 
 
-def _first_json_record(path: str) -> object | None:
+def _first_json_record(path: str, *, errors: str) -> object | None:
     """The first record of JSON Lines or of a JSON array; None if past the first MB."""
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors=errors) as f:
         head = f.read(_CHUNK_BYTES).lstrip()
     body = head[1:].lstrip() if head.startswith("[") else head
     if body.startswith("]"):
@@ -427,51 +505,122 @@ def _first_json_record(path: str) -> object | None:
 # Reading documents.
 
 
-def _iter_sources(corpus: Corpus, *, split: str) -> Iterator[str]:
-    """The stripped, non-blank documents of the sources that feed `split`."""
+def _iter_sources(
+    corpus: Corpus, *, split: str, events: collections.Counter
+) -> Iterator[str]:
+    """The raw documents (at most `MAX_DOCUMENT_CHARS` long) of the sources feeding `split`."""
+    errors = _codec_errors(corpus.on_decode_error)
     if split == "held_out" and corpus.held_out_files:
-        texts = _iter_files(corpus.held_out_files, text_column=corpus.text_column)
+        parts = _iter_files(corpus.held_out_files, text_column=corpus.text_column, errors=errors)
     elif corpus.hub_name:
         texts = _read_hub(corpus.hub_name, split=corpus.hub_split, text_column=corpus.text_column)
+        parts = ((text, True) for text in texts)
     else:
-        texts = _iter_files(corpus.train_files, text_column=corpus.text_column)
-    for text in texts:
-        document = text.strip()
-        if document:
-            yield document
+        parts = _iter_files(corpus.train_files, text_column=corpus.text_column, errors=errors)
+    return _assemble(parts, limit=MAX_DOCUMENT_CHARS, events=events)
 
 
-def _iter_files(files: Iterable[str], *, text_column: str) -> Iterator[str]:
+def _iter_files(files: Iterable[str], *, text_column: str, errors: str):
+    """`(text, ends_document)` parts of the documents of `files`."""
     readers = {
-        "text": _read_paragraphs,
         "jsonl": _read_json_lines,
         "json": _read_json,
         "csv": _read_csv,
         "parquet": _read_parquet,
     }
     for path in files:
-        yield from readers[_format_of(path)](path, text_column=text_column)
+        fmt = _format_of(path)
+        if fmt == "text":
+            yield from _read_paragraphs(path, errors=errors)
+        else:
+            for text in readers[fmt](path, text_column=text_column, errors=errors):
+                yield text, True
 
 
-def _read_paragraphs(path: str, *, text_column: str) -> Iterator[str]:
-    """Documents of a text file: runs of lines between blank lines."""
-    del text_column  # Plain text has no columns.
+def _assemble(parts, *, limit: int, events: collections.Counter) -> Iterator[str]:
+    """Joins `(text, ends_document)` parts into documents, cutting any over `limit`.
+
+    Holds at most about two pieces of a document at a time. Every document is
+    yielded, empty ones too, so that the caller can count them.
+    """
+    buffer, size, cut = [], 0, False
+    for text, ends in parts:
+        if text:
+            buffer.append(text)
+            size += len(text)
+        if size > limit:
+            *pieces, rest = _pieces("".join(buffer), limit=limit)
+            yield from pieces
+            buffer, size, cut = [rest], len(rest), True
+        if ends:
+            yield "".join(buffer)
+            if cut:
+                events["long_cut"] += 1
+            buffer, size, cut = [], 0, False
+
+
+def _pieces(text: str, *, limit: int) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters, after a whitespace if one is
+    in the second half of the piece."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        end = max(text.rfind(c, start + limit // 2, start + limit) for c in " \n\t") + 1
+        end = end if end > start else start + limit
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
+
+
+def _codec_errors(on_decode_error: str) -> str:
+    """The codec error handler that reads files for `on_decode_error`."""
+    if on_decode_error == "error":
+        return "strict"
+    codecs.register_error(_MARK_INVALID, _mark_invalid)  # again: the same function
+    return _MARK_INVALID
+
+
+def _mark_invalid(error: UnicodeDecodeError) -> tuple[str, int]:
+    return _INVALID_BYTE * (error.end - error.start), error.end
+
+
+def _clean(text: str) -> tuple[str, dict]:
+    """`text` with NUL as spaces and marked bytes and lone surrogates as U+FFFD, and how
+    many of each it had."""
+    if not _UNSAFE_CHARS.search(text):
+        return text, {}
+    nul = text.count("\x00")
+    invalid = len(_UNSAFE_CHARS.findall(text)) - nul
+    text = _UNSAFE_CHARS.sub(lambda m: " " if m.group() == "\x00" else "\ufffd", text)
+    return text, {"nul_replaced": nul, "invalid_replaced": invalid}
+
+
+def _read_paragraphs(path: str, *, errors: str) -> Iterator[tuple[str, bool]]:
+    """`(text, ends_document)` parts of a text file's documents: runs of lines
+    between blank lines.
+
+    Lines are read at most `MAX_DOCUMENT_CHARS` characters at a time, so that
+    a file without newlines reads in bounded memory.
+    """
     opener = gzip.open if path.lower().endswith(".gz") else open
     # Text mode turns "\r\n" and "\r" into "\n"; "-sig" drops a leading BOM.
-    with opener(path, "rt", encoding="utf-8-sig") as f:
-        lines = []
-        for line in f:
-            if not line.isspace():
-                lines.append(line)
-            elif lines:
-                yield "".join(lines)
-                lines = []
-        if lines:
-            yield "".join(lines)
+    with opener(path, "rt", encoding="utf-8-sig", errors=errors) as f:
+        in_document, line_start = False, True
+        while chunk := f.readline(MAX_DOCUMENT_CHARS):
+            if line_start and chunk.isspace():
+                if in_document:
+                    yield "", True
+                in_document = False
+            else:
+                yield chunk, False
+                in_document = True
+            line_start = chunk.endswith("\n")
+        if in_document:
+            yield "", True
 
 
-def _read_json_lines(path: str, *, text_column: str) -> Iterator[str]:
-    with open(path, encoding="utf-8-sig") as f:
+def _read_json_lines(path: str, *, text_column: str, errors: str) -> Iterator[str]:
+    with open(path, encoding="utf-8-sig", errors=errors) as f:
         for number, line in enumerate(f, start=1):
             if line.isspace():
                 continue
@@ -483,14 +632,14 @@ def _read_json_lines(path: str, *, text_column: str) -> Iterator[str]:
             yield _text_of(_as_object(record, where=where), text_column=text_column, where=where)
 
 
-def _read_json(path: str, *, text_column: str) -> Iterator[str]:
+def _read_json(path: str, *, text_column: str, errors: str) -> Iterator[str]:
     """Documents of a `.json` file: JSON Lines, or an array of objects (read whole)."""
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors=errors) as f:
         is_array = f.read(_HEAD_BYTES).lstrip().startswith("[")
     if not is_array:
-        yield from _read_json_lines(path, text_column=text_column)
+        yield from _read_json_lines(path, text_column=text_column, errors=errors)
         return
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig", errors=errors) as f:
         try:
             records = json.load(f)
         except json.JSONDecodeError as e:
@@ -500,7 +649,7 @@ def _read_json(path: str, *, text_column: str) -> Iterator[str]:
         yield _text_of(_as_object(record, where=where), text_column=text_column, where=where)
 
 
-def _read_csv(path: str, *, text_column: str) -> Iterator[str]:
+def _read_csv(path: str, *, text_column: str, errors: str) -> Iterator[str]:
     # Imported here: pandas takes a second to import and only CSV needs it.
     import pandas
 
@@ -508,7 +657,7 @@ def _read_csv(path: str, *, text_column: str) -> Iterator[str]:
         # No NA parsing: a document reading "NA" or "null" is text, not missing.
         chunks = pandas.read_csv(
             path, usecols=[text_column], dtype={text_column: str}, keep_default_na=False,
-            encoding="utf-8-sig", chunksize=1024,
+            encoding="utf-8-sig", encoding_errors=errors, chunksize=1024,
         )
         for chunk in chunks:
             yield from chunk[text_column]
@@ -516,7 +665,8 @@ def _read_csv(path: str, *, text_column: str) -> Iterator[str]:
         raise MlmError(f"'{path}' is not valid CSV ({_one_line(e)}); fix the file.") from e
 
 
-def _read_parquet(path: str, *, text_column: str) -> Iterator[str]:
+def _read_parquet(path: str, *, text_column: str, errors: str) -> Iterator[str]:
+    del errors  # Parquet strings are UTF-8 by the format.
     reader = pyarrow.parquet.ParquetFile(path)
     for batch in reader.iter_batches(batch_size=1024, columns=[text_column]):
         for index, value in enumerate(batch.column(0).to_pylist()):

@@ -5,6 +5,8 @@ vocabulary, from a preset, or from the run's newest checkpoint), tokenize
 once, train with dynamic masking, export.
 """
 
+import collections
+import functools
 import shutil
 from pathlib import Path
 
@@ -18,7 +20,14 @@ from mlm.export import copy_atomic, tensorboard_hint, write_model_card
 from mlm.pipeline import TokenIds, padding_fraction
 from mlm.progress import track
 from mlm.report import write_report
-from mlm.train import MetricsLog, build_preprocessor, build_task, compile_task, train
+from mlm.train import (
+    MetricsLog,
+    build_preprocessor,
+    build_task,
+    compile_task,
+    make_deterministic,
+    train,
+)
 
 
 def pretrain(
@@ -68,11 +77,14 @@ def pretrain(
         log.say(tensorboard_hint(run_dir / "tensorboard"))
         if resume:
             runs.save_run_recipe(run_dir, recipe)
+            runs.clean_interrupted(run_dir, say=log.say)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
+        runs.trim_metrics(log.path, step=start_step)  # records after it are written again
         arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.
         preprocessor, task.preprocessor = task.preprocessor, None
-        cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, quiet=quiet)
+        cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
+                                quiet=quiet)
         stats = describe_data(cache, recipe=recipe, log=log)
         result = train(
             task, preprocessor=preprocessor, recipe=recipe, arch=arch,
@@ -123,11 +135,13 @@ def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
     """The task to train and its step: newest checkpoint, preset, or fresh."""
     from mlm.hub import load_masked_lm
 
-    latest = checkpoints.latest_checkpoint(run_dir)
+    if recipe.train.deterministic:
+        make_deterministic(recipe.train.seed)
+    latest = checkpoints.latest_checkpoint(run_dir, report=log.say)
     if latest is not None:
         task = load_masked_lm(str(latest / "preset"))
         compile_task(task, recipe.train)
-        step = checkpoints.restore_optimizer(task, latest)
+        step = checkpoints.restore_training_state(task, latest)
         log.say(f"resuming from {latest} (step {step})")
         return task, step
     keras.utils.set_random_seed(recipe.train.seed)
@@ -199,16 +213,33 @@ def _with_progress(source, *, label: str, quiet: bool):
                  unit="documents", enabled=not quiet)
 
 
-def tokenize_corpus(source, tokenizer, *, run_dir: Path, quiet: bool) -> shards.TokenCache:
-    """The token cache of `source`, built on first use under `run_dir/cache`."""
-    return shards.load_or_build_cache(
-        {split: (lambda split=split: corpus.iter_documents(source, split=split))
-         for split in shards.SPLITS},
+def tokenize_corpus(
+    source, tokenizer, *, run_dir: Path, log: MetricsLog, quiet: bool
+) -> shards.TokenCache:
+    """The token cache of `source`, built on first use under `run_dir/cache`.
+
+    What the reader repaired or skipped on the way (see `corpus.iter_documents`)
+    is reported on stderr and in `metrics.jsonl` when the cache is built.
+    """
+    tallies = {}
+
+    def documents(split):
+        # The last full read counts (a progress line may count the documents first).
+        tallies[split] = collections.Counter()
+        return corpus.iter_documents(source, split=split, tally=tallies[split])
+
+    cache = shards.load_or_build_cache(
+        {split: functools.partial(documents, split) for split in shards.SPLITS},
         tokenizer,
         cache_root=run_dir / "cache",
         key=shards.cache_key(source.fingerprint, tokenizer),
         progress=not quiet,
     )
+    for split, tally in tallies.items():
+        if corpus.describe_tally(tally):
+            log.say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
+            log.write({"split": "corpus", "part": split, **tally})
+    return cache
 
 
 def describe_data(cache: shards.TokenCache, *, recipe: Recipe, log: MetricsLog) -> dict:
@@ -235,7 +266,7 @@ def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog)
     """Writes the final preset (with its model card) and the run report with its curves."""
     preset = run_dir / "preset"
     shutil.rmtree(preset, ignore_errors=True)
-    copy_atomic(checkpoints.latest_checkpoint(run_dir) / "preset", preset)
+    copy_atomic(checkpoints.latest_checkpoint(run_dir, report=log.say) / "preset", preset)
     write_model_card(preset, recipe=recipe.to_dict(), summary=summary)
     log.write({"split": "run", "event": "end", "step": recipe.train.steps})
     log.say(f"preset written to {preset}; report in {write_report(run_dir)}")

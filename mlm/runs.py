@@ -7,7 +7,9 @@ A run directory holds everything needed to resume or reproduce the run:
 
 import contextlib
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from mlm import checkpoints
@@ -52,17 +54,68 @@ def save_run_recipe(run_dir: Path, recipe: Recipe) -> None:
 
 
 def _check_writable(run_dir: Path) -> None:
-    parent = run_dir.resolve().parent
-    while not parent.exists():
-        parent = parent.parent
-    probe = parent / ".mlm-write-probe"
+    """Refuses a run directory that cannot be written, before any work is done."""
+    folder = Path(run_dir).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    probe = folder / f".mlm-write-probe-{os.getpid()}"
     try:
-        probe.write_text("")
+        with open(probe, "w") as f:
+            f.write("probe")
+            f.flush()
+            os.fsync(f.fileno())
         probe.unlink()
     except OSError as e:
         raise MlmError(
-            f"cannot write to {parent} ({e.strerror}); choose another --run-dir."
+            f"cannot write to {folder} ({e.strerror or e}); fix its permissions or free "
+            f"space, or choose another --run-dir."
         ) from None
+
+
+def clean_interrupted(run_dir: Path, *, say: Callable[[str], None]) -> None:
+    """Deletes the half-written folders a killed process left in `run_dir`.
+
+    Partial checkpoints (`checkpoints/.step-N.tmp`, `.step-N.old`), partial
+    token caches (`cache/.KEY.tmp-PID`) and a partial final preset
+    (`.preset.tmp`). Call only while holding `run_lock`.
+    """
+    run_dir = Path(run_dir)
+    removed = checkpoints.remove_partial(run_dir)
+    leftovers = [*run_dir.glob("cache/.*.tmp-*"), *run_dir.glob(".preset.tmp")]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    removed += leftovers
+    if removed:
+        names = ", ".join(str(p.relative_to(run_dir)) for p in removed)
+        say(f"removed what an interrupted run left half-written: {names}")
+
+
+def trim_metrics(path: Path, *, step: int) -> int:
+    """Drops the metrics records a resumed run will write again; returns how many.
+
+    Records up to `step` (the checkpoint resumed from) stay; later ones, and a
+    last line cut short by a crash, go. At step 0 the run restarts, so every
+    record with a step goes. Records without a step (corpus reports) stay.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if "step" not in record or (step > 0 and record["step"] <= step):
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
 
 
 @contextlib.contextmanager
@@ -71,7 +124,7 @@ def removed_on_failure(run_dir: Path, *, fresh: bool):
     try:
         yield
     except BaseException:
-        if fresh and checkpoints.latest_checkpoint(run_dir) is None:
+        if fresh and not checkpoints.list_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -89,11 +142,13 @@ def run_lock(run_dir: Path):
 
     The lock is an `flock` on that file: the operating system releases it when
     the process exits in any way, SIGKILL included, so a stale lock from a dead
-    process never blocks a resume.
+    process never blocks a resume. (On NFS, flock needs a server that supports
+    it.) Holding the lock, it checks that the directory can be written, so a
+    resume into a read-only directory fails before any training.
     """
     import fcntl
-    import os
 
+    _check_writable(run_dir)
     path = Path(run_dir) / ".lock"
     handle = open(path, "a+")
     try:

@@ -8,6 +8,7 @@ vocabulary fits, else uint32), documents joined by the end token; it is
 read back memory-mapped, so memory does not grow with the corpus.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -122,14 +123,24 @@ def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_siz
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     end_id = int(tokenizer.end_token_id)
     unk_id = unknown_token_id(tokenizer)
-    ds = tf.data.Dataset.from_generator(
-        lambda: iter(documents), output_signature=tf.TensorSpec([], tf.string)
-    )
+    failures = []
+
+    def generate():
+        try:
+            yield from documents
+        except Exception as e:
+            # TensorFlow turns it into an UnknownError with a traceback in its
+            # message; the original (e.g. an MlmError naming a bad line) is
+            # raised again below.
+            failures.append(e)
+            raise
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=tf.TensorSpec([], tf.string))
     ds = ds.batch(batch_size).map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     n_docs = n_tokens = n_unk = 0
     start = time.time()
-    with open(out, "wb") as f:
+    with open(out, "wb") as f, _reraised(failures):
         for ragged in ds:
             flat = ragged.flat_values.numpy()
             ends = np.cumsum(ragged.row_lengths().numpy())
@@ -148,6 +159,19 @@ def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_siz
         "unknown_tokens": n_unk,
         "dtype": np.dtype(dtype).name,
     }
+
+
+@contextlib.contextmanager
+def _reraised(failures: list):
+    """Raises the exception of the document generator instead of TensorFlow's wrapper."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.OpError:
+        if failures:
+            raise failures[0] from None
+        raise
 
 
 def _progress(split: str, documents, *, enabled: bool) -> Progress:

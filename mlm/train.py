@@ -19,6 +19,7 @@ from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
 from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
 from mlm.export import TensorBoardLog
+from mlm.faults import fault_point
 from mlm.pipeline import TokenIds, max_selections, training_dataset
 from mlm.progress import Progress
 
@@ -53,6 +54,19 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps,
         }
+
+
+def make_deterministic(seed: int) -> None:
+    """Seeds Python, NumPy and the backend, and makes TensorFlow ops deterministic.
+
+    With it (`train.deterministic`), two runs of a recipe, or a run killed and
+    resumed, end with bit-identical weights on the same machine.
+    """
+    keras.utils.set_random_seed(seed)
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: MaskingConfig):
@@ -209,6 +223,7 @@ def train(
     with _stop_requests() as stop, progress as bar:
         for step in range(start_step + 1, cfg.steps + 1):
             x, y, w = next(iterator)
+            fault_point("train_step", step=step)
             with warnings.catch_warnings():
                 # The backbone's pooler (for classification) gets no gradient from the
                 # MLM loss, and keras warns about it when tracing. Expected: not shown.
@@ -216,8 +231,9 @@ def train(
                 logs = task.train_on_batch(x, y, sample_weight=w, return_dict=True)
             if not math.isfinite(logs["loss"]):
                 raise MlmError(
-                    f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
-                    f"or resume from the last checkpoint."
+                    f"the loss became {logs['loss']} at step {step}; training stopped without "
+                    f"a checkpoint of that step ({checkpoints.last_checkpoint_note(run_dir)}). "
+                    f"Lower train.learning_rate and train again."
                 )
             window.add(logs, x=x, w=w, pad_id=ids.pad_id)
             bar.update(step)

@@ -1,5 +1,11 @@
-"""One run per directory, and a clean stop on SIGTERM/SIGINT that resumes."""
+"""One run per directory, writability, leftovers of killed runs, and a clean stop on SIGINT.
 
+SIGTERM, and SIGKILL at many points, are in tests/test_faults.py, which also
+compares the resumed weights with an uninterrupted run.
+"""
+
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,9 +17,8 @@ from mlm import checkpoints, runs
 from mlm.cli import main
 from mlm.errors import MlmError
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path, capsys, small_corpus):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -29,6 +34,7 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path, capsys,
         pass
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -49,10 +55,11 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resumes(
-    signum, tmp_path, small_corpus, held_out_corpus
+@pytest.mark.slow
+def test_sigint_stops_after_the_step_with_a_checkpoint_and_resumes(
+    tmp_path, small_corpus, held_out_corpus
 ):
+    signum = signal.SIGINT
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "mlm", "pretrain", "--recipe", "bert_test",
                "--corpus", str(small_corpus), "--held-out", str(held_out_corpus),
@@ -80,3 +87,84 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resumes(
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming from {run_dir / 'checkpoints' / f'step-{stopped_at}'}" in resumed.stderr
     assert max(checkpoints.list_checkpoints(run_dir)) == stopped_at + 2
+
+
+def test_an_unwritable_run_directory_is_refused_before_anything(tmp_path, capsys, small_corpus):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(MlmError, match=f"cannot write to {blocker}"):
+        runs.run_lock(blocker).__enter__()
+    code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
+                 "--run-dir", str(blocker / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"mlm: error: cannot write to {blocker} (Not a directory)" in err
+
+
+@pytest.mark.skipif(os.access("/sys", os.W_OK) and not os.path.ismount("/sys"),
+                    reason="needs a folder that cannot be written, even by root")
+def test_a_read_only_filesystem_is_refused_before_training(capsys, small_corpus):
+    if not os.path.isdir("/sys/kernel"):
+        pytest.skip("no /sys")
+    code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
+                 "--run-dir", "/sys/kernel/mlm-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and "mlm: error: cannot write to /sys/kernel" in err
+    assert not os.path.exists("/sys/kernel/mlm-run")
+
+
+def test_resume_checks_the_run_directory_can_be_written_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    from mlm.config import load_recipe
+
+    run_dir = tmp_path / "run"
+    runs.create_run_dir(run_dir, recipe=load_recipe("bert_test"), overwrite=False)
+    checked = []
+
+    def unwritable(folder):
+        checked.append(folder)
+        raise MlmError(f"cannot write to {folder} (Read-only file system); choose another.")
+
+    monkeypatch.setattr(runs, "_check_writable", unwritable)
+    code = main(["pretrain", "--run-dir", str(run_dir), "--resume"])
+    assert code == 2 and "Read-only file system" in capsys.readouterr().err
+    assert checked == [run_dir]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+
+
+def test_leftovers_of_a_killed_run_are_removed(tmp_path):
+    kept = [tmp_path / "checkpoints" / "step-4", tmp_path / "cache" / "abc123"]
+    partial = [
+        tmp_path / "checkpoints" / ".step-6.tmp",
+        tmp_path / "checkpoints" / ".step-2.old",
+        tmp_path / "cache" / ".abc123.tmp-4242",
+        tmp_path / ".preset.tmp",
+    ]
+    for folder in kept + partial:
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "file").write_text("x")
+    said = []
+    runs.clean_interrupted(tmp_path, say=said.append)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in partial)
+    assert len(said) == 1 and all(str(p.relative_to(tmp_path)) in said[0] for p in partial)
+    runs.clean_interrupted(tmp_path, say=said.append)
+    assert len(said) == 1  # nothing left: nothing said
+
+
+def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    records = [
+        {"step": 0, "split": "held_out", "loss": 6.0},
+        {"split": "corpus", "part": "train", "nul_replaced": 1},
+        {"step": 1, "split": "train", "loss": 5.0},
+        {"step": 2, "split": "train", "loss": 4.0},
+        {"step": 3, "split": "train", "loss": 3.0},
+    ]
+    text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "spl'  # killed
+    path.write_text(text)
+    assert runs.trim_metrics(path, step=2) == 2  # step 3 and the cut line
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:4]
+    assert runs.trim_metrics(path, step=2) == 0
+    assert runs.trim_metrics(path, step=0) == 3  # a restart from scratch keeps no step
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [records[1]]
+    assert runs.trim_metrics(tmp_path / "absent.jsonl", step=3) == 0
