@@ -1,17 +1,23 @@
 """Learn a vocabulary for a tokenizer family and build its keras-hub tokenizer.
 
-Vocabularies are learned with the HuggingFace `tokenizers` library (Rust,
-multi-threaded), many times faster than
-`keras_hub.tokenizers.compute_word_piece_vocabulary`, and written as exactly
-the asset the keras-hub tokenizer loads. Text is split and case-folded the way
-the keras-hub tokenizer does it, so the learned vocabulary is the one keras-hub
-will actually use, and `hf_tokenizer()` gives the same ids as
-`build_tokenizer()`.
+Each family learns with the library that writes exactly the assets its
+keras-hub tokenizers load, and splits text the way they do, so the learned
+vocabulary is the one keras-hub will actually use, and `hf_tokenizer()` (the
+trainer's own tokenizer) gives the ids of `build_tokenizer()`:
+
+| family | architectures | trainer | assets |
+|---|---|---|---|
+| wordpiece | BERT, DistilBERT, RoFormerV2 | `tokenizers` WordPiece | vocabulary.txt |
+| sentencepiece | ALBERT, DeBERTaV3, FNet, XLM-R | `sentencepiece` unigram | vocabulary.spm |
+| byte_bpe | RoBERTa | `tokenizers` byte-level BPE | vocabulary.json, merges.txt |
+
+The `tokenizers` trainers (Rust, multi-threaded) are many times faster than
+`keras_hub.tokenizers.compute_word_piece_vocabulary`. The special tokens come
+first, at the ids the architecture's keras-hub tokenizer expects; they are
+the `special_tokens` of its row in `mlm.architectures`.
 
 Each family is one row of `_FAMILIES`: how to learn it, and how to load the
-keras-hub and the `tokenizers` tokenizer from what was learned. Only
-"wordpiece" (BERT) exists so far; "sentencepiece" (ALBERT, DeBERTaV3, XLM-R)
-and "byte_bpe" (RoBERTa) are meant to be added as further rows.
+keras-hub and the trainer's tokenizer from what was learned.
 
 Example:
 
@@ -29,6 +35,20 @@ path = train_vocabulary(
 )
 tokenizer = build_tokenizer(path, family="wordpiece", lowercase=True)
 tokenizer("the fox")
+
+# ALBERT: a sentencepiece model with ALBERT's special tokens at ids 0-4.
+path = train_vocabulary(
+    ["The quick brown fox.", "The lazy dog."] * 10,
+    family="sentencepiece",
+    size=30,
+    lowercase=True,
+    min_frequency=1,
+    out_dir=Path("run/albert_vocab"),
+    special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
+)
+tokenizer = build_tokenizer(
+    path, family="sentencepiece", lowercase=True, tokenizer="AlbertTokenizer"
+)
 ```
 """
 
@@ -37,6 +57,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import io
 import itertools
 import json
 import os
@@ -58,6 +79,60 @@ if TYPE_CHECKING:
 WORDPIECE_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # The asset `keras_hub.tokenizers.WordPieceTokenizer` saves and loads.
 WORDPIECE_VOCABULARY_FILE = "vocabulary.txt"
+# The token keras-hub's WordPieceTokenizer maps unknown words to (`oov_token`).
+_WORDPIECE_UNKNOWN = "[UNK]"
+
+# ALBERT's special tokens, as AlbertTokenizer and FNetTokenizer look them up.
+ALBERT_SPECIAL_TOKENS = ("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]")
+# The asset `keras_hub.tokenizers.SentencePieceTokenizer` saves and loads.
+SENTENCEPIECE_MODEL_FILE = "vocabulary.spm"
+# At most this many sentences (of up to `_SENTENCE_CHARS` characters, in
+# practice a few hundred) are sampled from a larger corpus for the
+# sentencepiece trainer, which holds them in memory; about 1 GB of text at
+# most.
+SENTENCEPIECE_MAX_SENTENCES = 2_000_000
+_SENTENCE_CHARS = 1000
+_SENTENCEPIECE_SEED = 1
+_SENTENCEPIECE_THREADS = 16
+# No byte pieces for characters left out of the vocabulary: they read as the
+# unknown token, as in the reference ALBERT, DeBERTaV3, FNet and XLM-R models.
+# Byte fallback would spend 256 entries of the vocabulary on bytes.
+_SENTENCEPIECE_BYTE_FALLBACK = False
+# The special tokens the sentencepiece model holds as its own unknown,
+# padding, begin and end pieces; the others become control symbols.
+_SENTENCEPIECE_ROLES = {
+    "unk": ("<unk>", "[UNK]"),
+    "pad": ("<pad>", "[PAD]"),
+    "bos": ("<s>",),
+    "eos": ("</s>",),
+}
+
+# RoBERTa's special tokens, in the fairseq order of its vocabulary.
+ROBERTA_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+# The assets `keras_hub.tokenizers.BytePairTokenizer` saves and loads.
+BYTE_BPE_VOCABULARY_FILE = "vocabulary.json"
+BYTE_BPE_MERGES_FILE = "merges.txt"
+# The first line of GPT-2's and RoBERTa's merges files; keras-hub and
+# `tokenizers` skip it.
+_BPE_MERGES_HEADER = "#version: 0.2"
+# The special tokens RobertaTokenizer keeps whole in text.
+_ROBERTA_UNSPLITTABLE = ("<s>", "<pad>", "</s>", "<mask>")
+# keras-hub's `tf.data` path of BytePairTokenizer (see "Byte-level BPE"
+# below): RE2's `\s`, the spaces it adds to it, its marker, and its pattern
+# (`SPLIT_PATTERN_1`) with those spelled out for Oniguruma.
+_RE2_SPACE = "\t\n\f\r "
+_BPE_SPECIAL_SPACES = "\u00a0\u2009\u202f\u3000"
+_BPE_MARK = "\u096c"
+_KERAS_HUB_BPE_SPLIT = (
+    f"'s|'t|'re|'ve|'m|'ll|'d"
+    f"|[{_RE2_SPACE}{_BPE_SPECIAL_SPACES}]+[\n\r\t\f{_BPE_MARK}{_BPE_SPECIAL_SPACES}]"
+    f"| ?\\p{{L}}+| ?\\p{{N}}+| ?[^{_RE2_SPACE}\\p{{L}}\\p{{N}}{_BPE_SPECIAL_SPACES}]+"
+)
+
+_NO_WORDS = (
+    "the corpus gave no words to learn a vocabulary from (received only "
+    "empty or whitespace documents); check the corpus paths and text column."
+)
 # Documents handed to the Rust trainer per call, so a streamed corpus is never
 # held in memory whole.
 DOCUMENTS_PER_BATCH = 1000
@@ -130,14 +205,21 @@ _DEFAULT_IGNORABLE_RANGES = (
 class _Family:
     """How to learn one tokenizer family's vocabulary and load it again."""
 
-    # File name of the asset the keras-hub tokenizer loads.
-    asset: str
-    # (batches, *, size, lowercase, min_frequency, out_dir) -> asset path.
+    # File names of the assets the keras-hub tokenizer loads. The first is the
+    # path `train_vocabulary()` returns; the others lie beside it.
+    assets: tuple[str, ...]
+    # The special tokens, in id order, when the caller names none.
+    special_tokens: tuple[str, ...]
+    # The `keras_hub.models` tokenizer class built when the caller names none.
+    tokenizer: str
+    # The `keras_hub.tokenizers` class every tokenizer of this family derives from.
+    keras_hub_base: str
+    # (batches, *, size, lowercase, min_frequency, special_tokens, out_dir) -> asset path.
     train: Callable[..., Path]
-    # (asset path, *, lowercase) -> keras-hub tokenizer.
+    # (asset path, *, lowercase, cls) -> an instance of the keras-hub class `cls`.
     keras_hub_tokenizer: Callable[..., keras_hub.tokenizers.Tokenizer]
-    # (asset path, *, lowercase) -> equivalent `tokenizers.Tokenizer`.
-    hf_tokenizer: Callable[..., tokenizers.Tokenizer]
+    # (asset path, *, lowercase) -> the trainer library's own tokenizer.
+    hf_tokenizer: Callable[..., object]
 
 
 def train_vocabulary(
@@ -148,27 +230,40 @@ def train_vocabulary(
     lowercase: bool,
     min_frequency: int,
     out_dir: Path,
+    special_tokens: tuple[str, ...] | None = None,
 ) -> Path:
     """Learns a vocabulary from `documents` and writes it into `out_dir`.
 
     The documents are streamed to the trainer in batches, never all held in
-    memory; only the count of each distinct word is. Progress is shown on the
-    terminal. Re-running with the same inputs rewrites a byte-identical file.
+    memory whole (the sentencepiece trainer keeps at most
+    `SENTENCEPIECE_MAX_SENTENCES` sentences of them). Re-running with the same
+    inputs rewrites byte-identical files.
 
     Args:
         documents: The raw training text, one string per document; may be a
             generator over a corpus larger than memory.
-        family: The tokenizer family, e.g. `"wordpiece"`.
+        family: The tokenizer family: `"wordpiece"` (BERT, DistilBERT,
+            RoFormerV2), `"sentencepiece"` (ALBERT, DeBERTaV3, FNet,
+            XLM-RoBERTa) or `"byte_bpe"` (RoBERTa).
         size: The largest vocabulary to learn, special tokens included. A
-            small corpus may give fewer entries: read the file for the real
-            size.
+            small corpus may give fewer entries: ask the tokenizer for the
+            real size.
         lowercase: Whether to case-fold text first: an "uncased" vocabulary.
-        min_frequency: How often a pair of subwords must occur to be merged.
-        out_dir: The folder to write the vocabulary asset into; created if
+            Must be False for "byte_bpe", whose keras-hub tokenizer cannot
+            lowercase.
+        min_frequency: How often a pair of subwords must occur to be merged
+            ("wordpiece", "byte_bpe"); the unigram trainer of "sentencepiece"
+            has no such threshold and ignores it.
+        out_dir: The folder to write the vocabulary assets into; created if
             missing.
+        special_tokens: The special tokens in id order, from the
+            architecture's row (`mlm.architectures`); they take ids 0, 1, ...
+            Defaults to the family's BERT, ALBERT or RoBERTa tokens.
 
     Returns:
-        The path of the written asset, e.g. `out_dir / "vocabulary.txt"`.
+        The path of the written asset: `out_dir / "vocabulary.txt"`
+        (wordpiece), `out_dir / "vocabulary.spm"` (sentencepiece) or
+        `out_dir / "vocabulary.json"` with `merges.txt` beside it (byte_bpe).
     """
     spec = _family(family)
     if isinstance(documents, str):
@@ -180,6 +275,12 @@ def train_vocabulary(
         raise MlmError(
             f"min_frequency must be at least 1, but received min_frequency={min_frequency}."
         )
+    special_tokens = _checked_special_tokens(special_tokens, spec)
+    if size <= len(special_tokens):
+        raise MlmError(
+            f"the vocabulary size must exceed the {len(special_tokens)} "
+            f"special tokens, but received size={size}; raise it."
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return spec.train(
@@ -187,12 +288,13 @@ def train_vocabulary(
         size=size,
         lowercase=lowercase,
         min_frequency=min_frequency,
+        special_tokens=special_tokens,
         out_dir=out_dir,
     )
 
 
 def build_tokenizer(
-    vocab_path: Path, *, family: str, lowercase: bool
+    vocab_path: Path, *, family: str, lowercase: bool, tokenizer: str | None = None
 ) -> keras_hub.tokenizers.Tokenizer:
     """Returns the keras-hub tokenizer for a learned vocabulary.
 
@@ -200,39 +302,68 @@ def build_tokenizer(
         vocab_path: The asset written by `train_vocabulary()`.
         family: The tokenizer family the asset was learned for.
         lowercase: Whether the vocabulary was learned with `lowercase=True`.
+            A sentencepiece model records its own normalization: a mismatch
+            raises `MlmError`.
+        tokenizer: The `keras_hub.models` class name, from the architecture's
+            row, e.g. `"AlbertTokenizer"`. Defaults to the family's
+            `BertTokenizer`, `AlbertTokenizer` or `RobertaTokenizer`.
 
     Returns:
-        A keras-hub tokenizer, e.g. `keras_hub.models.BertTokenizer`.
+        An instance of `keras_hub.models.<tokenizer>`.
     """
     spec = _family(family)
-    return spec.keras_hub_tokenizer(_existing(vocab_path), lowercase=lowercase)
+    cls = _keras_hub_class(tokenizer or spec.tokenizer, family=family, spec=spec)
+    return spec.keras_hub_tokenizer(_existing(vocab_path, spec=spec), lowercase=lowercase, cls=cls)
 
 
-def hf_tokenizer(vocab_path: Path, *, family: str, lowercase: bool) -> tokenizers.Tokenizer:
-    """Returns a `tokenizers.Tokenizer` that agrees with `build_tokenizer()`.
+def hf_tokenizer(vocab_path: Path, *, family: str, lowercase: bool):
+    """Returns the trainer library's own tokenizer for a learned vocabulary.
 
-    It gives the same ids as the keras-hub tokenizer, up to the rare
-    characters listed in this module's comments. Like the keras-hub tokenizer,
-    it adds no [CLS]/[SEP] and reads "[MASK]" in text as plain characters.
-    `.encode_batch(texts)` is several times faster than eager calls of the
-    keras-hub tokenizer, though slower than mapping that over a
-    `tf.data.Dataset` (on 2 cores, 1-1.6 s against 0.4 s for the 4 MB sample).
+    Like the keras-hub tokenizer, it adds no start or end tokens, and reads
+    "[MASK]" in text as plain characters (but RoBERTa's "<s>", "</s>",
+    "<pad>" and "<mask>" as those tokens, as `RobertaTokenizer` does).
+
+    - "wordpiece" and "byte_bpe": a `tokenizers.Tokenizer` giving the ids of
+      the keras-hub tokenizer (of its `tf.data` path for "byte_bpe", see
+      `_KERAS_HUB_BPE_SPLIT`), up to the rare characters listed in this
+      module's comments; `.encode(text).ids` are the token ids.
+      `.encode_batch(texts)` is several times faster than eager calls of the
+      keras-hub tokenizer, though slower than mapping that over a
+      `tf.data.Dataset` (on 2 cores, 1-1.6 s against 0.4 s for the 4 MB
+      sample, wordpiece).
+    - "sentencepiece": a `sentencepiece.SentencePieceProcessor`;
+      `.encode(text)` is a list of ids, `.encode(texts)` one list per text.
+      `AlbertTokenizer`, `DebertaV3Tokenizer` and `FNetTokenizer` give these
+      ids; `XLMRobertaTokenizer` gives `3` for the unknown id `0` and `id + 1`
+      for every other id (the fairseq layout, see `xlm_roberta_ids()`).
 
     Args:
         vocab_path: The asset written by `train_vocabulary()`.
         family: The tokenizer family the asset was learned for.
         lowercase: Whether the vocabulary was learned with `lowercase=True`.
-
-    Returns:
-        A `tokenizers.Tokenizer`; `.encode(text).ids` are the token ids.
     """
     spec = _family(family)
-    return spec.hf_tokenizer(_existing(vocab_path), lowercase=lowercase)
+    return spec.hf_tokenizer(_existing(vocab_path, spec=spec), lowercase=lowercase)
+
+
+def xlm_roberta_ids(ids: Iterable[int]) -> list[int]:
+    """Maps sentencepiece ids to `XLMRobertaTokenizer` ids.
+
+    keras-hub's tokenizer follows fairseq: "<s>", "<pad>", "</s>", "<unk>"
+    take ids 0-3, the model's unknown piece (id 0) becomes 3, every other
+    piece moves up by one, and "<mask>" is appended after the last piece.
+    """
+    return [3 if i == 0 else i + 1 for i in ids]
 
 
 def vocabulary_path(out_dir: Path, *, family: str) -> Path:
     """Where `train_vocabulary(..., out_dir=out_dir)` writes the asset of `family`."""
-    return Path(out_dir) / _family(family).asset
+    return Path(out_dir) / _family(family).assets[0]
+
+
+def vocabulary_files(out_dir: Path, *, family: str) -> tuple[Path, ...]:
+    """Every file `train_vocabulary(..., out_dir=out_dir)` writes, the main asset first."""
+    return tuple(Path(out_dir) / name for name in _family(family).assets)
 
 
 def families() -> tuple[str, ...]:
@@ -252,13 +383,52 @@ def _family(name: str) -> _Family:
     return _FAMILIES[name]
 
 
-def _existing(vocab_path: Path) -> Path:
-    path = Path(vocab_path)
-    if not path.is_file():
+def _checked_special_tokens(special_tokens, spec: _Family) -> tuple[str, ...]:
+    if special_tokens is None:
+        return spec.special_tokens
+    if isinstance(special_tokens, str):
         raise MlmError(
-            f"vocabulary file not found: {path}; pass the file written by "
-            "train_vocabulary() (e.g. the run folder's vocabulary.txt)."
+            f"special_tokens must be a tuple of strings, but received the string "
+            f"{special_tokens!r}; wrap it in a tuple."
         )
+    special_tokens = tuple(special_tokens)
+    if not special_tokens or not all(isinstance(t, str) and t.strip() for t in special_tokens):
+        raise MlmError(
+            f"special_tokens must be non-empty strings, but received {special_tokens!r}."
+        )
+    if len(set(special_tokens)) != len(special_tokens):
+        raise MlmError(f"special_tokens must be distinct, but received {special_tokens!r}.")
+    return special_tokens
+
+
+def _keras_hub_class(name: str, *, family: str, spec: _Family):
+    """The `keras_hub.models` class `name`, checked to load this family's assets."""
+    # Imported here: learning a vocabulary needs neither keras-hub nor the
+    # TensorFlow it loads.
+    import keras_hub
+
+    cls = getattr(keras_hub.models, name, None)
+    base = getattr(keras_hub.tokenizers, spec.keras_hub_base)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise MlmError(
+            f"tokenizer '{name}' is not a keras_hub.models {spec.keras_hub_base} "
+            f"and cannot load a {family} vocabulary; pass the tokenizer class of "
+            "the architecture's row, e.g. "
+            f"'{spec.tokenizer}'."
+        )
+    return cls
+
+
+def _existing(vocab_path: Path, *, spec: _Family) -> Path:
+    path = Path(vocab_path)
+    beside = spec.assets[1:]
+    for name in (path.name, *beside):
+        if not (path.parent / name).is_file():
+            also = f", with {', '.join(beside)} beside it" if beside else ""
+            raise MlmError(
+                f"vocabulary file not found: {path.parent / name}; pass the file written by "
+                f"train_vocabulary() (e.g. the run folder's {spec.assets[0]}{also})."
+            )
     return path
 
 
@@ -293,23 +463,23 @@ def _train_wordpiece(
     size: int,
     lowercase: bool,
     min_frequency: int,
+    special_tokens: tuple[str, ...],
     out_dir: Path,
 ) -> Path:
     """Learns a BERT WordPiece vocabulary and writes `vocabulary.txt`."""
-    if size <= len(WORDPIECE_SPECIAL_TOKENS):
+    if _WORDPIECE_UNKNOWN not in special_tokens:
         raise MlmError(
-            f"the vocabulary size must exceed the {len(WORDPIECE_SPECIAL_TOKENS)} "
-            f"special tokens, but received size={size}; raise it."
+            f"a wordpiece vocabulary needs the {_WORDPIECE_UNKNOWN} token keras-hub maps "
+            f"unknown words to, but special_tokens={special_tokens!r}; add it."
         )
     counts = _count_words(batches)
     if lowercase:
         counts = _casefold_counts(counts)
     if not counts:
-        raise MlmError(
-            "the corpus gave no words to learn a vocabulary from (received only "
-            "empty or whitespace documents); check the corpus paths and text column."
-        )
-    tokens = _learn_wordpieces(counts, size=size, min_frequency=min_frequency)
+        raise MlmError(_NO_WORDS)
+    tokens = _learn_wordpieces(
+        counts, size=size, min_frequency=min_frequency, special_tokens=special_tokens
+    )
     path = out_dir / WORDPIECE_VOCABULARY_FILE
     _write_lines(tokens, path)
     return path
@@ -342,21 +512,26 @@ def _casefold_counts(counts: dict[str, int]) -> dict[str, int]:
     return dict(folded)
 
 
-def _learn_wordpieces(counts: dict[str, int], *, size: int, min_frequency: int) -> list[str]:
+def _learn_wordpieces(
+    counts: dict[str, int], *, size: int, min_frequency: int, special_tokens: tuple[str, ...]
+) -> list[str]:
     """Learns at most `size` WordPiece tokens that survive the vocabulary file."""
     alphabet, continuations = set(), set()
     for word in counts:
         alphabet.update(word)
         continuations.update(word[1:])
-    specials = len(WORDPIECE_SPECIAL_TOKENS)
+    specials = len(special_tokens)
     if specials + len(alphabet) + len(continuations) >= size:
         # No room for a single merge: keep the most used characters.
         units = filter(_survives_vocabulary_file, _most_used_characters(counts))
-        return [*WORDPIECE_SPECIAL_TOKENS, *itertools.islice(units, size - specials)]
+        return [*special_tokens, *itertools.islice(units, size - specials)]
     suffixes = sorted(f"##{char}" for char in continuations)
     target = size
     while True:
-        learned = _merge_wordpieces(counts, suffixes, size=target, min_frequency=min_frequency)
+        learned = _merge_wordpieces(
+            counts, suffixes, size=target, min_frequency=min_frequency,
+            special_tokens=special_tokens,
+        )
         tokens = list(filter(_survives_vocabulary_file, learned))
         if len(tokens) >= size or len(learned) < target:
             return tokens[:size]
@@ -366,7 +541,12 @@ def _learn_wordpieces(counts: dict[str, int], *, size: int, min_frequency: int) 
 
 
 def _merge_wordpieces(
-    counts: dict[str, int], suffixes: list[str], *, size: int, min_frequency: int
+    counts: dict[str, int],
+    suffixes: list[str],
+    *,
+    size: int,
+    min_frequency: int,
+    special_tokens: tuple[str, ...],
 ) -> list[str]:
     """Learns WordPiece tokens from word counts, deterministically.
 
@@ -377,7 +557,7 @@ def _merge_wordpieces(
     numbers; since that needs the words first, they are counted first and
     replayed here.
     """
-    learner = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    learner = tokenizers.Tokenizer(models.WordPiece(unk_token=_WORDPIECE_UNKNOWN))
     learner.pre_tokenizer = pre_tokenizers.Split(_REPLAY_SEPARATOR, behavior="removed")
     trainer = trainers.WordPieceTrainer(
         vocab_size=size,
@@ -386,7 +566,7 @@ def _merge_wordpieces(
         # "[" and "]" always stand alone between separators.
         special_tokens=[
             tokenizers.AddedToken(token, special=True, normalized=True)
-            for token in (*WORDPIECE_SPECIAL_TOKENS, *suffixes)
+            for token in (*special_tokens, *suffixes)
         ],
         continuing_subword_prefix="##",
         show_progress=False,  # its bar would show under --quiet; the caller shows progress
@@ -428,13 +608,9 @@ def _survives_vocabulary_file(token: str) -> bool:
 
 
 def _wordpiece_keras_hub_tokenizer(
-    vocab_path: Path, *, lowercase: bool
-) -> keras_hub.models.BertTokenizer:
-    # Imported here: learning a vocabulary needs neither keras-hub nor the
-    # TensorFlow it loads.
-    import keras_hub
-
-    return keras_hub.models.BertTokenizer(vocabulary=str(vocab_path), lowercase=lowercase)
+    vocab_path: Path, *, lowercase: bool, cls: type
+) -> keras_hub.tokenizers.WordPieceTokenizer:
+    return cls(vocabulary=str(vocab_path), lowercase=lowercase)
 
 
 def _wordpiece_hf_tokenizer(vocab_path: Path, *, lowercase: bool) -> tokenizers.Tokenizer:
@@ -443,7 +619,7 @@ def _wordpiece_hf_tokenizer(vocab_path: Path, *, lowercase: bool) -> tokenizers.
     # keeps its last id, as in keras-hub's token-to-id map.
     vocabulary = {token: i for i, token in enumerate(read_vocabulary(vocab_path))}
     model = models.WordPiece(
-        vocabulary, unk_token="[UNK]", max_input_chars_per_word=_MAX_BYTES_PER_WORD
+        vocabulary, unk_token=_WORDPIECE_UNKNOWN, max_input_chars_per_word=_MAX_BYTES_PER_WORD
     )
     tokenizer = tokenizers.Tokenizer(model)
     if lowercase:
@@ -527,11 +703,347 @@ def _all_casefold_fixups() -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+# --- SentencePiece unigram (ALBERT, DeBERTaV3, FNet, XLM-RoBERTa) ------------
+#
+# The asset is the sentencepiece model proto; keras-hub's SentencePieceTokenizer
+# runs it with TensorFlow Text's op inside `tf.data` and with the
+# `sentencepiece` library in eager calls, so learning it with `sentencepiece`
+# makes all three agree by construction. Each keras-hub tokenizer looks its
+# special tokens up by piece (ALBERT, FNet, DeBERTaV3) or at fixed ids
+# (XLM-R); `special_tokens` puts them at ids 0, 1, ... as the architecture
+# row lists them: the unknown, padding, "<s>" and "</s>" tokens as the model's
+# own unk/pad/bos/eos pieces, every other one (e.g. "[CLS]", "[MASK]") as a
+# control symbol, which encoding never produces from text: like keras-hub's
+# BertTokenizer, text holding "[MASK]" is read as characters, not as the mask.
+
+
+def _train_sentencepiece(
+    batches: Iterator[list[str]],
+    *,
+    size: int,
+    lowercase: bool,
+    min_frequency: int,
+    special_tokens: tuple[str, ...],
+    out_dir: Path,
+) -> Path:
+    """Learns a unigram sentencepiece model and writes `vocabulary.spm`."""
+    import sentencepiece
+
+    del min_frequency  # The unigram trainer prunes by likelihood, not by count.
+    sentences = _Sentences(batches)
+    model = io.BytesIO()
+    # Only used to sample `SENTENCEPIECE_MAX_SENTENCES` of a larger corpus;
+    # fixed so that a re-run keeps the same sample.
+    sentencepiece.set_random_generator_seed(_SENTENCEPIECE_SEED)
+    try:
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type="unigram",
+            vocab_size=size,
+            # A corpus too small for `size` gives a smaller vocabulary.
+            hard_vocab_limit=False,
+            # The NFKC and whitespace rules of the reference models; "_cf"
+            # adds Unicode case folding.
+            normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
+            # Characters rarer than this share of the text are left out and
+            # read as the unknown token, as in the reference models (see
+            # `_SENTENCEPIECE_BYTE_FALLBACK`).
+            character_coverage=0.9995,
+            byte_fallback=_SENTENCEPIECE_BYTE_FALLBACK,
+            input_sentence_size=SENTENCEPIECE_MAX_SENTENCES,
+            shuffle_input_sentence=True,
+            max_sentence_length=4 * _SENTENCE_CHARS,
+            # The learned model depends on the number of threads (partial
+            # sums), not on the machine's cores: a fixed count gives the same
+            # file everywhere.
+            num_threads=_SENTENCEPIECE_THREADS,
+            minloglevel=2,
+            **_sentencepiece_special_pieces(special_tokens),
+        )
+    except RuntimeError as error:
+        if sentences.error is not None:
+            raise sentences.error from None
+        if sentences.count == 0 or "all_chars_count" in str(error):
+            raise MlmError(_NO_WORDS) from None
+        reason = str(error).splitlines()[0].rpartition("] ")[2]
+        raise MlmError(
+            f"sentencepiece could not learn a vocabulary of size={size}: {reason}"
+        ) from None
+    proto = model.getvalue()
+    _check_special_pieces(proto, special_tokens)
+    path = out_dir / SENTENCEPIECE_MODEL_FILE
+    _write_bytes(proto, path)
+    return path
+
+
+class _Sentences:
+    """The documents as sentencepiece training sentences.
+
+    A document is cut at line breaks, and lines longer than `_SENTENCE_CHARS`
+    at the last space before it: the trainer skips longer sentences, and since
+    no piece spans a space, cutting there changes nothing it learns. An error
+    raised while reading is kept, as the trainer turns it into a RuntimeError.
+    """
+
+    def __init__(self, batches: Iterator[list[str]]):
+        self.batches = batches
+        self.count = 0
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for batch in self.batches:
+                for document in batch:
+                    for line in document.split("\n"):
+                        for sentence in _cut(line, limit=_SENTENCE_CHARS):
+                            if not sentence.isspace():
+                                self.count += 1
+                                yield sentence
+        except Exception as error:
+            self.error = error
+            raise
+
+
+def _cut(line: str, *, limit: int) -> Iterator[str]:
+    """Yields pieces of `line` of at most `limit` characters, cut before spaces."""
+    while len(line) > limit:
+        cut = line.rfind(" ", 1, limit + 1)
+        cut = cut if cut > 0 else limit  # no space: cut inside the word
+        yield line[:cut]
+        line = line[cut:]
+    if line:
+        yield line
+
+
+def _sentencepiece_special_pieces(special_tokens: tuple[str, ...]) -> dict:
+    """Trainer options that put `special_tokens` at ids 0, 1, ... in order."""
+    options = {f"{role}_id": -1 for role in _SENTENCEPIECE_ROLES}
+    control = []
+    for i, token in enumerate(special_tokens):
+        role = next((r for r, names in _SENTENCEPIECE_ROLES.items() if token in names), None)
+        if role is None or options[f"{role}_id"] != -1:
+            # The trainer gives control symbols the free ids in order.
+            control.append(token)
+        else:
+            options[f"{role}_id"] = i
+            options[f"{role}_piece"] = token
+    if options["unk_id"] == -1:
+        raise MlmError(
+            "a sentencepiece vocabulary needs an unknown token (one of "
+            f"{', '.join(_SENTENCEPIECE_ROLES['unk'])}) among special_tokens, but "
+            f"received {special_tokens!r}; add it."
+        )
+    return {**options, "control_symbols": control}
+
+
+def _check_special_pieces(proto: bytes, special_tokens: tuple[str, ...]) -> None:
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    pieces = tuple(processor.id_to_piece(i) for i in range(len(special_tokens)))
+    if pieces != special_tokens:
+        raise MlmError(
+            f"sentencepiece put the special tokens {pieces!r} first instead of "
+            f"{special_tokens!r}; reorder special_tokens."
+        )
+
+
+def _sentencepiece_keras_hub_tokenizer(
+    model_path: Path, *, lowercase: bool, cls: type
+) -> keras_hub.tokenizers.SentencePieceTokenizer:
+    _check_normalization(model_path, lowercase=lowercase)
+    return cls(proto=str(model_path))
+
+
+def _sentencepiece_hf_tokenizer(model_path: Path, *, lowercase: bool):
+    import sentencepiece
+
+    _check_normalization(model_path, lowercase=lowercase)
+    return sentencepiece.SentencePieceProcessor(model_file=str(model_path))
+
+
+def _check_normalization(model_path: Path, *, lowercase: bool) -> None:
+    """Checks that the model case-folds exactly when `lowercase` says so."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(model_path.read_bytes())
+    folds = model.normalizer_spec.name.endswith("_cf")
+    if folds != lowercase:
+        learned = "uncased (lowercase=True)" if folds else "cased (lowercase=False)"
+        raise MlmError(
+            f"the sentencepiece model {model_path} was learned {learned}, but "
+            f"received lowercase={lowercase}; pass lowercase={folds} or learn it again."
+        )
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    """Writes `data` through a temporary file, so no half file is left."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+# --- Byte-level BPE (RoBERTa) -------------------------------------------------
+#
+# keras-hub's BytePairTokenizer has two paths that split text differently:
+# - `tf.data` (TensorFlow) path: the GPT-2 pattern, rewritten for RE2, which
+#   has no lookahead (`split_strings_for_bpe()` in keras_hub/src/tokenizers/
+#   byte_pair_tokenizer.py). It inserts "६" before each space followed by a
+#   non-space, splits with `_KERAS_HUB_BPE_SPLIT`, splits the last whitespace
+#   character (or "६") off each piece, and drops the pieces "६". Unlike GPT-2
+#   it keeps "\n\n" and "\r\n" whole, splits trailing spaces one by one, and
+#   counts only ASCII whitespace and four special spaces as whitespace.
+# - eager (Python) path: in keras-hub 0.32 it hands its Llama-3 pattern to
+#   `tokenizers.pre_tokenizers.Split` as a plain `str`, which `tokenizers`
+#   matches literally (huggingface/tokenizers#1565), so BPE runs over the
+#   whole text unsplit. Its ids differ from the `tf.data` path's wherever a
+#   learned merge spans a split point, e.g. "ĠĠ" (two spaces, learned from
+#   indented text) before "Ġword".
+# This module learns and mirrors the `tf.data` path, which tokenizes every
+# training example (`mlm.shards`, and keras-hub's own `fit`/`predict` on
+# strings). Known differences left: characters newer than the Unicode tables
+# of RE2 or Oniguruma, a "६" written in the text itself next to a space, text
+# holding keras-hub's placeholders "ĴA"-"ĴD" for special tokens, and text
+# ending in whitespace followed by the four special spaces in a row.
+
+
+def _train_byte_bpe(
+    batches: Iterator[list[str]],
+    *,
+    size: int,
+    lowercase: bool,
+    min_frequency: int,
+    special_tokens: tuple[str, ...],
+    out_dir: Path,
+) -> Path:
+    """Learns byte-level BPE merges and writes `vocabulary.json` and `merges.txt`."""
+    if lowercase:
+        raise MlmError(
+            "the byte_bpe family (RoBERTa) is cased: keras-hub's RobertaTokenizer "
+            "cannot lowercase text; set lowercase to false (vocab.lowercase)."
+        )
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if size < len(special_tokens) + len(alphabet):
+        raise MlmError(
+            f"a byte_bpe vocabulary holds the {len(special_tokens)} special tokens and "
+            f"all {len(alphabet)} bytes, but received size={size}; raise it to at "
+            f"least {len(special_tokens) + len(alphabet)}."
+        )
+    learner = _byte_bpe_tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        initial_alphabet=alphabet,
+        show_progress=sys.stdout.isatty(),
+    )
+    seen = _Seen(batches)
+    learner.train_from_iterator(seen, trainer=trainer)
+    if not seen.text:
+        raise MlmError(_NO_WORDS)
+    model = json.loads(learner.to_str())["model"]
+    vocabulary = dict(sorted(model["vocab"].items(), key=lambda item: item[1]))
+    merges = [_BPE_MERGES_HEADER, *(" ".join(pair) for pair in model["merges"])]
+    # Merges first: a vocabulary file present means the run is complete.
+    _write_lines(merges, out_dir / BYTE_BPE_MERGES_FILE)
+    path = out_dir / BYTE_BPE_VOCABULARY_FILE
+    _write_lines([json.dumps(vocabulary, ensure_ascii=False)], path)
+    return path
+
+
+class _Seen:
+    """Passes batches of documents on, noting whether any held non-space text."""
+
+    def __init__(self, batches: Iterator[list[str]]):
+        self.batches = batches
+        self.text = False
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for batch in self.batches:
+            self.text = self.text or any(not d.isspace() for d in batch if d)
+            yield batch
+
+
+def _byte_bpe_tokenizer(model: models.Model) -> tokenizers.Tokenizer:
+    """A `tokenizers.Tokenizer` that splits text as keras-hub's `tf.data` path."""
+    tokenizer = tokenizers.Tokenizer(model)
+    # The lookahead stands for RE2's replacement of " X" by "६ X".
+    tokenizer.normalizer = normalizers.Replace(
+        tokenizers.Regex(f" (?=[^{_RE2_SPACE}{_BPE_SPECIAL_SPACES}])"), f"{_BPE_MARK} "
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(tokenizers.Regex(_KERAS_HUB_BPE_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(
+                tokenizers.Regex(f"[ \t\r\f\v{_BPE_MARK}{_BPE_SPECIAL_SPACES}]\\z"),
+                behavior="isolated",
+            ),
+            pre_tokenizers.Split(tokenizers.Regex(f"\\A{_BPE_MARK}\\z"), behavior="removed"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    return tokenizer
+
+
+def _byte_bpe_keras_hub_tokenizer(
+    vocab_path: Path, *, lowercase: bool, cls: type
+) -> keras_hub.tokenizers.BytePairTokenizer:
+    _check_cased(lowercase)
+    return cls(vocabulary=str(vocab_path), merges=str(vocab_path.parent / BYTE_BPE_MERGES_FILE))
+
+
+def _byte_bpe_hf_tokenizer(vocab_path: Path, *, lowercase: bool) -> tokenizers.Tokenizer:
+    _check_cased(lowercase)
+    with open(vocab_path, encoding="utf-8") as file:
+        vocabulary = json.load(file)
+    with open(vocab_path.parent / BYTE_BPE_MERGES_FILE, encoding="utf-8") as file:
+        lines = [line.rstrip() for line in file]
+    # Split as keras-hub splits them; byte-level tokens hold no spaces.
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version:")]
+    tokenizer = _byte_bpe_tokenizer(models.BPE(vocabulary, merges))
+    # RobertaTokenizer reads its start, end, padding and mask tokens in text
+    # as those tokens (`unsplittable_tokens`), but not "<unk>".
+    tokenizer.add_special_tokens([t for t in _ROBERTA_UNSPLITTABLE if t in vocabulary])
+    return tokenizer
+
+
+def _check_cased(lowercase: bool) -> None:
+    if lowercase:
+        raise MlmError(
+            "the byte_bpe family (RoBERTa) is cased: keras-hub's RobertaTokenizer "
+            "cannot lowercase text; pass lowercase=False."
+        )
+
+
 _FAMILIES = {
     "wordpiece": _Family(
-        asset=WORDPIECE_VOCABULARY_FILE,
+        assets=(WORDPIECE_VOCABULARY_FILE,),
+        special_tokens=WORDPIECE_SPECIAL_TOKENS,
+        tokenizer="BertTokenizer",
+        keras_hub_base="WordPieceTokenizer",
         train=_train_wordpiece,
         keras_hub_tokenizer=_wordpiece_keras_hub_tokenizer,
         hf_tokenizer=_wordpiece_hf_tokenizer,
+    ),
+    "sentencepiece": _Family(
+        assets=(SENTENCEPIECE_MODEL_FILE,),
+        special_tokens=ALBERT_SPECIAL_TOKENS,
+        tokenizer="AlbertTokenizer",
+        keras_hub_base="SentencePieceTokenizer",
+        train=_train_sentencepiece,
+        keras_hub_tokenizer=_sentencepiece_keras_hub_tokenizer,
+        hf_tokenizer=_sentencepiece_hf_tokenizer,
+    ),
+    "byte_bpe": _Family(
+        assets=(BYTE_BPE_VOCABULARY_FILE, BYTE_BPE_MERGES_FILE),
+        special_tokens=ROBERTA_SPECIAL_TOKENS,
+        tokenizer="RobertaTokenizer",
+        keras_hub_base="BytePairTokenizer",
+        train=_train_byte_bpe,
+        keras_hub_tokenizer=_byte_bpe_keras_hub_tokenizer,
+        hf_tokenizer=_byte_bpe_hf_tokenizer,
     ),
 }
