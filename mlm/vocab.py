@@ -937,7 +937,7 @@ def _train_byte_bpe(
         min_frequency=min_frequency,
         special_tokens=list(special_tokens),
         initial_alphabet=alphabet,
-        show_progress=sys.stdout.isatty(),
+        show_progress=False,  # the caller shows progress (mlm.progress)
     )
     seen = _Seen(batches)
     learner.train_from_iterator(seen, trainer=trainer)
