@@ -29,7 +29,7 @@ def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]
     if top_k < 1:
         raise MlmError(f"top_k must be at least 1, but received top_k={top_k}.")
     tokenizer = task.preprocessor.tokenizer
-    mask_token = tokenizer.mask_token
+    mask_token = mask_token_of(tokenizer)
     pieces = text.split(mask_token)
     if len(pieces) < 2:
         raise MlmError(
@@ -72,3 +72,10 @@ def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]
         best = np.argsort(-row)[:top_k]
         results.append([(tokenizer.id_to_token(int(i)), float(row[i])) for i in best])
     return results
+
+
+def mask_token_of(tokenizer) -> str:
+    """The mask token as written in text, e.g. "[MASK]" or "<mask>"."""
+    # XLMRobertaTokenizer has a mask_token_id but no mask_token attribute.
+    token = getattr(tokenizer, "mask_token", None)
+    return token if token is not None else str(tokenizer.id_to_token(tokenizer.mask_token_id))

@@ -185,29 +185,31 @@ def fill_mask_examples(task, tokens: np.ndarray, *, count: int, top_k: int = 5) 
     Documents are taken evenly spread over the held-out split; the word
     nearest the middle of each snippet is masked.
     """
-    from mlm.predict import fill_mask
+    from mlm.predict import fill_mask, mask_token_of
 
     tokenizer = task.preprocessor.tokenizer
-    vocabulary = tokenizer.get_vocabulary()
+    # By id: a byte-level BPE's get_vocabulary() is not in id order.
+    vocabulary = [str(tokenizer.id_to_token(i)) for i in range(tokenizer.vocabulary_size())]
     documents = _split_documents(np.asarray(tokens), end_id=int(tokenizer.end_token_id))
-    snippets = [s for s in (_snippet(d, vocabulary) for d in documents) if _maskable(s, vocabulary)]
+    words = _Words(vocabulary)
+    snippets = [s for s in (words.snippet(d) for d in documents) if words.maskable(s)]
     if not snippets or count < 1:
         return []
     examples = []
     for index in np.unique(np.linspace(0, len(snippets) - 1, count).round().astype(int)):
         snippet = snippets[index]
-        position = min(_maskable(snippet, vocabulary), key=lambda i: abs(i - len(snippet) / 2))
+        position = min(words.maskable(snippet), key=lambda i: abs(i - len(snippet) / 2))
         text = " ".join(
             part for part in (
                 _detokenize(tokenizer, snippet[:position]),
-                tokenizer.mask_token,
+                mask_token_of(tokenizer),
                 _detokenize(tokenizer, snippet[position + 1 :]),
             ) if part
         )
         (candidates,) = fill_mask(task, text, top_k=top_k)
         examples.append({
             "text": text,
-            "answer": vocabulary[snippet[position]],
+            "answer": words.of(snippet[position])[1],
             "predictions": [[token, probability] for token, probability in candidates],
         })
     return examples
@@ -383,29 +385,51 @@ def _split_documents(tokens: np.ndarray, *, end_id: int) -> list[np.ndarray]:
     return [tokens[a:b] for a, b in zip(starts, ends, strict=False) if b > a]
 
 
-def _snippet(document: np.ndarray, vocabulary: list[str]) -> list[int]:
-    """The document's opening of up to `_EXAMPLE_TOKENS` tokens, ending on a whole word."""
-    ids = [int(i) for i in document[:_EXAMPLE_TOKENS]]
-    rest = document[_EXAMPLE_TOKENS:]
-    if len(rest) and vocabulary[int(rest[0])].startswith("##"):
-        # Drop the word cut in two at the end.
-        while ids and vocabulary[ids[-1]].startswith("##"):
-            ids.pop()
-        ids = ids[:-1]
-    return ids
+_WORD_START_MARKS = ("\u2581", "\u0120")  # SentencePiece's "▁the", byte-level BPE's "Ġthe"
 
 
-def _maskable(ids, vocabulary: list[str]) -> list[int]:
-    """Positions of whole alphabetic words of four letters or more (WordPiece).
+class _Words:
+    """Reads word boundaries off subword tokens, whatever the tokenizer family.
 
-    Four letters or more, so the examples are rarely "the" or "and".
+    WordPiece marks continuations (`##ing`); SentencePiece and byte-level BPE
+    mark word starts instead, so there an unmarked token continues a word.
     """
-    ids = [int(i) for i in ids[:_EXAMPLE_TOKENS]]
-    return [
-        i for i, token_id in enumerate(ids)
-        if vocabulary[token_id].isalpha() and len(vocabulary[token_id]) >= 4
-        and not (i + 1 < len(ids) and vocabulary[ids[i + 1]].startswith("##"))
-    ]
+
+    def __init__(self, vocabulary: list[str]):
+        self.vocabulary = vocabulary
+        self.unmarked_starts_word = not any(t[:1] in _WORD_START_MARKS for t in vocabulary)
+
+    def of(self, token_id: int) -> tuple[bool, str]:
+        """(whether the token starts a word, its text without the marker)."""
+        token = self.vocabulary[token_id]
+        if token.startswith("##"):
+            return False, token[2:]
+        if token[:1] in _WORD_START_MARKS:
+            return True, token[1:]
+        return self.unmarked_starts_word, token
+
+    def snippet(self, document: np.ndarray) -> list[int]:
+        """The document's opening of up to `_EXAMPLE_TOKENS` tokens, ending on a whole word."""
+        ids = [int(i) for i in document[:_EXAMPLE_TOKENS]]
+        rest = document[_EXAMPLE_TOKENS:]
+        if len(rest) and not self.of(int(rest[0]))[0]:
+            # Drop the word cut in two at the end.
+            while ids and not self.of(ids[-1])[0]:
+                ids.pop()
+            ids = ids[:-1]
+        return ids
+
+    def maskable(self, ids) -> list[int]:
+        """Positions of whole alphabetic words of four letters or more.
+
+        Four letters or more, so the examples are rarely "the" or "and".
+        """
+        words = [self.of(int(i)) for i in ids[:_EXAMPLE_TOKENS]]
+        return [
+            i for i, (starts, text) in enumerate(words)
+            if starts and text.isalpha() and len(text) >= 4
+            and not (i + 1 < len(words) and not words[i + 1][0])
+        ]
 
 
 def _detokenize(tokenizer, ids: list[int]) -> str:
