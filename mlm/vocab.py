@@ -68,6 +68,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import sentencepiece
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -529,7 +530,10 @@ def _learn_wordpieces(
     target = size
     while True:
         learned = _merge_wordpieces(
-            counts, suffixes, size=target, min_frequency=min_frequency,
+            counts,
+            suffixes,
+            size=target,
+            min_frequency=min_frequency,
             special_tokens=special_tokens,
         )
         tokens = list(filter(_survives_vocabulary_file, learned))
@@ -727,8 +731,6 @@ def _train_sentencepiece(
     out_dir: Path,
 ) -> Path:
     """Learns a unigram sentencepiece model and writes `vocabulary.spm`."""
-    import sentencepiece
-
     del min_frequency  # The unigram trainer prunes by likelihood, not by count.
     sentences = _Sentences(batches)
     model = io.BytesIO()
@@ -838,8 +840,6 @@ def _sentencepiece_special_pieces(special_tokens: tuple[str, ...]) -> dict:
 
 
 def _check_special_pieces(proto: bytes, special_tokens: tuple[str, ...]) -> None:
-    import sentencepiece
-
     processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
     pieces = tuple(processor.id_to_piece(i) for i in range(len(special_tokens)))
     if pieces != special_tokens:
@@ -857,8 +857,6 @@ def _sentencepiece_keras_hub_tokenizer(
 
 
 def _sentencepiece_hf_tokenizer(model_path: Path, *, lowercase: bool):
-    import sentencepiece
-
     _check_normalization(model_path, lowercase=lowercase)
     return sentencepiece.SentencePieceProcessor(model_file=str(model_path))
 
