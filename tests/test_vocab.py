@@ -332,13 +332,17 @@ ROWS = [pytest.param(arch, id=arch.name) for arch in ARCHITECTURES.values()]
 # text is not all unknown; and chapters never learned from.
 ROW_TRAINING = sample_documents(100) + MULTILINGUAL * 3
 UNKNOWN = "the \u2603 and \U0001f9c0"  # a snowman and a cheese wedge, never learned
-ROW_HELD_OUT = sample_documents(6, start=1100) + HAND_WRITTEN + [
-    "<s>a <mask> b</s><pad> <unk>",
-    "x<mask>y  <mask>\n\n<s>",
-    "[CLS] ▁The [MASK]▁ ⁇ ",
-    "and\n\nthe  LORD\r\nsaid \u3000 unto\u00a0him\u2009 \t",
-    UNKNOWN,
-]
+ROW_HELD_OUT = (
+    sample_documents(6, start=1100)
+    + HAND_WRITTEN
+    + [
+        "<s>a <mask> b</s><pad> <unk>",
+        "x<mask>y  <mask>\n\n<s>",
+        "[CLS] ▁The [MASK]▁ ⁇ ",
+        "and\n\nthe  LORD\r\nsaid \u3000 unto\u00a0him\u2009 \t",
+        UNKNOWN,
+    ]
+)
 # XLM-RoBERTa's fairseq layout: fixed ids for four tokens, whatever the
 # sentencepiece model holds, and "<mask>" after the last piece.
 FAIRSEQ_IDS = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
