@@ -541,7 +541,8 @@ def _assemble(parts, *, limit: int, events: collections.Counter) -> Iterator[str
     """Joins `(text, ends_document)` parts into documents, cutting any over `limit`.
 
     Holds at most about two pieces of a document at a time. Every document is
-    yielded, empty ones too, so that the caller can count them.
+    yielded, empty ones too, so that the caller can count them; pieces of a
+    cut document that are only whitespace are not.
     """
     buffer, size, cut = [], 0, False
     for text, ends in parts:
@@ -550,10 +551,12 @@ def _assemble(parts, *, limit: int, events: collections.Counter) -> Iterator[str
             size += len(text)
         if size > limit:
             *pieces, rest = _pieces("".join(buffer), limit=limit)
-            yield from pieces
+            yield from (piece for piece in pieces if not piece.isspace())
             buffer, size, cut = [rest], len(rest), True
         if ends:
-            yield "".join(buffer)
+            document = "".join(buffer)
+            if not (cut and document.isspace()):
+                yield document
             if cut:
                 events["long_cut"] += 1
             buffer, size, cut = [], 0, False
