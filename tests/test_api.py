@@ -33,3 +33,20 @@ def test_unknown_attribute_is_an_attribute_error():
         assert "does_not_exist" in str(e)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_api_functions_stay_functions_after_their_modules_are_imported():
+    # `mlm.pretrain` is a function and a submodule: importing the submodule (as
+    # the CLI does) must not turn `mlm.pretrain` into the module.
+    program = (
+        "import types, mlm\n"
+        "first = mlm.pretrain\n"
+        "from mlm.pretrain import finish_run\n"
+        "import mlm.report\n"
+        "print(first is mlm.pretrain, isinstance(mlm.pretrain, types.FunctionType))\n"
+        "print(mlm.report.write_report is mlm.write_report)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "True", "True"]
