@@ -10,8 +10,6 @@ summary = mlm.pretrain(recipe, run_dir="runs/demo")
 """
 
 import importlib
-import sys
-import types
 
 _EXPORTS = {
     "load_recipe": "mlm.config",
@@ -39,19 +37,3 @@ def __getattr__(name):
 def __dir__():
     return sorted(list(globals()) + list(_EXPORTS))
 
-
-class _Package(types.ModuleType):
-    """The package's type: importing a submodule never hides an API function.
-
-    Importing the submodule `mlm.pretrain` binds it on the package as
-    `pretrain`, which would hide the function `mlm.pretrain` from then on (a
-    notebook cell calling `mlm.pretrain(...)` would fail when run twice).
-    """
-
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return  # `__getattr__` keeps answering with the function
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

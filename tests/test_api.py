@@ -36,12 +36,12 @@ def test_unknown_attribute_is_an_attribute_error():
 
 
 def test_api_functions_stay_functions_after_their_modules_are_imported():
-    # `mlm.pretrain` is a function and a submodule: importing the submodule (as
-    # the CLI does) must not turn `mlm.pretrain` into the module.
+    # The run story lives in `mlm.pretraining`, not `mlm.pretrain`: a submodule
+    # named like an API function would replace it on the package once imported.
     program = (
         "import types, mlm\n"
         "first = mlm.pretrain\n"
-        "from mlm.pretrain import finish_run\n"
+        "from mlm.pretraining import finish_run\n"
         "import mlm.report\n"
         "print(first is mlm.pretrain, isinstance(mlm.pretrain, types.FunctionType))\n"
         "print(mlm.report.write_report is mlm.write_report)\n"
