@@ -116,6 +116,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     # Compile the train step with XLA.
     jit_compile: bool = True
+    # Compute precision: "float32"; "mixed_bfloat16" (bfloat16 compute, float32
+    # weights and optimizer state); or "auto": mixed_bfloat16 where the CPU has
+    # native bfloat16 (avx512_bf16 or amx_bf16), where a bf16 matmul measured
+    # about 2x the fp32 one, and float32 elsewhere (without those flags bf16 is
+    # emulated: no faster, see benchmarks/RESULTS.md).
+    mixed_precision: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +138,9 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# Values of `train.mixed_precision`.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 SECTIONS = {
     "corpus": CorpusConfig,
@@ -314,6 +323,11 @@ def validate(recipe: Recipe) -> None:
         ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 1, "at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1, "at least 1"),
     ]
+    if t.mixed_precision not in PRECISIONS:
+        raise MlmError(
+            f"'train.mixed_precision' must be one of {', '.join(PRECISIONS)}, but received "
+            f"mixed_precision={t.mixed_precision!r}."
+        )
     for field, value, ok, expected in checks:
         if not ok:
             raise MlmError(
