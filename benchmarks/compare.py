@@ -51,12 +51,17 @@ MASK_RATE = 0.15  # masked fraction of the non-padding tokens, for the FLOP coun
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report:
+        report = json.loads(args.report.read_text())
+        print_report(report, spec=report["spec"])
+        return
     with contextlib.ExitStack() as stack:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
         report = {"machine": machine_summary(), "args": {k: str(v) for k, v in vars(args).items()}}
         say(f"work dir {work}; load average {os.getloadavg()}")
         spec, report["data"] = prepare(args, work=work)
+        report["spec"] = spec
         report["matmul_peak"] = matmul_peak()
         say(f"matmul peak: {report['matmul_peak']}")
         report["contenders"] = {
@@ -99,6 +104,7 @@ def parse_args(argv):
                         help="runs of the vocabulary-training comparison (0 skips it)")
     parser.add_argument("--work-dir", type=Path, help="keep the shared files here")
     parser.add_argument("--json", type=Path, help="also write the full report here")
+    parser.add_argument("--report", type=Path, help="print the tables of a saved --json report")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -327,8 +333,8 @@ def print_report(report: dict, *, spec: dict) -> None:
           f"bfloat16 {peak['bfloat16']:.1f} GFLOP/s (load {peak['load_average']:.2f})\n")
     rows, mlm_rate = [], None
     print("| contender | non-padding tokens/s | padding | s/step (median; blocks) | peak RSS "
-          "| held-out masked acc (steps in budget) | MFU (fp32 peak) | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| held-out masked acc (steps in budget) | MFU (fp32 peak) | first steps | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, result in report["contenders"].items():
         row = summarize(result, spec=spec, peak=peak["float32"])
         rows.append((name, row))
@@ -339,7 +345,7 @@ def print_report(report: dict, *, spec: dict) -> None:
               f"{s['padding_fraction']:.1%} | {s['seconds_per_step']:.3f} ({blocks}) | "
               f"{row['peak_rss_mb']:,.0f} MB | {row['accuracy']:.4f} "
               f"({result['budget']['budget_steps_done']}) | {row['mfu']:.1%} | "
-              f"{s['load_average']:.1f} |")
+              f"{s['warmup_seconds']:.0f} s | {s['load_average']:.1f} |")
     if mlm_rate:
         print()
         for name, row in rows:
