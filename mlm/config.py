@@ -125,6 +125,12 @@ class TrainConfig:
     # deterministic, so that a run killed at any point and resumed ends with
     # exactly the weights of an uninterrupted run (slower on some GPU ops).
     deterministic: bool = False
+    # Compute precision: "float32"; "mixed_bfloat16" (bfloat16 compute, float32
+    # weights and optimizer state); or "auto": mixed_bfloat16 where the CPU has
+    # native bfloat16 (avx512_bf16 or amx_bf16), where a bf16 matmul measured
+    # about 2x the fp32 one, and float32 elsewhere (without those flags bf16 is
+    # emulated: no faster, see benchmarks/RESULTS.md).
+    mixed_precision: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +147,9 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+# Values of `train.mixed_precision`.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 
 SECTIONS = {
     "corpus": CorpusConfig,
@@ -325,6 +334,11 @@ def validate(recipe: Recipe) -> None:
         ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 1, "at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1, "at least 1"),
     ]
+    if t.mixed_precision not in PRECISIONS:
+        raise MlmError(
+            f"'train.mixed_precision' must be one of {', '.join(PRECISIONS)}, but received "
+            f"mixed_precision={t.mixed_precision!r}."
+        )
     for field, value, ok, expected in checks:
         if not ok:
             raise MlmError(

@@ -97,8 +97,45 @@ def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, m
     )
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no flags to read, stay in float32
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(setting: str, *, native_bf16: bool) -> str:
+    """The keras dtype policy for `train.mixed_precision`: "auto" picks by the CPU."""
+    if setting == "auto":
+        return "mixed_bfloat16" if native_bf16 else "float32"
+    return setting
+
+
+def set_precision(task, policy: str) -> None:
+    """Sets every layer's dtype policy: compute in `policy`, weights stay float32.
+
+    Done on the built task (not through the global keras policy), so it holds
+    for fresh, preset and resumed tasks alike. The preprocessor's layers keep
+    their own (string and integer) dtypes.
+    """
+    if task.dtype_policy.name == policy:
+        return
+    preprocessor = getattr(task, "preprocessor", None)
+    keep = {id(layer) for layer in preprocessor._flatten_layers()} if preprocessor else set()
+    for layer in task._flatten_layers(include_self=True):
+        if id(layer) not in keep:
+            layer.dtype_policy = policy
+
+
 def compile_task(task, config: TrainConfig) -> None:
     """AdamW with warmup and linear decay, clipping, masked loss and metrics."""
+    set_precision(
+        task, resolve_precision(config.mixed_precision, native_bf16=cpu_has_native_bf16())
+    )
     optimizer = keras.optimizers.AdamW(
         learning_rate=WarmupLinearDecay(
             config.learning_rate, round(config.warmup_fraction * config.steps), config.steps
