@@ -8,6 +8,7 @@ crash mid-save never leaves a folder that looks complete; `state.json` is the
 last file written and marks completeness.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -74,7 +75,8 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_checkpoint(task, preprocessor=preprocessor, folder=tmp, step=step, state=state)
+        with _outside_distribution():
+            _write_checkpoint(task, preprocessor=preprocessor, folder=tmp, step=step, state=state)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -101,6 +103,24 @@ def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dic
     np.savez(folder / "optimizer.npz", **arrays)
     write_json_atomic(folder / "state.json", {"step": step, **state})  # last: marks complete
     _fsync_tree(folder)
+
+
+@contextlib.contextmanager
+def _outside_distribution():
+    """No `keras.distribution` while saving (set in multi-process JAX runs).
+
+    Only process 0 saves, but keras creates variables while saving (the fresh
+    Adam of `_write_checkpoint`, a reference optimizer in `saving_lib`), and
+    creating a distributed variable is a collective every process must join.
+    """
+    import keras
+
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
 
 
 def restore_optimizer(task, checkpoint: Path) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mlm import checkpoints
+from mlm import checkpoints, distributed
 from mlm.architectures import Architecture
 from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
 from mlm.errors import MlmError, RunStopped
@@ -104,18 +104,26 @@ def compile_task(task, config: TrainConfig) -> None:
         # Held-out loss and accuracy are computed exactly in mlm.evaluate; in
         # training only the per-batch accuracy is tracked (weighted by masks).
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=config.jit_compile,
+        # JAX has no graph mode without XLA: not compiling would run op by op.
+        jit_compile=config.jit_compile or keras.backend.backend() == "jax",
     )
 
 
 class MetricsLog:
-    """Appends one JSON object per line to `run_dir/metrics.jsonl`."""
+    """Appends one JSON object per line to `run_dir/metrics.jsonl`.
 
-    def __init__(self, path: Path, *, quiet: bool):
+    With `record=False` (processes other than 0 of a distributed run) it
+    neither writes nor prints.
+    """
+
+    def __init__(self, path: Path, *, quiet: bool, record: bool = True):
         self.path = Path(path)
-        self.quiet = quiet
+        self.quiet = quiet or not record
+        self.record = record
 
     def write(self, record: dict) -> None:
+        if not self.record:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -141,21 +149,27 @@ def train(
     run_dir: Path,
     start_step: int,
     log: MetricsLog,
+    topology: distributed.Topology | None = None,
 ) -> dict:
     """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
 
     `task.preprocessor` must be None: batches arrive preprocessed and masked
-    from `mlm.pipeline`; `preprocessor` is saved with every checkpoint.
+    from `mlm.pipeline`; `preprocessor` is saved with every checkpoint. In a
+    distributed run (`topology`) each process feeds its slice of every batch
+    and only process 0 writes checkpoints.
 
     Returns:
         The held-out evaluations at the start (step 0 only) and at the end, and
         the training throughput in non-padding tokens per second.
     """
     cfg, model = recipe.train, recipe.model
+    topology = topology or distributed.Topology()
+    topology.check_batch_size(cfg.batch_size)
     data = training_dataset(
         train_tokens, sequence_length=model.sequence_length, batch_size=cfg.batch_size,
         masking=recipe.masking, ids=ids, seed=cfg.seed, start_step=start_step,
-        segment_ids=arch.uses_segment_ids,
+        segment_ids=arch.uses_segment_ids, process_index=topology.process_index,
+        process_count=topology.process_count,
     )
 
     def evaluate(step):
@@ -174,7 +188,7 @@ def train(
     if start_step >= cfg.steps:
         log.say(f"the run is already at step {start_step} of {cfg.steps}; pass --steps to extend")
     start = result = evaluate(start_step) if start_step == 0 else {}
-    iterator = iter(data)
+    iterator = distributed.host_batches(data, backend=keras.backend.backend())
     window, throughput, run_start = _LogWindow(), [], time.perf_counter()
     with _stop_requests() as stop:
         for step in range(start_step + 1, cfg.steps + 1):
@@ -189,7 +203,7 @@ def train(
                     f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
                     f"or resume from the last checkpoint."
                 )
-            window.add(logs, x=x, w=w)
+            window.add(logs, x=x, w=w, topology=topology)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 record = window.record(step, learning_rate=task.optimizer.learning_rate)
                 throughput.append((window.tokens, window.seconds()))
@@ -198,14 +212,14 @@ def train(
             with window.paused():
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     result = evaluate(step)
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if topology.is_chief and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                     checkpoints.save_checkpoint(
                         task, preprocessor=preprocessor, run_dir=run_dir, step=step,
                         state={"recipe": recipe.name}, keep=cfg.keep_checkpoints,
                     )
             if stop:
                 _stop(task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-                      recipe=recipe, signum=stop[0], log=log)
+                      recipe=recipe, signum=stop[0], log=log, chief=topology.is_chief)
     # The first window includes tracing and XLA compilation: leave it out when we can.
     steady = throughput[1:] or throughput
     return {
@@ -245,9 +259,9 @@ def _stop_requests():
             signal.signal(sig, old)
 
 
-def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log) -> None:
-    """Checkpoints `step` (unless just done) and raises `RunStopped`."""
-    if step not in checkpoints.list_checkpoints(run_dir):
+def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, chief) -> None:
+    """Checkpoints `step` (unless just done, or not process 0); raises `RunStopped`."""
+    if chief and step not in checkpoints.list_checkpoints(run_dir):
         checkpoints.save_checkpoint(
             task, preprocessor=preprocessor, run_dir=run_dir, step=step,
             state={"recipe": recipe.name}, keep=recipe.train.keep_checkpoints,
@@ -274,12 +288,13 @@ class _LogWindow:
         self.masked = self.loss_sum = self.correct = self.excluded = 0.0
         self.start = time.perf_counter()
 
-    def add(self, logs: dict, *, x, w) -> None:
-        masked = float(np.sum(w))
+    def add(self, logs: dict, *, x, w, topology) -> None:
+        # Counts over the global batch: each process holds only its slice.
+        masked, tokens = distributed.total(topology, float(np.sum(w)), np.sum(x["padding_mask"]))
         self.masked += masked
         self.loss_sum += logs["loss"] * masked
         self.correct += logs["accuracy"] * masked
-        self.tokens += int(np.sum(x["padding_mask"]))
+        self.tokens += int(tokens)
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start - self.excluded
