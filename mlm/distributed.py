@@ -128,8 +128,10 @@ def use_all_devices(backend: str) -> Topology:
     import tensorflow as tf
 
     # tf.data stays the input pipeline; keep TensorFlow off the accelerators
-    # so that it does not take the memory JAX needs.
-    tf.config.set_visible_devices([], "GPU")
+    # so that it does not take the memory JAX needs. (Too late, and harmless to
+    # skip, once TensorFlow has started its runtime.)
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_visible_devices([], "GPU")
     devices = jax.device_count()
     if devices > 1:
         # mlm.pipeline already gives each process its own slice of the batch.
@@ -151,15 +153,17 @@ def host_batches(dataset, *, backend: str):
     return dataset.as_numpy_iterator() if backend == "jax" else iter(dataset)
 
 
-def total(topology: Topology, *values: float) -> tuple[float, ...]:
-    """Sums each of `values` over all processes (itself for one process)."""
+def total(topology: Topology, *counts) -> tuple[int, ...]:
+    """Sums each of the integer `counts` over all processes."""
+    counts = tuple(int(round(float(c))) for c in counts)
     if topology.process_count == 1:
-        return values
+        return counts
     import numpy as np
     from jax.experimental import multihost_utils
 
-    gathered = multihost_utils.process_allgather(np.asarray(values, dtype=np.float64))
-    return tuple(float(v) for v in np.asarray(gathered).reshape(-1, len(values)).sum(axis=0))
+    # int32: JAX computes in 32 bits unless jax_enable_x64 is set.
+    gathered = multihost_utils.process_allgather(np.asarray(counts, dtype=np.int32))
+    return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(counts)).sum(axis=0))
 
 
 def barrier(topology: Topology, name: str) -> None:

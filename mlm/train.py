@@ -203,7 +203,11 @@ def train(
                     f"the loss became {logs['loss']} at step {step}; lower train.learning_rate "
                     f"or resume from the last checkpoint."
                 )
-            window.add(logs, x=x, w=w, topology=topology)
+            # Sums over the global batch (each process holds its slice), and the stop
+            # requests of all processes, so that every process stops after the same step.
+            masked, tokens, stops = distributed.total(
+                topology, np.sum(w), np.sum(x["padding_mask"]), len(stop))
+            window.add(logs, masked=masked, tokens=tokens)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 record = window.record(step, learning_rate=task.optimizer.learning_rate)
                 throughput.append((window.tokens, window.seconds()))
@@ -217,9 +221,9 @@ def train(
                         task, preprocessor=preprocessor, run_dir=run_dir, step=step,
                         state={"recipe": recipe.name}, keep=cfg.keep_checkpoints,
                     )
-            if stop:
-                _stop(task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-                      recipe=recipe, signum=stop[0], log=log, chief=topology.is_chief)
+            if stops:
+                _stop(task, preprocessor=preprocessor, run_dir=run_dir, step=step, recipe=recipe,
+                      signum=stop[0] if stop else signal.SIGTERM, log=log, topology=topology)
     # The first window includes tracing and XLA compilation: leave it out when we can.
     steady = throughput[1:] or throughput
     return {
@@ -259,13 +263,14 @@ def _stop_requests():
             signal.signal(sig, old)
 
 
-def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, chief) -> None:
-    """Checkpoints `step` (unless just done, or not process 0); raises `RunStopped`."""
-    if chief and step not in checkpoints.list_checkpoints(run_dir):
+def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology) -> None:
+    """Checkpoints `step` (unless just done; process 0 only) and raises `RunStopped`."""
+    if topology.is_chief and step not in checkpoints.list_checkpoints(run_dir):
         checkpoints.save_checkpoint(
             task, preprocessor=preprocessor, run_dir=run_dir, step=step,
             state={"recipe": recipe.name}, keep=recipe.train.keep_checkpoints,
         )
+    distributed.barrier(topology, "stopped")  # the others exit once it is written
     name = signal.Signals(signum).name
     log.say(f"{name} received: stopped after step {step} and wrote a checkpoint")
     raise RunStopped(
@@ -288,13 +293,12 @@ class _LogWindow:
         self.masked = self.loss_sum = self.correct = self.excluded = 0.0
         self.start = time.perf_counter()
 
-    def add(self, logs: dict, *, x, w, topology) -> None:
-        # Counts over the global batch: each process holds only its slice.
-        masked, tokens = distributed.total(topology, float(np.sum(w)), np.sum(x["padding_mask"]))
+    def add(self, logs: dict, *, masked: int, tokens: int) -> None:
+        """Adds one step: its logs, masked-token and non-padding-token counts."""
         self.masked += masked
         self.loss_sum += logs["loss"] * masked
         self.correct += logs["accuracy"] * masked
-        self.tokens += int(tokens)
+        self.tokens += tokens
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start - self.excluded
