@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="bert_tiny_en_uncased",
                    help="recipe name in presets/ or a JSON file (default: %(default)s)")
     _add_run_arguments(p, default_run_dir="runs/demo")
+    _add_backend_arguments(p)
 
     p = sub.add_parser("continue", help="continue MLM pretraining of a preset on a new corpus")
     p.add_argument("--preset", required=True,
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="continue_pretraining",
                    help="training settings (default: %(default)s)")
     _add_run_arguments(p, default_run_dir="runs/continued")
+    _add_backend_arguments(p)
 
     p = sub.add_parser("evaluate", help="held-out masked accuracy and perplexity of a preset")
     p.add_argument("preset", help="preset folder (e.g. runs/demo/preset) or keras-hub handle")
@@ -89,6 +91,25 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> N
     p.add_argument("--quiet", action="store_true", help="print only errors and the summary")
 
 
+def _add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("backend and multi-process training (see README, Scaling out)")
+    g.add_argument("--backend", choices=("tensorflow", "jax"), default=None,
+                   help="keras backend (default: $KERAS_BACKEND, else tensorflow; jax when "
+                   "any option below is given)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join a multi-process JAX run; without the three options below JAX "
+                   "detects them from the launcher (Slurm, Open MPI, Cloud TPU VM)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0's coordinator service (implies --distributed)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+    g.add_argument("--init-timeout", type=int, default=300, metavar="SECONDS",
+                   help="wait this long for every process to join (default: %(default)s)")
+    g.add_argument("--heartbeat-timeout", type=int, default=100, metavar="SECONDS",
+                   help="declare a silent process dead and stop the others after this long "
+                   "(default: %(default)s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Before TensorFlow is imported: hide its C++ log lines (e.g. "failed call to
@@ -98,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args) or 0
     except MlmError as e:
         print(f"mlm: error: {e}", file=sys.stderr)
-        return 2
+        return _failed(2)
     except RunStopped as e:
         print(f"mlm: {e}", file=sys.stderr)
-        return 128 + e.signum
+        return _failed(128 + e.signum)
     except OSError as e:
         # A full or read-only disk is the machine's state, not a bug: one line.
         if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -109,10 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"mlm: error: {e.strerror}{where}; free space or choose another folder.",
               file=sys.stderr)
-        return 2
+        return _failed(2)
     except KeyboardInterrupt:
         print("mlm: interrupted", file=sys.stderr)
-        return 130
+        return _failed(130)
+
+
+def _failed(status: int) -> int:
+    from mlm.distributed import exit_at_once
+
+    exit_at_once(status)  # in a multi-process run only: see its docstring
+    return status
 
 
 def _import_tensorflow_quietly() -> None:
@@ -139,20 +167,54 @@ def _import_tensorflow_quietly() -> None:
 
 def _pretrain(args) -> None:
     recipe = _run_recipe(args)
-    _import_tensorflow_quietly()
-    from mlm.pretraining import pretrain
-
-    pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-             quiet=args.quiet)
+    _train(args, recipe)
 
 
 def _continue(args) -> None:
     recipe = _run_recipe(args, preset=args.preset)
+    _train(args, recipe)
+
+
+def _train(args, recipe) -> None:
+    """`pretrain` on the chosen backend, joined to the other processes of the run if any."""
+    from mlm import distributed
+
+    cluster = _cluster(args)
+    backend = distributed.select_backend(args.backend or ("jax" if cluster else None))
+    if cluster is not None:
+        if backend != "jax":
+            raise MlmError(
+                f"multi-process training runs on the JAX backend, but received "
+                f"backend={backend!r}; pass --backend jax."
+            )
+        distributed.initialize(cluster)  # before keras is imported and JAX computes
     _import_tensorflow_quietly()
+    topology = distributed.use_all_devices(backend)
     from mlm.pretraining import pretrain
 
-    pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
-             quiet=args.quiet)
+    with distributed.peer_failures(topology):
+        pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
+                 quiet=args.quiet, topology=topology)
+
+
+def _cluster(args):
+    """The `DistributedConfig` of the command line, or None for a single-process run."""
+    from mlm.config import DistributedConfig
+
+    given = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in given):
+        return None
+    checks = (("--num-processes", args.num_processes, 1), ("--process-id", args.process_id, 0),
+              ("--init-timeout", args.init_timeout, 1),
+              ("--heartbeat-timeout", args.heartbeat_timeout, 1))
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            raise MlmError(f"{flag} must be at least {least}, but received {value}.")
+    return DistributedConfig(
+        coordinator=args.coordinator, num_processes=args.num_processes,
+        process_id=args.process_id, init_timeout=args.init_timeout,
+        heartbeat_timeout=args.heartbeat_timeout,
+    )
 
 
 def _run_recipe(args, *, preset: str | None = None):

@@ -119,7 +119,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     # Number of most recent checkpoints to keep.
     keep_checkpoints: int = 3
-    # Compile the train step with XLA.
+    # Compile the train step with XLA (always on the JAX backend, which has no
+    # graph mode without XLA).
     jit_compile: bool = True
     # Seed every random generator from `seed` and make TensorFlow ops
     # deterministic, so that a run killed at any point and resumed ends with
@@ -150,6 +151,28 @@ class Recipe:
 
 # Values of `train.mixed_precision`.
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """How this process joins a multi-process JAX run (not part of a recipe).
+
+    Fields left as None are detected by `jax.distributed.initialize` from the
+    cluster launcher's environment (Slurm, Open MPI, Cloud TPU VMs).
+    """
+
+    # HOST:PORT of the coordinator service that process 0 starts.
+    coordinator: str | None = None
+    # Processes in the run, usually one per host.
+    num_processes: int | None = None
+    # This process's index, 0 to num_processes - 1; 0 writes the run directory.
+    process_id: int | None = None
+    # Seconds to wait for every process to join before failing.
+    init_timeout: int = 300
+    # Seconds without a heartbeat after which a process is declared dead and
+    # the others stop (JAX's default is 100).
+    heartbeat_timeout: int = 100
+
 
 SECTIONS = {
     "corpus": CorpusConfig,

@@ -43,9 +43,9 @@ def evaluate_tokens(
     )
     loss_sum = correct = masked = 0.0
     windows = 0
-    for x, y, w in ds:
+    # numpy batches: every backend's predict_on_batch takes them (JAX takes no tf tensors).
+    for x, y, w in ds.as_numpy_iterator():  # y, w: (B, M)
         logits = np.asarray(task.predict_on_batch(x), dtype=np.float32)  # (B, M, V)
-        y, w = y.numpy(), w.numpy()  # (B, M)
         top = logits.max(axis=-1, keepdims=True)
         log_norm = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
         picked = np.take_along_axis(logits, y[..., None], axis=-1)[..., 0]

@@ -20,6 +20,17 @@ def load_masked_lm(preset: str):
     """
     import keras_hub
 
+    return _load(keras_hub.models.MaskedLM.from_preset, preset)
+
+
+def load_tokenizer(preset: str):
+    """`keras_hub.tokenizers.Tokenizer.from_preset(preset)`, with one-line errors."""
+    import keras_hub
+
+    return _load(keras_hub.tokenizers.Tokenizer.from_preset, preset)
+
+
+def _load(from_preset, preset: str):
     local = Path(preset)
     if local.exists():
         if not (local / "config.json").is_file():
@@ -31,7 +42,7 @@ def load_masked_lm(preset: str):
         raise MlmError(f"preset folder not found: {preset}; check the path.")
     try:
         with _safe_mode():
-            return keras_hub.models.MaskedLM.from_preset(str(preset))
+            return from_preset(str(preset))
     except OSError as e:  # requests' ConnectionError is an OSError
         if local.exists():
             raise MlmError(f"could not read preset {preset} ({e}); check the folder.") from None

@@ -107,6 +107,20 @@ def batch_schedule(
         epoch, offset = epoch + 1, 0
 
 
+def process_slice(
+    schedule: Iterator[tuple[int, np.ndarray]], *, process_index: int, process_count: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """This process's contiguous part of every global batch of `schedule`.
+
+    Every process walks the same global schedule and keeps slice
+    `process_index` of `process_count` equal slices, so each window is read by
+    exactly one process per epoch, with the mask it gets in a one-process run.
+    """
+    for epoch, window_ids in schedule:
+        size = len(window_ids) // process_count
+        yield epoch, window_ids[process_index * size : (process_index + 1) * size]
+
+
 def ordered_schedule(windows: int, *, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yields `(0, window_ids)` covering every window once, in order (evaluation)."""
     for start in range(0, windows, batch_size):
@@ -214,11 +228,16 @@ def training_dataset(
     seed: int,
     start_step: int = 0,
     inputs: tuple[str, ...] = ("segment_ids", "padding_mask"),
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> tf.data.Dataset:
     """An endless dataset of masked training batches, starting at `start_step`.
 
     Every epoch visits the windows in a fresh order with fresh masks; the
     batch of step `s` is the same whether the run started at 0 or resumed.
+    With `process_count` > 1, yields this process's `batch_size //
+    process_count` windows of each global batch of `batch_size` (see
+    `process_slice`).
     """
     windows = num_windows(len(tokens), sequence_length)
     if steps_per_epoch(windows, batch_size) < 1:
@@ -228,13 +247,20 @@ def training_dataset(
             f"or lower train.batch_size or model.sequence_length."
         )
 
-    schedule = functools.partial(
-        batch_schedule, windows, batch_size=batch_size, seed=seed, start_step=start_step
-    )
+    if batch_size % process_count:
+        raise MlmError(
+            f"train.batch_size must be a multiple of the {process_count} processes, but "
+            f"received batch_size={batch_size}; change --batch-size."
+        )
+
+    def schedule():
+        steps = batch_schedule(windows, batch_size=batch_size, seed=seed, start_step=start_step)
+        return process_slice(steps, process_index=process_index, process_count=process_count)
+
     ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids)
     return _mask_and_batch(
         ds, salt=_TRAIN_SALT, seed=seed, masking=masking, ids=ids,
-        sequence_length=sequence_length, batch_size=batch_size,
+        sequence_length=sequence_length, batch_size=batch_size // process_count,
         inputs=inputs, drop_remainder=True,
     )
 

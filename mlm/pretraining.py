@@ -6,13 +6,14 @@ once, train with dynamic masking, export.
 """
 
 import collections
+import contextlib
 import functools
 import shutil
 from pathlib import Path
 
 import keras
 
-from mlm import checkpoints, corpus, runs, shards, vocab
+from mlm import checkpoints, corpus, distributed, runs, shards, vocab
 from mlm.architectures import architecture_of_backbone, get_architecture
 from mlm.config import Recipe, apply_overrides, load_recipe
 from mlm.errors import MlmError
@@ -37,6 +38,7 @@ def pretrain(
     resume: bool = False,
     overwrite: bool = False,
     quiet: bool = False,
+    topology: distributed.Topology | None = None,
 ) -> dict:
     """Pretrains a MaskedLM on `recipe.corpus` into `run_dir`.
 
@@ -51,6 +53,9 @@ def pretrain(
         resume: continue from the newest complete checkpoint in `run_dir`.
         overwrite: delete an existing `run_dir` first.
         quiet: print nothing but errors and the final summary.
+        topology: this process's place in a distributed run
+            (`mlm.distributed.use_all_devices`); default one process. Process 0
+            writes the run directory, which every process must see.
 
     Returns:
         A summary: held-out metrics at the start and end, throughput, corpus
@@ -65,35 +70,43 @@ def pretrain(
     ```
     """
     run_dir = Path(run_dir)
+    topology = topology or distributed.Topology()
+    chief = topology.is_chief
     if resume:
         recipe = runs.with_steps(runs.load_run_recipe(run_dir), recipe.train.steps)
     source = corpus.resolve_corpus(recipe.corpus)
-    if not resume:
+    if not resume and chief:
         runs.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     log = MetricsLog(run_dir / "metrics.jsonl", quiet=quiet,
-                     tensorboard_dir=run_dir / "tensorboard")
-    with runs.removed_on_failure(run_dir, fresh=not resume), runs.run_lock(run_dir):
+                     tensorboard_dir=run_dir / "tensorboard", record=chief)
+    lock = runs.run_lock(run_dir) if chief else contextlib.nullcontext()
+    with runs.removed_on_failure(run_dir, fresh=not resume and chief), lock:
         log.write({"split": "run", "event": "start"})  # the report sums sessions' wall time
         log.say(tensorboard_hint(run_dir / "tensorboard"))
-        if resume:
+        if resume and chief:
             runs.save_run_recipe(run_dir, recipe)
             runs.clean_interrupted(run_dir, say=log.say)
+        share_files(recipe, source=source, run_dir=run_dir, log=log, topology=topology,
+                    quiet=quiet)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
-        runs.trim_metrics(log.path, step=start_step)  # records after it are written again
+        distributed.check_agreement(topology, step=start_step, run_dir=run_dir)
+        if chief:
+            runs.trim_metrics(log.path, step=start_step)  # records after it are written again
         arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.
         preprocessor, task.preprocessor = task.preprocessor, None
         cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
-                                quiet=quiet)
+                                quiet=quiet or not chief)
         stats = describe_data(cache, recipe=recipe, log=log)
         result = train(
             task, preprocessor=preprocessor, recipe=recipe, arch=arch,
             train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
             ids=TokenIds.from_tokenizer(preprocessor.tokenizer), run_dir=run_dir,
-            start_step=start_step, log=log,
+            start_step=start_step, log=log, topology=topology,
         )
     summary = {**stats, **result, "steps": recipe.train.steps, "run_dir": str(run_dir)}
-    summary["preset"] = str(finish_run(run_dir, recipe=recipe, summary=summary, log=log))
+    if chief:
+        summary["preset"] = str(finish_run(run_dir, recipe=recipe, summary=summary, log=log))
     return summary
 
 
@@ -131,10 +144,43 @@ def continue_pretraining(
     return pretrain(recipe, run_dir=run_dir, **kwargs)
 
 
+def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
+                topology: distributed.Topology, quiet: bool) -> None:
+    """In a multi-process run, process 0 learns the vocabulary and tokenizes first.
+
+    The other processes wait, then find both in the shared run directory and
+    only read them. The model is not built here: creating a distributed
+    variable is a collective operation that every process joins together.
+    """
+    if topology.process_count == 1:
+        return
+    if topology.is_chief:
+        tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
+        tokenize_corpus(source, tokenizer, run_dir=run_dir, quiet=quiet)
+    distributed.barrier(topology, "shared files")
+    distributed.check_visible(run_dir / runs.CONFIG_FILE, topology=topology)
+
+
+def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
+    """The tokenizer of the task `starting_task` returns, without building a model."""
+    from mlm.hub import load_tokenizer
+
+    latest = checkpoints.latest_checkpoint(run_dir)
+    if latest is not None:
+        return load_tokenizer(str(latest / "preset"))
+    if recipe.model.preset:
+        return load_tokenizer(recipe.model.preset)
+    return load_or_train_tokenizer(source, recipe=recipe, run_dir=run_dir, log=log)
+
+
 def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
     """The task to train and its step: newest checkpoint, preset, or fresh."""
     from mlm.hub import load_masked_lm
 
+    # Also before loading a checkpoint: its layers are built with initial values
+    # before the saved ones are loaded, and in a multi-process run every process
+    # must build identical values (JAX checks it).
+    keras.utils.set_random_seed(recipe.train.seed)
     if recipe.train.deterministic:
         make_deterministic(recipe.train.seed)
     latest = checkpoints.latest_checkpoint(run_dir, report=log.say)
@@ -144,7 +190,6 @@ def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
         step = checkpoints.restore_training_state(task, latest)
         log.say(f"resuming from {latest} (step {step})")
         return task, step
-    keras.utils.set_random_seed(recipe.train.seed)
     if recipe.model.preset:
         task = preset_task(recipe, log=log)
     else:

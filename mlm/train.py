@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mlm import checkpoints
+from mlm import checkpoints, distributed
 from mlm.architectures import Architecture
 from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
 from mlm.errors import MlmError, RunStopped
@@ -157,7 +157,8 @@ def compile_task(task, config: TrainConfig) -> None:
         # Held-out loss and accuracy are computed exactly in mlm.evaluate; in
         # training only the per-batch accuracy is tracked (weighted by masks).
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=config.jit_compile,
+        # JAX has no graph mode without XLA: not compiling would run op by op.
+        jit_compile=config.jit_compile or keras.backend.backend() == "jax",
     )
 
 
@@ -166,15 +167,21 @@ class MetricsLog:
 
     Each record is stamped with its wall-clock `time` (Unix seconds) and, when
     `tensorboard_dir` is given, also written there as TensorBoard scalars.
+    With `record=False` (processes other than 0 of a distributed run) it
+    neither writes nor prints.
     """
 
-    def __init__(self, path: Path, *, quiet: bool, tensorboard_dir: Path | None = None):
+    def __init__(self, path: Path, *, quiet: bool, tensorboard_dir: Path | None = None,
+                 record: bool = True):
         self.path = Path(path)
-        self.quiet = quiet
-        self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir else None
+        self.quiet = quiet or not record
+        self.record = record
+        self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir and record else None
         self._bar = None  # the live progress line, which messages must not garble
 
     def write(self, record: dict) -> None:
+        if not self.record:
+            return
         record = {**record, "time": record.get("time", time.time())}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -219,21 +226,27 @@ def train(
     run_dir: Path,
     start_step: int,
     log: MetricsLog,
+    topology: distributed.Topology | None = None,
 ) -> dict:
     """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
 
     `task.preprocessor` must be None: batches arrive preprocessed and masked
-    from `mlm.pipeline`; `preprocessor` is saved with every checkpoint.
+    from `mlm.pipeline`; `preprocessor` is saved with every checkpoint. In a
+    distributed run (`topology`) each process feeds its slice of every batch
+    and only process 0 writes checkpoints.
 
     Returns:
         The held-out evaluations at the start (step 0 only) and at the end, and
         the training throughput in non-padding tokens per second.
     """
     cfg, model = recipe.train, recipe.model
+    topology = topology or distributed.Topology()
+    topology.check_batch_size(cfg.batch_size)
     data = training_dataset(
         train_tokens, sequence_length=model.sequence_length, batch_size=cfg.batch_size,
         masking=recipe.masking, ids=ids, seed=cfg.seed, start_step=start_step,
-        inputs=arch.inputs,
+        inputs=arch.inputs, process_index=topology.process_index,
+        process_count=topology.process_count,
     )
 
     def evaluate(step):
@@ -252,7 +265,7 @@ def train(
     if start_step >= cfg.steps:
         log.say(f"the run is already at step {start_step} of {cfg.steps}; pass --steps to extend")
     start = result = evaluate(start_step) if start_step == 0 else {}
-    iterator = iter(data)
+    iterator = distributed.host_batches(data, backend=keras.backend.backend())
     window, throughput, run_start = _LogWindow(), [], time.perf_counter()
     # On a terminal, a line redrawn every step; the log lines are the plain-text progress.
     progress = log.progress("training", total=cfg.steps, initial=start_step, unit="steps",
@@ -272,7 +285,12 @@ def train(
                     f"a checkpoint of that step ({checkpoints.last_checkpoint_note(run_dir)}). "
                     f"Lower train.learning_rate and train again."
                 )
-            window.add(logs, x=x, w=w, pad_id=ids.pad_id)
+            # Sums over the global batch (each process holds its slice), and the stop
+            # requests of all processes, so that every process stops after the same step.
+            # Tokens are counted from ids: FNet and RoFormerV2 take no padding mask.
+            masked, tokens, stops = distributed.total(
+                topology, np.sum(w), np.sum(np.asarray(x["token_ids"]) != ids.pad_id), len(stop))
+            window.add(logs, masked=masked, tokens=tokens)
             bar.update(step)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 record = window.record(step, learning_rate=task.optimizer.learning_rate)
@@ -282,14 +300,14 @@ def train(
             with window.paused():
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     result = evaluate(step)
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                if topology.is_chief and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                     checkpoints.save_checkpoint(
                         task, preprocessor=preprocessor, run_dir=run_dir, step=step,
                         state={"recipe": recipe.name}, keep=cfg.keep_checkpoints,
                     )
-            if stop:
-                _stop(task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-                      recipe=recipe, signum=stop[0], log=log)
+            if stops:
+                _stop(task, preprocessor=preprocessor, run_dir=run_dir, step=step, recipe=recipe,
+                      signum=stop[0] if stop else signal.SIGTERM, log=log, topology=topology)
     # The first window includes tracing and XLA compilation: leave it out when we can.
     steady = throughput[1:] or throughput
     return {
@@ -329,13 +347,14 @@ def _stop_requests():
             signal.signal(sig, old)
 
 
-def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log) -> None:
-    """Checkpoints `step` (unless just done) and raises `RunStopped`."""
-    if step not in checkpoints.list_checkpoints(run_dir):
+def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology) -> None:
+    """Checkpoints `step` (unless just done; process 0 only) and raises `RunStopped`."""
+    if topology.is_chief and step not in checkpoints.list_checkpoints(run_dir):
         checkpoints.save_checkpoint(
             task, preprocessor=preprocessor, run_dir=run_dir, step=step,
             state={"recipe": recipe.name}, keep=recipe.train.keep_checkpoints,
         )
+    distributed.barrier(topology, "stopped")  # the others exit once it is written
     name = signal.Signals(signum).name
     log.say(f"{name} received: stopped after step {step} and wrote a checkpoint")
     raise RunStopped(
@@ -358,13 +377,12 @@ class _LogWindow:
         self.masked = self.loss_sum = self.correct = self.excluded = 0.0
         self.start = time.perf_counter()
 
-    def add(self, logs: dict, *, x, w, pad_id: int) -> None:
-        masked = float(np.sum(w))
+    def add(self, logs: dict, *, masked: int, tokens: int) -> None:
+        """Adds one step: its logs, masked-token and non-padding-token counts."""
         self.masked += masked
         self.loss_sum += logs["loss"] * masked
         self.correct += logs["accuracy"] * masked
-        # Not every backbone takes a padding mask (FNet, RoFormerV2): count ids.
-        self.tokens += int(np.sum(np.asarray(x["token_ids"]) != pad_id))
+        self.tokens += tokens
 
     def seconds(self) -> float:
         return time.perf_counter() - self.start - self.excluded

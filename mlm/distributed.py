@@ -1,0 +1,238 @@
+"""Backend choice and data-parallel training on JAX's distributed runtime.
+
+Multi-host training is JAX's multi-controller model: every process runs the
+same `mlm pretrain` command, `jax.distributed.initialize` connects them, and
+`keras.distribution.DataParallel` replicates the model over every device of
+every process. Each process feeds only its own slice of each global batch
+(`mlm.pipeline` cuts it), keras assembles the global batch with
+`jax.make_array_from_process_local_data`, and XLA all-reduces the gradients.
+
+Process 0 (the chief) alone writes the run directory; the others read what it
+wrote, so `run_dir` must be on a filesystem every process sees.
+
+TensorFlow stays the single-process default backend (fastest on CPU, see
+the README); nothing here imports JAX unless the JAX backend was chosen.
+"""
+
+import contextlib
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from mlm.config import DistributedConfig
+from mlm.errors import MlmError
+
+BACKENDS = ("tensorflow", "jax")
+
+# Status codes that start the message of a failed cross-process collective
+# (e.g. "UNKNOWN: Gloo all-reduce failed: ... Connection closed by peer").
+_RUNTIME_STATUSES = (
+    "UNKNOWN:", "UNAVAILABLE:", "INTERNAL:", "DEADLINE_EXCEEDED:", "ABORTED:", "CANCELLED:",
+    "FAILED_PRECONDITION:",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Where this process sits in a data-parallel run.
+
+    The single-process default needs no JAX: every helper below is a no-op
+    for it, so the TensorFlow path never imports JAX.
+    """
+
+    # This process's index, 0 to process_count - 1; 0 writes the run directory.
+    process_index: int = 0
+    # Processes in the run (hosts, usually one per host).
+    process_count: int = 1
+    # Devices over all processes; the global batch is split evenly among them.
+    device_count: int = 1
+
+    @property
+    def is_chief(self) -> bool:
+        return self.process_index == 0
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raises `MlmError` unless the global batch splits evenly over devices."""
+        if batch_size % self.device_count:
+            raise MlmError(
+                f"train.batch_size must be a multiple of the {self.device_count} devices of "
+                f"the run ({self.process_count} process(es)), but received "
+                f"batch_size={batch_size}; change --batch-size."
+            )
+
+
+def select_backend(requested: str | None) -> str:
+    """Sets `KERAS_BACKEND` before keras is imported; returns the backend.
+
+    Args:
+        requested: "tensorflow" or "jax"; None takes `KERAS_BACKEND` from the
+            environment, else TensorFlow.
+    """
+    backend = requested or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if backend not in BACKENDS:
+        raise MlmError(
+            f"the backend must be one of {', '.join(BACKENDS)}, but received "
+            f"backend={backend!r}; pass --backend or set KERAS_BACKEND."
+        )
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.backend.backend() != backend:
+        raise MlmError(
+            f"keras was already imported with the {keras.backend.backend()} backend, so "
+            f"backend={backend!r} cannot take effect; set KERAS_BACKEND={backend} before "
+            f"importing keras."
+        )
+    os.environ["KERAS_BACKEND"] = backend
+    return backend
+
+
+def initialize(config: DistributedConfig) -> None:
+    """Starts `jax.distributed`: call before keras is imported or JAX computes.
+
+    Arguments left as None are detected by JAX from the cluster launcher's
+    environment (Slurm, Open MPI, Cloud TPU VMs, Kubernetes; the address
+    also from `JAX_COORDINATOR_ADDRESS`). A process that stops sending
+    heartbeats for `heartbeat_timeout` seconds is declared dead, and JAX then
+    terminates the others, so a lost peer never leaves a run hanging.
+    """
+    import jax
+
+    try:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+            initialization_timeout=config.init_timeout,
+            heartbeat_timeout_seconds=config.heartbeat_timeout,
+        )
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise MlmError(
+            f"could not start jax.distributed ({_first_line(e)}); pass --coordinator "
+            f"HOST:PORT, --num-processes and --process-id, or run under a launcher JAX "
+            f"detects (Slurm, Open MPI, a Cloud TPU VM)."
+        ) from None
+
+
+def use_all_devices(backend: str) -> Topology:
+    """Shares the model over every device (JAX) and returns this process's place.
+
+    On JAX with more than one device (several GPUs or TPU cores, or hosts
+    joined by `initialize`), sets `keras.distribution.DataParallel`: variables
+    replicated on every device, batches split along their first axis. Call
+    after `initialize` and before the model is built.
+    """
+    if backend != "jax":
+        return Topology()
+    import jax
+    import keras
+    import tensorflow as tf
+
+    # tf.data stays the input pipeline; keep TensorFlow off the accelerators
+    # so that it does not take the memory JAX needs. (Too late, and harmless to
+    # skip, once TensorFlow has started its runtime.)
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_visible_devices([], "GPU")
+    devices = jax.device_count()
+    if devices > 1:
+        # mlm.pipeline already gives each process its own slice of the batch.
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(auto_shard_dataset=False)
+        )
+    return Topology(
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        device_count=devices,
+    )
+
+
+def host_batches(dataset, *, backend: str):
+    """An iterator over `dataset`'s batches in the form the backend feeds best.
+
+    JAX takes numpy arrays (keras turns them into global arrays); TensorFlow
+    keeps its tensors.
+    """
+    return dataset.as_numpy_iterator() if backend == "jax" else iter(dataset)
+
+
+def total(topology: Topology, *counts) -> tuple[int, ...]:
+    """Sums each of the integer `counts` over all processes."""
+    counts = tuple(int(round(float(c))) for c in counts)
+    if topology.process_count == 1:
+        return counts
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    # int32: JAX computes in 32 bits unless jax_enable_x64 is set.
+    gathered = multihost_utils.process_allgather(np.asarray(counts, dtype=np.int32))
+    return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(counts)).sum(axis=0))
+
+
+def barrier(topology: Topology, name: str) -> None:
+    """Waits until every process reaches the barrier `name`."""
+    if topology.process_count > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def check_visible(path: Path, *, topology: Topology) -> None:
+    """Raises `MlmError` unless this process sees `path`, which process 0 wrote."""
+    if not path.is_file():
+        raise MlmError(
+            f"process {topology.process_index} cannot see {path}, which process 0 wrote; "
+            f"put the run directory on a filesystem shared by every process."
+        )
+
+
+def check_agreement(topology: Topology, *, step: int, run_dir) -> None:
+    """Raises `MlmError` unless every process starts from the same step."""
+    if topology.process_count == 1:
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    steps = np.asarray(multihost_utils.process_allgather(np.asarray([step]))).reshape(-1)
+    if len(set(steps.tolist())) > 1:
+        raise MlmError(
+            f"the processes found different checkpoints in {run_dir} (steps "
+            f"{', '.join(map(str, steps.tolist()))}); the run directory must be on a "
+            f"filesystem shared by every process."
+        )
+
+
+@contextlib.contextmanager
+def peer_failures(topology: Topology):
+    """Turns a failed cross-process collective into a one-line `MlmError`.
+
+    When another process dies, the next all-reduce fails at once (its
+    connections close). Where no collective is running, JAX's heartbeat
+    timeout terminates this process instead, with JAX's own message.
+    """
+    try:
+        yield
+    except (MlmError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        if topology.process_count == 1 or not str(e).startswith(_RUNTIME_STATUSES):
+            raise
+        raise MlmError(
+            f"lost contact with another process of the distributed run ({_first_line(e)}); "
+            f"check its log, then restart every process with --resume."
+        ) from None
+
+
+def exit_at_once(status: int) -> None:
+    """Ends a failed distributed process now, skipping jax.distributed's shutdown.
+
+    At exit JAX waits for every process at a shutdown barrier, and aborts with
+    a C++ stack trace when one is gone; the error has been printed already.
+    """
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
