@@ -94,8 +94,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> N
 def _add_backend_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("backend and multi-process training (see README, Scaling out)")
     g.add_argument("--backend", choices=("tensorflow", "jax"), default=None,
-                   help="keras backend (default: $KERAS_BACKEND, else tensorflow; jax when "
-                   "any option below is given)")
+                   help="keras backend (default: $KERAS_BACKEND, else tensorflow; jax for a "
+                   "multi-process run)")
     g.add_argument("--distributed", action="store_true",
                    help="join a multi-process JAX run; without the three options below JAX "
                    "detects them from the launcher (Slurm, Open MPI, Cloud TPU VM)")

@@ -68,7 +68,8 @@ def test_batch_must_split_over_processes_and_devices():
     Topology(process_count=2, device_count=4).check_batch_size(8)
 
 
-def test_multi_process_options_need_the_jax_backend(capsys, tmp_path):
+def test_multi_process_options_need_the_jax_backend(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")  # restored after the test
     code = main(["pretrain", "--recipe", "bert_test", "--run-dir", str(tmp_path / "r"),
                  "--backend", "tensorflow", "--coordinator", "127.0.0.1:1234"])
     err = capsys.readouterr().err
