@@ -55,11 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("vocab", help="learn a vocabulary from a corpus")
     p.add_argument("--corpus", nargs="+", default=None, metavar="PATH")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--family", default="wordpiece")
+    p.add_argument("--architecture", default="bert",
+                   help="the tokenizer family and special tokens of this architecture's row")
     p.add_argument("--size", type=int, default=30522)
     p.add_argument("--cased", action="store_true", help="keep case (default: uncased)")
     p.add_argument("--min-frequency", type=int, default=2)
-    p.add_argument("--out", required=True, help="output vocabulary file")
+    p.add_argument("--out", required=True,
+                   help="output folder for the vocabulary files (e.g. vocabulary.txt)")
 
     p = sub.add_parser("report", help="rebuild RUN_DIR/report.md from the run's files")
     p.add_argument("run_dir")
@@ -285,25 +287,35 @@ def _vocab(args) -> None:
     import tempfile
 
     from mlm import corpus, vocab
+    from mlm.architectures import get_architecture
     from mlm.config import CorpusConfig
     from mlm.progress import track
 
+    arch = get_architecture(args.architecture)
     source = corpus.resolve_corpus(
         CorpusConfig(paths=tuple(args.corpus or ()), text_column=args.text_column,
                      held_out_fraction=0.0)
     )
     out = Path(args.out)
-    if out.is_dir():
-        raise MlmError(f"--out {out} is a folder; pass a file path such as {out}/vocab.txt.")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise MlmError(f"--out {out} exists; pass a new or empty folder.")
     documents = track(corpus.iter_documents(source, split="train"), label="counting words",
                       total=corpus.count_documents(source, split="train"), unit="documents")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Learned into a temporary folder beside `out` and moved when complete, so a
+    # failure leaves nothing half-written (byte_bpe writes two files).
     with tempfile.TemporaryDirectory(dir=out.resolve().parent) as tmp:
-        path = vocab.train_vocabulary(
-            documents, family=args.family, size=args.size,
+        vocab.train_vocabulary(
+            documents, family=arch.tokenizer_family, size=args.size,
             lowercase=not args.cased, min_frequency=args.min_frequency, out_dir=Path(tmp),
+            special_tokens=arch.special_tokens,
         )
-        shutil.move(path, out)
-    print(f"vocabulary written to {out}")
+        if out.exists():
+            out.rmdir()
+        shutil.move(tmp, out)
+        Path(tmp).mkdir()  # TemporaryDirectory removes it on exit
+    files = ", ".join(p.name for p in vocab.vocabulary_files(out, family=arch.tokenizer_family))
+    print(f"{arch.tokenizer_family} vocabulary for {arch.name} written to {out}: {files}")
 
 
 def _report(args) -> None:

@@ -143,14 +143,25 @@ def test_recipes_lists_the_shipped_recipes(capsys):
 
 
 def test_vocab_command_writes_a_vocabulary_file(capsys, small_corpus, tmp_path):
-    out = tmp_path / "vocab.txt"
+    out = tmp_path / "bert_vocab"
     code, stdout, _ = run_main(capsys, "vocab", "--corpus", small_corpus, "--size", "300",
                                "--out", out)
     assert code == 0 and str(out) in stdout
-    lines = out.read_text(encoding="utf-8").splitlines()
+    lines = (out / "vocabulary.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 300
     assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--family", "bpe",
-                            "--out", tmp_path / "other.txt")
-    assert_one_line_error(code, err, "unknown tokenizer family 'bpe'", "wordpiece")
-    assert not (tmp_path / "other.txt").exists()
+    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--architecture", "bpe",
+                            "--out", tmp_path / "other")
+    assert_one_line_error(code, err, "unknown architecture 'bpe'", "roberta")
+    assert not (tmp_path / "other").exists()
+    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--out", out)
+    assert_one_line_error(code, err, "exists", "empty folder")
+
+
+def test_vocab_command_writes_every_file_of_a_family(capsys, small_corpus, tmp_path):
+    out = tmp_path / "roberta_vocab"
+    code, stdout, _ = run_main(capsys, "vocab", "--corpus", small_corpus, "--size", "400",
+                               "--architecture", "roberta", "--cased", "--out", out)
+    assert code == 0, stdout
+    assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "vocabulary.json"]
+    assert "byte_bpe vocabulary for roberta" in stdout
