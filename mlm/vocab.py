@@ -448,10 +448,14 @@ def _batches(documents: Iterable[str], *, batch_size: int) -> Iterator[list[str]
 
 
 def _write_lines(lines: list[str], path: Path) -> None:
-    """Writes one line per entry through a temporary file, so no half file is left."""
+    """Writes one line per entry, UTF-8 with "\\n" endings, through `_write_bytes`."""
+    _write_bytes("".join(f"{line}\n" for line in lines).encode("utf-8"), path)
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    """Writes `data` through a temporary file, so no half file is left."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="\n") as file:
-        file.writelines(f"{line}\n" for line in lines)
+    temporary.write_bytes(data)
     os.replace(temporary, path)
 
 
@@ -874,13 +878,6 @@ def _check_normalization(model_path: Path, *, lowercase: bool) -> None:
             f"the sentencepiece model {model_path} was learned {learned}, but "
             f"received lowercase={lowercase}; pass lowercase={folds} or learn it again."
         )
-
-
-def _write_bytes(data: bytes, path: Path) -> None:
-    """Writes `data` through a temporary file, so no half file is left."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 # --- Byte-level BPE (RoBERTa) -------------------------------------------------
