@@ -212,6 +212,11 @@ def _cluster(args):
     for flag, value, least in checks:
         if value is not None and value < least:
             raise MlmError(f"{flag} must be at least {least}, but received {value}.")
+    if None not in (args.num_processes, args.process_id) and args.process_id >= args.num_processes:
+        raise MlmError(
+            f"--process-id must be below --num-processes ({args.num_processes}), but received "
+            f"{args.process_id}; number the processes 0 to {args.num_processes - 1}."
+        )
     return DistributedConfig(
         coordinator=args.coordinator, num_processes=args.num_processes,
         process_id=args.process_id, init_timeout=args.init_timeout,

@@ -83,6 +83,11 @@ def pretrain(
     with runs.removed_on_failure(run_dir, fresh=not resume and chief), lock:
         log.write({"split": "run", "event": "start"})  # the report sums sessions' wall time
         log.say(tensorboard_hint(run_dir / "tensorboard"))
+        if topology.device_count > 1:
+            log.say(f"data-parallel over {topology.device_count} devices in "
+                    f"{topology.process_count} process(es): each device takes "
+                    f"{recipe.train.batch_size // topology.device_count} windows of every "
+                    f"global batch of {recipe.train.batch_size}")
         if resume and chief:
             runs.save_run_recipe(run_dir, recipe)
             runs.clean_interrupted(run_dir, say=log.say)

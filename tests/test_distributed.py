@@ -81,6 +81,12 @@ def test_multi_process_options_need_the_jax_backend(capsys, tmp_path, monkeypatc
                  "--num-processes", "2", "--process-id", "-1"])
     assert code == 2 and "--process-id must be at least 0, but received -1" in (
         capsys.readouterr().err)
+    code = main(["pretrain", "--recipe", "bert_test", "--run-dir", str(tmp_path / "r"),
+                 "--num-processes", "2", "--process-id", "2"])
+    assert code == 2 and capsys.readouterr().err.strip().splitlines() == [
+        "mlm: error: --process-id must be below --num-processes (2), but received 2; number "
+        "the processes 0 to 1."
+    ]
     assert not (tmp_path / "r").exists()
 
 
@@ -192,3 +198,28 @@ def test_killed_worker_stops_the_run_which_resumes_to_the_one_process_weights(
         if r["split"] == "train" and r["step"] in last:
             assert last[r["step"]] == pytest.approx(r["loss"], abs=1e-4)
     assert 24 in last
+
+
+@pytest.mark.slow
+def test_one_process_over_two_devices_trains_as_one_device(
+    tmp_path, jax_run, jax_env, small_corpus, held_out_corpus
+):
+    # Single-host multi-device (several GPUs or TPU cores) takes the same
+    # keras.distribution path; here XLA splits the CPU into two devices.
+    env = {**jax_env, "XLA_FLAGS": jax_env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"}
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mlm", "pretrain", "--backend", "jax", "--recipe", "bert_test",
+           "--set", *JAX_RUN_OVERRIDES, "--corpus", str(small_corpus),
+           "--held-out", str(held_out_corpus), "--run-dir", str(run_dir)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data-parallel over 2 devices in 1 process(es): each device takes 4 windows of " \
+        "every global batch of 8" in proc.stderr
+    # The batch of 8 split 4 + 4 over the devices: the same data and masks as one
+    # device, only the order of float32 additions differs (as with two processes).
+    two, one = _weights(run_dir / "preset"), _weights(jax_run / "preset")
+    assert two.keys() == one.keys() and len(two) > 20
+    moved = max(np.abs(two[key] - one[key]).max() for key in one)
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
+    print(f"max weight difference, 2 devices against 1: {moved:.2e}")
