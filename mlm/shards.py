@@ -181,12 +181,20 @@ def _progress(split: str, documents, *, enabled: bool) -> Progress:
 
 
 def unknown_token_id(tokenizer) -> int | None:
-    """The id of the tokenizer's unknown token ([UNK]), or None if it has none."""
-    for name in ("oov_token", "unk_token"):
-        token = getattr(tokenizer, name, None)
-        if token is not None:
-            try:
-                return int(tokenizer.token_to_id(token))
-            except (KeyError, ValueError):
-                return None
+    """The id of the tokenizer's unknown token, or None if it has none.
+
+    WordPiece tokenizers name it (`oov_token`, `unk_token`); keras-hub's
+    sentencepiece tokenizers (ALBERT, FNet, DeBERTaV3, XLM-R) do not, so the
+    usual spellings are looked up, and kept only if they map back to
+    themselves (sentencepiece maps any unknown string to its unknown id).
+    """
+    named = [getattr(tokenizer, name, None) for name in ("oov_token", "unk_token")]
+    for token in [t for t in named if t is not None] + ["<unk>", "[UNK]"]:
+        try:
+            token_id = int(tokenizer.token_to_id(token))
+            if tokenizer.id_to_token(token_id) == token:
+                return token_id
+        except (KeyError, ValueError, IndexError):
+            continue
+    return None
     return None

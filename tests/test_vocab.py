@@ -10,7 +10,7 @@ import tensorflow as tf
 import tokenizers
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode, split_strings_for_bpe
 
-from mlm import vocab
+from mlm import shards, vocab
 from mlm.architectures import ARCHITECTURES
 from mlm.errors import MlmError
 from tests.conftest import sample_documents
@@ -484,6 +484,8 @@ def test_unknown_characters_are_the_unknown_token_or_bytes(arch, row_vocabulary,
         unknown = next(t for t in arch.special_tokens if t in ("[UNK]", "<unk>"))
         unknown_id = tokenizer.token_to_id(unknown)
         assert ids.count(unknown_id) == 2
+        # What the token cache and the report count as unknown.
+        assert shards.unknown_token_id(tokenizer) == unknown_id
 
 
 @pytest.mark.parametrize(
