@@ -161,7 +161,7 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
         return
     if topology.is_chief:
         tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
-        tokenize_corpus(source, tokenizer, run_dir=run_dir, quiet=quiet)
+        tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log, quiet=quiet)
     distributed.barrier(topology, "shared files")
     distributed.check_visible(run_dir / runs.CONFIG_FILE, topology=topology)
 
