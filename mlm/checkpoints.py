@@ -19,7 +19,6 @@ changed since they were written (a bad disk, a partial copy) is reported and
 skipped for the previous one.
 """
 
-import contextlib
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlm.distributed import outside_distribution
 from mlm.errors import MlmError
 from mlm.faults import fault_point
 
@@ -167,7 +167,7 @@ def save_checkpoint(
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        with _outside_distribution():
+        with outside_distribution():
             _write_checkpoint(task, preprocessor=preprocessor, folder=tmp, step=step, state=state)
         if final.exists():  # a re-save of the same step (after a signal)
             _remove(final)
@@ -229,24 +229,6 @@ def restore_training_state(task, checkpoint: Path) -> int:
     step = restore_optimizer(task, checkpoint)
     restore_random_state(task, checkpoint)
     return step
-
-
-@contextlib.contextmanager
-def _outside_distribution():
-    """No `keras.distribution` while saving (set in multi-process JAX runs).
-
-    Only process 0 saves, but keras creates variables while saving (the fresh
-    Adam of `_write_checkpoint`, a reference optimizer in `saving_lib`), and
-    creating a distributed variable is a collective every process must join.
-    """
-    import keras
-
-    distribution = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
-        yield
-    finally:
-        keras.distribution.set_distribution(distribution)
 
 
 def restore_optimizer(task, checkpoint: Path) -> int:

@@ -200,6 +200,26 @@ def check_agreement(topology: Topology, *, step: int, run_dir) -> None:
 
 
 @contextlib.contextmanager
+def outside_distribution():
+    """No `keras.distribution` inside: what process 0 builds alone stays local.
+
+    Only process 0 saves checkpoints and writes the report, but keras creates
+    variables while saving (the fresh Adam of `mlm.checkpoints`, a reference
+    optimizer in `saving_lib`) and the report's fill-mask examples load the
+    preset; creating a distributed variable is a collective every process
+    must join, so process 0 would wait for the others forever.
+    """
+    import keras
+
+    distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(distribution)
+
+
+@contextlib.contextmanager
 def peer_failures(topology: Topology):
     """Turns a failed cross-process collective into a one-line `MlmError`.
 

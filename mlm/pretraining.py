@@ -111,7 +111,8 @@ def pretrain(
         )
     summary = {**stats, **result, "steps": recipe.train.steps, "run_dir": str(run_dir)}
     if chief:
-        summary["preset"] = str(finish_run(run_dir, recipe=recipe, summary=summary, log=log))
+        with distributed.outside_distribution():  # the report loads the preset
+            summary["preset"] = str(finish_run(run_dir, recipe=recipe, summary=summary, log=log))
     return summary
 
 

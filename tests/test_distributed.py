@@ -206,7 +206,8 @@ def test_one_process_over_two_devices_trains_as_one_device(
 ):
     # Single-host multi-device (several GPUs or TPU cores) takes the same
     # keras.distribution path; here XLA splits the CPU into two devices.
-    env = {**jax_env, "XLA_FLAGS": jax_env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"}
+    flags = jax_env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"
+    env = {**jax_env, "XLA_FLAGS": flags}
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "mlm", "pretrain", "--backend", "jax", "--recipe", "bert_test",
            "--set", *JAX_RUN_OVERRIDES, "--corpus", str(small_corpus),
