@@ -21,6 +21,7 @@ import argparse
 import gzip
 import os
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -33,13 +34,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent / "mlm" / "data" / "kjv.txt.gz"
 
-# First log line of each phase (`mlm pretrain`'s own messages), in order.
+# A pattern of the first log line of each phase (`mlm pretrain`'s own
+# messages), in order. "vocabulary: N entries in ..." ends the vocabulary
+# phase; its progress lines ("vocabulary: counting words: ...") do not.
 PHASES = [
     ("read and hash the corpus", ""),
-    ("learn the vocabulary", "training a wordpiece vocabulary"),
-    ("build the model", "vocabulary:"),
-    ("tokenize into the cache", "tokenizing"),
-    ("train, evaluate, checkpoint, export", "corpus:"),
+    ("learn the vocabulary", r"training a \w+ vocabulary"),
+    ("build the model", r"vocabulary: [\d,]+ entries in "),
+    ("tokenize into the cache", r"tokenizing"),
+    ("train, evaluate, checkpoint, export", r"corpus:"),
 ]
 
 
@@ -106,7 +109,7 @@ def run_pretrain(corpus: Path, *, run_dir: Path, steps: int):
     for line in child.stderr:
         print(line, end="", file=sys.stderr)
         for phase, marker in PHASES[1:]:
-            if marker and line.startswith(marker) and phase not in peaks:
+            if marker and re.match(marker, line) and phase not in peaks:
                 now = time.perf_counter()
                 peaks[state["phase"]][1] = now - state["began"]
                 state.update(phase=phase, began=now)
