@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=30522)
     p.add_argument("--cased", action="store_true", help="keep case (default: uncased)")
     p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--byte-fallback", action="store_true",
+                   help="sentencepiece rows: spell characters left out as UTF-8 bytes, not <unk>")
     p.add_argument("--out", required=True,
                    help="output folder for the vocabulary files (e.g. vocabulary.txt)")
 
@@ -313,7 +315,7 @@ def _vocab(args) -> None:
         vocab.train_vocabulary(
             documents, family=arch.tokenizer_family, size=args.size,
             lowercase=not args.cased, min_frequency=args.min_frequency, out_dir=Path(tmp),
-            special_tokens=arch.special_tokens,
+            special_tokens=arch.special_tokens, byte_fallback=args.byte_fallback,
         )
         if out.exists():
             out.rmdir()

@@ -53,6 +53,11 @@ class VocabConfig:
     lowercase: bool = True
     # A subword must occur this often in the corpus to enter the vocabulary.
     min_frequency: int = 2
+    # Sentencepiece only: spell characters left out of the vocabulary as
+    # their UTF-8 bytes (256 pieces) instead of the unknown token. Off, as in
+    # the reference ALBERT, DeBERTaV3, FNet and XLM-R models; turn it on for
+    # text with many rare characters (several scripts, emoji, code).
+    byte_fallback: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -396,4 +401,10 @@ def _validate_architecture(recipe: Recipe) -> None:
             f"'vocab.family' must be '{arch.tokenizer_family}' for architecture "
             f"'{arch.name}' ({arch.tokenizer} loads it), but received family={family}; "
             f"remove vocab.family from the recipe or fix it."
+        )
+    if recipe.vocab.byte_fallback and arch.tokenizer_family != "sentencepiece":
+        raise MlmError(
+            f"'vocab.byte_fallback' needs a sentencepiece vocabulary, but architecture "
+            f"'{arch.name}' uses {arch.tokenizer_family}; remove vocab.byte_fallback or choose "
+            f"albert, deberta_v3, f_net or xlm_roberta."
         )

@@ -248,7 +248,7 @@ def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: Metri
             family=family,
             size=recipe.vocab.size, lowercase=recipe.vocab.lowercase,
             min_frequency=recipe.vocab.min_frequency, out_dir=vocab_dir,
-            special_tokens=arch.special_tokens,
+            special_tokens=arch.special_tokens, byte_fallback=recipe.vocab.byte_fallback,
         )
     tokenizer = vocab.build_tokenizer(
         path, family=family, lowercase=recipe.vocab.lowercase, tokenizer=arch.tokenizer

@@ -95,9 +95,10 @@ SENTENCEPIECE_MAX_SENTENCES = 2_000_000
 _SENTENCE_CHARS = 1000
 _SENTENCEPIECE_SEED = 1
 _SENTENCEPIECE_THREADS = 16
-# No byte pieces for characters left out of the vocabulary: they read as the
-# unknown token, as in the reference ALBERT, DeBERTaV3, FNet and XLM-R models.
-# Byte fallback would spend 256 entries of the vocabulary on bytes.
+# By default no byte pieces for characters left out of the vocabulary: they
+# read as the unknown token, as in the reference ALBERT, DeBERTaV3, FNet and
+# XLM-R models. Byte fallback (`train_vocabulary(byte_fallback=True)`) spends
+# 256 entries of the vocabulary on bytes.
 _SENTENCEPIECE_BYTE_FALLBACK = False
 # The special tokens the sentencepiece model holds as its own unknown,
 # padding, begin and end pieces; the others become control symbols.
@@ -232,6 +233,7 @@ def train_vocabulary(
     min_frequency: int,
     out_dir: Path,
     special_tokens: tuple[str, ...] | None = None,
+    byte_fallback: bool = _SENTENCEPIECE_BYTE_FALLBACK,
 ) -> Path:
     """Learns a vocabulary from `documents` and writes it into `out_dir`.
 
@@ -260,6 +262,9 @@ def train_vocabulary(
         special_tokens: The special tokens in id order, from the
             architecture's row (`mlm.architectures`); they take ids 0, 1, ...
             Defaults to the family's BERT, ALBERT or RoBERTa tokens.
+        byte_fallback: "sentencepiece" only: spell characters left out of
+            the vocabulary as UTF-8 byte pieces (256 entries) instead of the
+            unknown token.
 
     Returns:
         The path of the written asset: `out_dir / "vocabulary.txt"`
@@ -282,6 +287,19 @@ def train_vocabulary(
             f"the vocabulary size must exceed the {len(special_tokens)} "
             f"special tokens, but received size={size}; raise it."
         )
+    options = {}
+    if byte_fallback:
+        if family != "sentencepiece":
+            raise MlmError(
+                f"byte_fallback needs the sentencepiece family, but received "
+                f"family='{family}'; remove byte_fallback."
+            )
+        if size <= len(special_tokens) + 256:
+            raise MlmError(
+                f"byte fallback takes 256 entries besides the {len(special_tokens)} special "
+                f"tokens, but received size={size}; raise it above {len(special_tokens) + 256}."
+            )
+        options["byte_fallback"] = True
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return spec.train(
@@ -291,6 +309,7 @@ def train_vocabulary(
         min_frequency=min_frequency,
         special_tokens=special_tokens,
         out_dir=out_dir,
+        **options,
     )
 
 
@@ -733,6 +752,7 @@ def _train_sentencepiece(
     min_frequency: int,
     special_tokens: tuple[str, ...],
     out_dir: Path,
+    byte_fallback: bool = _SENTENCEPIECE_BYTE_FALLBACK,
 ) -> Path:
     """Learns a unigram sentencepiece model and writes `vocabulary.spm`."""
     del min_frequency  # The unigram trainer prunes by likelihood, not by count.
@@ -753,10 +773,10 @@ def _train_sentencepiece(
             # adds Unicode case folding.
             normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
             # Characters rarer than this share of the text are left out and
-            # read as the unknown token, as in the reference models (see
-            # `_SENTENCEPIECE_BYTE_FALLBACK`).
+            # read as the unknown token, as in the reference models, or as
+            # their bytes with `byte_fallback`.
             character_coverage=0.9995,
-            byte_fallback=_SENTENCEPIECE_BYTE_FALLBACK,
+            byte_fallback=byte_fallback,
             input_sentence_size=SENTENCEPIECE_MAX_SENTENCES,
             shuffle_input_sentence=True,
             max_sentence_length=4 * _SENTENCE_CHARS,

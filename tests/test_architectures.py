@@ -162,3 +162,22 @@ def test_continue_pretraining_from_the_exported_preset(runs, name, tmp_path,
 
     task = keras_hub.models.MaskedLM.from_preset(summary["preset"])
     assert type(task).__name__ == ARCHITECTURES[name].masked_lm
+
+
+def test_byte_fallback_vocabulary_is_learned_trained_and_exported(
+    tmp_path, small_corpus, held_out_corpus
+):
+    import keras_hub
+
+    import mlm
+
+    recipe = apply_overrides(tiny_recipe("albert", corpus=small_corpus, held_out=held_out_corpus),
+                             ["vocab.byte_fallback=true", "train.steps=1", "train.eval_every=1",
+                              "train.checkpoint_every=1"])
+    mlm.pretrain(recipe, run_dir=tmp_path / "run", quiet=True)
+    task = keras_hub.models.MaskedLM.from_preset(str(tmp_path / "run" / "preset"))
+    tokenizer = task.preprocessor.tokenizer
+    ids = list(map(int, tokenizer("the \u2603")))  # a snowman: 3 UTF-8 bytes
+    assert [tokenizer.id_to_token(i) for i in ids if tokenizer.id_to_token(i).startswith("<0x")] \
+        == ["<0xE2>", "<0x98>", "<0x83>"]
+    assert tokenizer.detokenize(ids) == "the \u2603"

@@ -165,3 +165,20 @@ def test_vocab_command_writes_every_file_of_a_family(capsys, small_corpus, tmp_p
     assert code == 0, stdout
     assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "vocabulary.json"]
     assert "byte_bpe vocabulary for roberta" in stdout
+
+
+def test_vocab_command_byte_fallback(capsys, small_corpus, tmp_path):
+    import sentencepiece
+
+    out = tmp_path / "albert_vocab"
+    code, stdout, _ = run_main(capsys, "vocab", "--corpus", small_corpus, "--size", "400",
+                               "--architecture", "albert", "--byte-fallback", "--out", out)
+    assert code == 0, stdout
+    model = sentencepiece.SentencePieceProcessor(model_file=str(out / "vocabulary.spm"))
+    pieces = [model.id_to_piece(i) for i in range(model.get_piece_size())]
+    assert [p for p in pieces if p.startswith("<0x")] == [f"<0x{b:02X}>" for b in range(256)]
+    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--byte-fallback",
+                            "--out", tmp_path / "bert_vocab")
+    assert_one_line_error(code, err, "byte_fallback needs the sentencepiece family",
+                          "remove byte_fallback")
+    assert not (tmp_path / "bert_vocab").exists()

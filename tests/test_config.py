@@ -296,3 +296,17 @@ def test_to_dict_round_trips_to_an_equal_recipe(name):
 def test_default_recipe_validates():
     validate(Recipe())
     assert recipe_from_dict({}) == Recipe()
+
+
+def test_vocab_family_and_byte_fallback_must_suit_the_architecture():
+    recipe = load_recipe("bert_test")
+    with pytest.raises(MlmError, match="'vocab.family' must be 'wordpiece' for architecture"):
+        validate(apply_overrides(recipe, ["vocab.family=sentencepiece"]))
+    with pytest.raises(MlmError, match=r"'vocab.byte_fallback' needs a sentencepiece vocabulary, "
+                       r"but architecture 'bert' uses wordpiece; remove vocab.byte_fallback"):
+        validate(apply_overrides(recipe, ["vocab.byte_fallback=true"]))
+    albert = apply_overrides(recipe, ["model.architecture=albert", "vocab.family=sentencepiece",
+                                      "vocab.byte_fallback=true",
+                                      "vocab.lowercase=false"])
+    validate(albert)
+    assert albert.vocab.byte_fallback is True

@@ -635,3 +635,41 @@ def test_family_errors_are_one_line(tmp_path, kjv):
     (tmp_path / "r" / "merges.txt").unlink()
     with pytest.raises(MlmError, match=r"vocabulary file not found: .*merges.txt"):
         vocab.build_tokenizer(path, family="byte_bpe", lowercase=False)
+
+
+@pytest.mark.parametrize(
+    "arch", [ARCHITECTURES["albert"], ARCHITECTURES["xlm_roberta"]], ids=["albert", "xlm_roberta"]
+)
+def test_byte_fallback_spells_unknown_characters_as_bytes(arch, tmp_path):
+    path = vocab.train_vocabulary(
+        ROW_TRAINING, family="sentencepiece", size=700, lowercase=False, min_frequency=2,
+        out_dir=tmp_path, special_tokens=arch.special_tokens, byte_fallback=True,
+    )
+    tokenizer = keras_hub_tokenizer(arch, path)
+    unknown_id = shards.unknown_token_id(tokenizer)
+    assert unknown_id is not None
+    texts = [UNKNOWN, *HAND_WRITTEN]
+    eager = [list(map(int, ids)) for ids in tokenizer(texts)]
+    assert graph_ids(tokenizer, texts) == eager
+    # The snowman and the cheese wedge are 3 + 4 UTF-8 bytes, not 2 unknown tokens.
+    pieces = [tokenizer.id_to_token(i) for i in eager[0]]
+    assert [p for p in pieces if p.startswith("<0x")] == [
+        "<0xE2>", "<0x98>", "<0x83>", "<0xF0>", "<0x9F>", "<0xA7>", "<0x80>",
+    ]
+    assert all(unknown_id not in ids for ids in eager)
+    assert tokenizer.detokenize(eager[0]) == UNKNOWN
+    # Without it, the same characters read as the unknown token.
+    plain = keras_hub_tokenizer(arch, vocab.train_vocabulary(
+        ROW_TRAINING, family="sentencepiece", size=700, lowercase=False, min_frequency=2,
+        out_dir=tmp_path / "plain", special_tokens=arch.special_tokens,
+    ))
+    assert list(map(int, plain([UNKNOWN])[0])).count(shards.unknown_token_id(plain)) == 2
+
+
+def test_byte_fallback_needs_sentencepiece_and_room_for_bytes(tmp_path):
+    with pytest.raises(MlmError, match="byte_fallback needs the sentencepiece family.*wordpiece"):
+        vocab.train_vocabulary(ROW_TRAINING, family="wordpiece", size=700, lowercase=False,
+                               min_frequency=2, out_dir=tmp_path, byte_fallback=True)
+    with pytest.raises(MlmError, match=r"256 entries besides the 5 special tokens.*size=200"):
+        vocab.train_vocabulary(ROW_TRAINING, family="sentencepiece", size=200, lowercase=False,
+                               min_frequency=2, out_dir=tmp_path, byte_fallback=True)
