@@ -160,6 +160,25 @@ class TensorBoardLog:
         # Flushed per record (a few per log interval), so a crash loses nothing.
         writer.flush()
 
+    def rebuild(self, metrics_path: Path) -> None:
+        """Rewrites every event from the records of `metrics_path`.
+
+        For a resumed run, after `mlm.runs.trim_metrics`: the steps after the
+        checkpoint it resumes from are written again, and TensorBoard would
+        draw both versions of them (it purges only on a session-start event,
+        which `tf.summary` cannot write). Wall times become the rebuild's.
+        """
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+        shutil.rmtree(self.logdir, ignore_errors=True)
+        for line in Path(metrics_path).read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            self.write(record)
+
     def _writer(self, split: str):
         import tensorflow as tf
 

@@ -95,8 +95,10 @@ def pretrain(
                     quiet=quiet)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
         distributed.check_agreement(topology, step=start_step, run_dir=run_dir)
-        if chief:
-            runs.trim_metrics(log.path, step=start_step)  # records after it are written again
+        # Records after the step resumed from are written again: drop them, and
+        # their TensorBoard events with them.
+        if chief and runs.trim_metrics(log.path, step=start_step) and log.tensorboard:
+            log.tensorboard.rebuild(log.path)
         arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.
         preprocessor, task.preprocessor = task.preprocessor, None

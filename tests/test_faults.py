@@ -81,6 +81,19 @@ def _train_records(run_dir):
             if r.get("split") == "train"]
 
 
+def _board_losses(run_dir):
+    """(step, loss) of every training-loss event in the run's TensorBoard folder."""
+    import tensorflow as tf
+
+    found = []
+    for path in sorted((run_dir / "tensorboard" / "train").glob("events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            found += [(event.step, float(tf.make_ndarray(v.tensor)))
+                      for v in event.summary.value if v.tag == "loss"]
+    return sorted(found)
+
+
 def _leftovers(run_dir):
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob(".*") if p.is_dir())
 
@@ -140,6 +153,9 @@ def test_killed_stopped_and_corrupted_run_resumes_to_the_exact_weights(tmp_path,
     assert _max_difference(reference, run) == 0.0
     assert _train_records(run) == _train_records(reference)
     assert [r[0] for r in _train_records(run)] == list(range(1, STEPS + 1))
+    # TensorBoard too: one loss per step, none left from before the kills.
+    assert _board_losses(run) == _board_losses(reference)
+    assert [step for step, _ in _board_losses(run)] == list(range(1, STEPS + 1))
     assert _leftovers(run) == []
     for path in checkpoints.list_checkpoints(run).values():
         assert checkpoints.verify_checkpoint(path) is None

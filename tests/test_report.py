@@ -185,3 +185,32 @@ def test_wall_time_sums_sessions_and_skips_the_time_a_run_lay_stopped():
         {"split": "run", "event": "end", "step": 4, "time": 1015.0},
     ]
     assert wall_time(records) == {"seconds": 45.0, "sessions": 2, "finished": 1015.0}
+
+
+def test_tensorboard_rebuild_drops_the_steps_a_resumed_run_writes_again(tmp_path):
+    import tensorflow as tf
+
+    from mlm import runs
+    from mlm.export import TensorBoardLog
+
+    metrics, board = tmp_path / "metrics.jsonl", TensorBoardLog(tmp_path / "tensorboard")
+    records = [{"split": "train", "step": s, "loss": 10.0 - s} for s in range(1, 7)]
+    records.append({"split": "held_out", "step": 4, "loss": 5.0})
+    with open(metrics, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+            board.write(record)
+    assert runs.trim_metrics(metrics, step=4) == 2  # killed after step 6, resumed from 4
+    board.rebuild(metrics)
+    for step in (5, 6):  # written again by the resumed run, with other values
+        board.write({"split": "train", "step": step, "loss": 1.0})
+    found = []
+    for path in sorted((tmp_path / "tensorboard").glob("*/events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            found += [(path.parent.name, event.step, float(tf.make_ndarray(v.tensor)))
+                      for v in event.summary.value]
+    assert sorted(found) == [
+        ("held_out", 4, 5.0), ("train", 1, 9.0), ("train", 2, 8.0), ("train", 3, 7.0),
+        ("train", 4, 6.0), ("train", 5, 1.0), ("train", 6, 1.0),
+    ]
