@@ -5,6 +5,7 @@ import importlib.resources
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,21 @@ def held_out_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("held") / "kjv_held.txt"
     path.write_text("\n\n".join(sample_documents(10, start=1000)) + "\n", encoding="utf-8")
     return path
+
+
+def tensorboard_scalars(logdir) -> list[tuple[str, int, str, float]]:
+    """(split, step, tag, value) of every scalar event under `logdir/<split>/`, sorted."""
+    import tensorflow as tf
+
+    found = []
+    for path in sorted(Path(logdir).glob("*/events.out.tfevents.*")):
+        for raw in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            for value in event.summary.value:
+                assert value.metadata.plugin_data.plugin_name in ("", "scalars")
+                found.append((path.parent.name, event.step, value.tag,
+                              float(tf.make_ndarray(value.tensor))))
+    return sorted(found)
 
 
 # The JAX runs of tests/test_jax.py and tests/test_distributed.py: the test recipe

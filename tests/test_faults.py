@@ -21,6 +21,7 @@ from mlm import checkpoints
 from mlm.cli import main
 from mlm.errors import MlmError
 from mlm.hub import load_masked_lm
+from tests.conftest import tensorboard_scalars
 
 STEPS = 8
 # Dropout on, so that the dropout seeds must be restored too; a checkpoint
@@ -83,15 +84,9 @@ def _train_records(run_dir):
 
 def _board_losses(run_dir):
     """(step, loss) of every training-loss event in the run's TensorBoard folder."""
-    import tensorflow as tf
-
-    found = []
-    for path in sorted((run_dir / "tensorboard" / "train").glob("events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            found += [(event.step, float(tf.make_ndarray(v.tensor)))
-                      for v in event.summary.value if v.tag == "loss"]
-    return sorted(found)
+    scalars = tensorboard_scalars(run_dir / "tensorboard")
+    return [(step, value) for split, step, tag, value in scalars
+            if split == "train" and tag == "loss"]
 
 
 def _leftovers(run_dir):

@@ -11,6 +11,7 @@ import pytest
 
 from mlm.progress import format_duration
 from mlm.report import wall_time
+from tests.conftest import tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 
@@ -115,17 +116,9 @@ def test_report_pngs_are_valid_images_of_the_expected_size(run):
 
 
 def test_tensorboard_scalars_equal_metrics_jsonl(run):
-    import tensorflow as tf
-
     run_dir, records, _, _ = run
-    found = {}
-    for path in sorted((run_dir / "tensorboard").glob("*/events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            for value in event.summary.value:
-                assert value.metadata.plugin_data.plugin_name in ("", "scalars")
-                found[(path.parent.name, event.step, value.tag)] = float(
-                    tf.make_ndarray(value.tensor))
+    found = {(split, step, tag): value
+             for split, step, tag, value in tensorboard_scalars(run_dir / "tensorboard")}
     expected = {
         (r["split"], r["step"], name): float(np.float32(value))
         for r in records if r["split"] in ("train", "held_out")
@@ -188,8 +181,6 @@ def test_wall_time_sums_sessions_and_skips_the_time_a_run_lay_stopped():
 
 
 def test_tensorboard_rebuild_drops_the_steps_a_resumed_run_writes_again(tmp_path):
-    import tensorflow as tf
-
     from mlm import runs
     from mlm.export import TensorBoardLog
 
@@ -204,13 +195,8 @@ def test_tensorboard_rebuild_drops_the_steps_a_resumed_run_writes_again(tmp_path
     board.rebuild(metrics)
     for step in (5, 6):  # written again by the resumed run, with other values
         board.write({"split": "train", "step": step, "loss": 1.0})
-    found = []
-    for path in sorted((tmp_path / "tensorboard").glob("*/events.out.tfevents.*")):
-        for raw in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(raw.numpy())
-            found += [(path.parent.name, event.step, float(tf.make_ndarray(v.tensor)))
-                      for v in event.summary.value]
-    assert sorted(found) == [
-        ("held_out", 4, 5.0), ("train", 1, 9.0), ("train", 2, 8.0), ("train", 3, 7.0),
-        ("train", 4, 6.0), ("train", 5, 1.0), ("train", 6, 1.0),
+    assert tensorboard_scalars(tmp_path / "tensorboard") == [
+        ("held_out", 4, "loss", 5.0), ("train", 1, "loss", 9.0), ("train", 2, "loss", 8.0),
+        ("train", 3, "loss", 7.0), ("train", 4, "loss", 6.0), ("train", 5, "loss", 1.0),
+        ("train", 6, "loss", 1.0),
     ]
