@@ -32,6 +32,7 @@ import numpy as np
 from mlm.distributed import outside_distribution
 from mlm.errors import MlmError
 from mlm.faults import fault_point
+from mlm.precision import float32_for_saving
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -198,7 +199,8 @@ def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dic
     optimizer = task.optimizer
     task.preprocessor, task.optimizer = preprocessor, keras.optimizers.Adam(5e-5)
     try:
-        task.save_to_preset(str(folder / "preset"))
+        with float32_for_saving(task):  # see mlm.precision: keras-hub loads no mixed policy
+            task.save_to_preset(str(folder / "preset"))
     finally:
         task.preprocessor, task.optimizer = None, optimizer
     fault_point("checkpoint_write", step=step)

@@ -124,18 +124,23 @@ class TrainConfig:
     checkpoint_every: int = 500
     # Number of most recent checkpoints to keep.
     keep_checkpoints: int = 3
-    # Compile the train step with XLA (always on the JAX backend, which has no
-    # graph mode without XLA).
-    jit_compile: bool = True
+    # Compile the train step with XLA: true, false, or "auto": timed at the start
+    # of the run against the alternative (see `train.mixed_precision`). Always
+    # on with the JAX backend, which has no graph mode without XLA.
+    jit_compile: bool | str = "auto"
     # Seed every random generator from `seed` and make TensorFlow ops
     # deterministic, so that a run killed at any point and resumed ends with
     # exactly the weights of an uninterrupted run (slower on some GPU ops).
     deterministic: bool = False
     # Compute precision: "float32"; "mixed_bfloat16" (bfloat16 compute, float32
-    # weights and optimizer state); or "auto": mixed_bfloat16 where the CPU has
-    # native bfloat16 (avx512_bf16 or amx_bf16), where a bf16 matmul measured
-    # about 2x the fp32 one, and float32 elsewhere (without those flags bf16 is
-    # emulated: no faster, see benchmarks/RESULTS.md).
+    # weights and optimizer state); "mixed_float16" (float16 compute with loss
+    # scaling, for GPUs without bf16); or "auto": on a CPU, a few steps of
+    # fp32 and bf16, with and without XLA (where `jit_compile` is "auto" too),
+    # are timed on the run's own model and batch and the fastest kept, since
+    # the best setting depends on the model's size even on one CPU (see
+    # `mlm.precision`); on a GPU or TPU, bf16 where native, else fp16. The
+    # choice is recorded in `run_dir/step_settings.json`. Presets are saved
+    # in float32 whatever the precision.
     mixed_precision: str = "auto"
 
 
@@ -155,7 +160,7 @@ class Recipe:
 
 
 # Values of `train.mixed_precision`.
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +276,8 @@ def _coerce(field: str, value: Any, default: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise MlmError(f"'{field}' must be a list, but received {value!r}.")
         return tuple(str(v) for v in value)
+    if default == "auto" and isinstance(value, bool):
+        return value  # fields of a choice "auto" or true/false (`train.jit_compile`)
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise MlmError(f"'{field}' must be true or false, but received {value!r}.")
@@ -366,6 +373,11 @@ def validate(recipe: Recipe) -> None:
         raise MlmError(
             f"'train.mixed_precision' must be one of {', '.join(PRECISIONS)}, but received "
             f"mixed_precision={t.mixed_precision!r}."
+        )
+    if t.jit_compile not in (True, False, "auto"):
+        raise MlmError(
+            f"'train.jit_compile' must be true, false or \"auto\", but received "
+            f"jit_compile={t.jit_compile!r}."
         )
     for field, value, ok, expected in checks:
         if not ok:

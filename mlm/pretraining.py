@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from mlm import checkpoints, corpus, distributed, runs, shards, vocab
+from mlm import checkpoints, corpus, distributed, precision, runs, shards, vocab
 from mlm.architectures import architecture_of_backbone, get_architecture
 from mlm.config import Recipe, apply_overrides, load_recipe
 from mlm.errors import MlmError
@@ -39,6 +39,7 @@ def pretrain(
     overwrite: bool = False,
     quiet: bool = False,
     topology: distributed.Topology | None = None,
+    settings_cache: str | Path | None = None,
 ) -> dict:
     """Pretrains a MaskedLM on `recipe.corpus` into `run_dir`.
 
@@ -56,6 +57,9 @@ def pretrain(
         topology: this process's place in a distributed run
             (`mlm.distributed.use_all_devices`); default one process. Process 0
             writes the run directory, which every process must see.
+        settings_cache: the per-machine cache of the train step's measured
+            precision and XLA settings (`mlm.precision`); default
+            `$MLM_CACHE_DIR`, `$XDG_CACHE_HOME/mlm` or `~/.cache/mlm`.
 
     Returns:
         A summary: held-out metrics at the start and end, throughput, corpus
@@ -71,6 +75,7 @@ def pretrain(
     """
     run_dir = Path(run_dir)
     topology = topology or distributed.Topology()
+    settings_cache = Path(settings_cache) if settings_cache else precision.default_cache_dir()
     chief = topology.is_chief
     if resume:
         recipe = runs.with_steps(runs.load_run_recipe(run_dir), recipe.train.steps)
@@ -109,7 +114,7 @@ def pretrain(
             task, preprocessor=preprocessor, recipe=recipe, arch=arch,
             train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
             ids=TokenIds.from_tokenizer(preprocessor.tokenizer), run_dir=run_dir,
-            start_step=start_step, log=log, topology=topology,
+            start_step=start_step, log=log, topology=topology, settings_cache=settings_cache,
         )
     summary = {**stats, **result, "steps": recipe.train.steps, "run_dir": str(run_dir)}
     if chief:

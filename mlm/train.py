@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mlm import checkpoints, distributed
+from mlm import checkpoints, distributed, precision
 from mlm.architectures import Architecture
 from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
 from mlm.errors import MlmError, RunStopped
@@ -21,6 +21,7 @@ from mlm.evaluate import evaluate_tokens
 from mlm.export import TensorBoardLog
 from mlm.faults import fault_point
 from mlm.pipeline import TokenIds, max_selections, training_dataset
+from mlm.precision import StepSettings
 from mlm.progress import Progress
 
 
@@ -97,45 +98,20 @@ def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, m
     )
 
 
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux: no flags to read, stay in float32
-            return False
-    flags = set(cpuinfo.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = None) -> None:
+    """AdamW with warmup and linear decay, clipping, masked loss and metrics.
 
-
-def resolve_precision(setting: str, *, native_bf16: bool) -> str:
-    """The keras dtype policy for `train.mixed_precision`: "auto" picks by the CPU."""
-    if setting == "auto":
-        return "mixed_bfloat16" if native_bf16 else "float32"
-    return setting
-
-
-def set_precision(task, policy: str) -> None:
-    """Sets every layer's dtype policy: compute in `policy`, weights stay float32.
-
-    Done on the built task (not through the global keras policy), so it holds
-    for fresh, preset and resumed tasks alike. The preprocessor's layers keep
-    their own (string and integer) dtypes.
+    `settings` (precision and XLA) default to the first candidate of the
+    config's (`mlm.precision.candidates`): what it sets, or fp32 with XLA on
+    a CPU for "auto", which `mlm.precision.choose_step_settings` may change
+    before training.
     """
-    if task.dtype_policy.name == policy:
-        return
-    preprocessor = getattr(task, "preprocessor", None)
-    keep = {id(layer) for layer in preprocessor._flatten_layers()} if preprocessor else set()
-    for layer in task._flatten_layers(include_self=True):
-        if id(layer) not in keep:
-            layer.dtype_policy = policy
-
-
-def compile_task(task, config: TrainConfig) -> None:
-    """AdamW with warmup and linear decay, clipping, masked loss and metrics."""
-    set_precision(
-        task, resolve_precision(config.mixed_precision, native_bf16=cpu_has_native_bf16())
-    )
+    backend = keras.backend.backend()
+    settings = settings or precision.candidates(
+        config.mixed_precision, config.jit_compile, backend=backend,
+        accelerator=precision.detect_accelerator(backend),
+    )[0]
+    precision.set_precision(task, settings.precision)
     optimizer = keras.optimizers.AdamW(
         learning_rate=WarmupLinearDecay(
             config.learning_rate, round(config.warmup_fraction * config.steps), config.steps
@@ -157,8 +133,7 @@ def compile_task(task, config: TrainConfig) -> None:
         # Held-out loss and accuracy are computed exactly in mlm.evaluate; in
         # training only the per-batch accuracy is tracked (weighted by masks).
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        # JAX has no graph mode without XLA: not compiling would run op by op.
-        jit_compile=config.jit_compile or keras.backend.backend() == "jax",
+        jit_compile=settings.jit_compile,
     )
 
 
@@ -227,13 +202,15 @@ def train(
     start_step: int,
     log: MetricsLog,
     topology: distributed.Topology | None = None,
+    settings_cache: Path | None = None,
 ) -> dict:
     """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
 
     `task.preprocessor` must be None: batches arrive preprocessed and masked
     from `mlm.pipeline`; `preprocessor` is saved with every checkpoint. In a
     distributed run (`topology`) each process feeds its slice of every batch
-    and only process 0 writes checkpoints.
+    and only process 0 writes checkpoints. "auto" step settings are resolved
+    first (`mlm.precision.choose_step_settings`, cached in `settings_cache`).
 
     Returns:
         The held-out evaluations at the start (step 0 only) and at the end, and
@@ -248,6 +225,13 @@ def train(
         inputs=arch.inputs, process_index=topology.process_index,
         process_count=topology.process_count,
     )
+
+    chosen = precision.choose_step_settings(
+        task, next(distributed.host_batches(data.take(1), backend=keras.backend.backend())),
+        mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
+        steps=cfg.steps - start_step, run_dir=run_dir, cache_dir=settings_cache,
+        write=topology.is_chief, say=log.say, multi_process=topology.process_count > 1,
+    ).chosen
 
     def evaluate(step):
         result = evaluate_tokens(
@@ -313,6 +297,7 @@ def train(
     return {
         "held_out_start": start,
         "held_out": result,
+        "step_settings": chosen.label(),
         "train_tokens_per_second": (
             sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9) if steady else None
         ),

@@ -12,6 +12,12 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_settings_cache(tmp_path_factory):
+    """The measured step settings (`mlm.precision`) cached per test session, not per user."""
+    os.environ["MLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("mlm_cache"))
+
+
 def sample_documents(count: int, *, start: int = 0) -> list[str]:
     """Documents `start..start+count` of the shipped KJV sample corpus."""
     path = importlib.resources.files("mlm.data") / "kjv.txt.gz"
