@@ -124,6 +124,12 @@ class TrainConfig:
     checkpoint_every: int = 500
     # Number of most recent checkpoints to keep.
     keep_checkpoints: int = 3
+    # At most this many steps per device call (keras `steps_per_execution`): the
+    # host reads metrics only between calls. The stride used is the largest
+    # divisor of the gcd of the log, evaluation and checkpoint intervals not
+    # above it (see `mlm.train.steps_per_execution`); a stop request waits for
+    # the current call.
+    steps_per_execution: int = 16
     # Compile the train step with XLA: true, false, or "auto": timed at the start
     # of the run against the alternative (see `train.mixed_precision`). Always
     # on with the JAX backend, which has no graph mode without XLA.
@@ -368,6 +374,8 @@ def validate(recipe: Recipe) -> None:
         ("train.eval_batches", t.eval_batches, t.eval_batches >= 0, "at least 0"),
         ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 1, "at least 1"),
         ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1, "at least 1"),
+        ("train.steps_per_execution", t.steps_per_execution, t.steps_per_execution >= 1,
+         "at least 1"),
     ]
     if t.mixed_precision not in PRECISIONS:
         raise MlmError(

@@ -20,7 +20,7 @@ from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
 from mlm.export import TensorBoardLog
 from mlm.faults import fault_point
-from mlm.pipeline import TokenIds, max_selections, training_dataset
+from mlm.pipeline import TokenIds, max_selections, padding_fraction, training_dataset
 from mlm.precision import StepSettings
 from mlm.progress import Progress
 
@@ -132,7 +132,8 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
         ),
         # Held-out loss and accuracy are computed exactly in mlm.evaluate; in
         # training only the per-batch accuracy is tracked (weighted by masks).
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                          MaskedTokens()],
         jit_compile=settings.jit_compile,
     )
 
@@ -226,6 +227,8 @@ def train(
         process_count=topology.process_count,
     )
 
+    # Before the probe, whose traced train function the loop then reuses.
+    task.steps_per_execution = steps_per_execution(cfg, start_step=start_step)[1]
     chosen = precision.choose_step_settings(
         task, next(distributed.host_batches(data.take(1), backend=keras.backend.backend())),
         mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
@@ -248,50 +251,18 @@ def train(
 
     if start_step >= cfg.steps:
         log.say(f"the run is already at step {start_step} of {cfg.steps}; pass --steps to extend")
-    start = result = evaluate(start_step) if start_step == 0 else {}
-    iterator = distributed.host_batches(data, backend=keras.backend.backend())
-    window, throughput, run_start = _LogWindow(), [], time.perf_counter()
+    start = evaluate(start_step) if start_step == 0 else {}
+    loop = _Loop(task, preprocessor=preprocessor, recipe=recipe, run_dir=run_dir,
+                 start_step=start_step, log=log, topology=topology, evaluate=evaluate,
+                 tokens_per_step=cfg.batch_size * model.sequence_length * (
+                     1 - padding_fraction(len(train_tokens), model.sequence_length)))
     # On a terminal, a line redrawn every step; the log lines are the plain-text progress.
     progress = log.progress("training", total=cfg.steps, initial=start_step, unit="steps",
                             plain_every=None)
     with _stop_requests() as stop, progress as bar:
-        for step in range(start_step + 1, cfg.steps + 1):
-            x, y, w = next(iterator)
-            fault_point("train_step", step=step)
-            with warnings.catch_warnings():
-                # The backbone's pooler (for classification) gets no gradient from the
-                # MLM loss, and keras warns about it when tracing. Expected: not shown.
-                warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
-                logs = task.train_on_batch(x, y, sample_weight=w, return_dict=True)
-            if not math.isfinite(logs["loss"]):
-                raise MlmError(
-                    f"the loss became {logs['loss']} at step {step}; training stopped without "
-                    f"a checkpoint of that step ({checkpoints.last_checkpoint_note(run_dir)}). "
-                    f"Lower train.learning_rate and train again."
-                )
-            # Sums over the global batch (each process holds its slice), and the stop
-            # requests of all processes, so that every process stops after the same step.
-            # Tokens are counted from ids: FNet and RoFormerV2 take no padding mask.
-            masked, tokens, stops = distributed.total(
-                topology, np.sum(w), np.sum(np.asarray(x["token_ids"]) != ids.pad_id), len(stop))
-            window.add(logs, masked=masked, tokens=tokens)
-            bar.update(step)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                record = window.record(step, learning_rate=task.optimizer.learning_rate)
-                throughput.append((window.tokens, window.seconds()))
-                _log_train(log, record, steps=cfg.steps, start_step=start_step, run_start=run_start)
-                window = _LogWindow()
-            with window.paused():
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    result = evaluate(step)
-                if topology.is_chief and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-                    checkpoints.save_checkpoint(
-                        task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-                        state={"recipe": recipe.name}, keep=cfg.keep_checkpoints,
-                    )
-            if stops:
-                _stop(task, preprocessor=preprocessor, run_dir=run_dir, step=step, recipe=recipe,
-                      signum=stop[0] if stop else signal.SIGTERM, log=log, topology=topology)
+        loop.run(data, stop=stop, bar=bar)
+    result = loop.held_out or start
+    throughput = loop.throughput
     # The first window includes tracing and XLA compilation: leave it out when we can.
     steady = throughput[1:] or throughput
     return {
@@ -349,24 +320,155 @@ def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology) -
     )
 
 
-class _LogWindow:
-    """Training metrics since the last log line, averaged over masked tokens.
+@keras.saving.register_keras_serializable(package="mlm")
+class MaskedTokens(keras.metrics.Metric):
+    """The sum of the sample weights: masked tokens trained on (weights are 0 on unused
+    mask slots). Read with the other metrics, so counting costs no host round trip."""
 
-    `train_on_batch` resets keras metrics on every call, so its logs hold one
-    batch; weighting each batch by its masked-token count gives the exact
-    window average. Time spent evaluating or checkpointing is not counted.
+    def __init__(self, name="masked_tokens", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32",
+                                       name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        count = keras.ops.sum(keras.ops.cast(sample_weight, "float32")) \
+            if sample_weight is not None else keras.ops.cast(keras.ops.size(y_true), "float32")
+        self.total.assign_add(count)
+
+    def result(self):
+        return self.total
+
+
+def steps_per_execution(cfg: TrainConfig, *, start_step: int) -> tuple[int, int]:
+    """(epoch, steps per device call): the loop's two strides.
+
+    An "epoch" of `keras.Model.fit` here is the greatest common divisor of the
+    log, evaluation and checkpoint intervals, the last step and the first, so
+    every step that logs, evaluates or checkpoints ends an epoch. A device
+    call runs the largest divisor of the epoch not above
+    `train.steps_per_execution` steps, so no call crosses an epoch's end.
+    """
+    epoch = math.gcd(cfg.log_every, cfg.eval_every, cfg.checkpoint_every, cfg.steps, start_step)
+    per_call = max(d for d in range(1, min(epoch, cfg.steps_per_execution) + 1) if epoch % d == 0)
+    return epoch, per_call
+
+
+class _Loop(keras.callbacks.Callback):
+    """Training as one `fit` call: several steps per device call, no host round trip per step.
+
+    Metrics (loss, masked accuracy, masked-token count) accumulate on the
+    device and are read at the end of each device call (stop requests, NaN,
+    progress) and of each epoch (log records, evaluation, checkpoints; see
+    `steps_per_execution`). What the hand-written loop did per step still
+    holds: the batches of step s are the same whatever the stride, a stop
+    request (SIGTERM, SIGINT, summed over processes so that all stop after the
+    same step) is honoured after the current device call with a checkpoint,
+    the fault points are reached once per step, and a NaN loss stops the run
+    naming the steps of the call.
+    """
+
+    def __init__(self, task, *, preprocessor, recipe, run_dir, start_step, log, topology,
+                 evaluate, tokens_per_step: float):
+        super().__init__()
+        self.task, self.preprocessor, self.recipe = task, preprocessor, recipe
+        self.run_dir, self.log, self.topology, self.evaluate = run_dir, log, topology, evaluate
+        self.start_step = self.step = start_step
+        self.tokens_per_step = tokens_per_step
+        self.held_out, self.throughput = {}, []
+        self.epoch, self.per_call = steps_per_execution(recipe.train, start_step=start_step)
+        self.window = _LogWindow()
+
+    def run(self, data, *, stop: list, bar) -> None:
+        cfg = self.recipe.train
+        self.stop_signals, self.bar = stop, bar
+        if self.step >= cfg.steps:
+            return
+        self.run_start = time.perf_counter()
+        self.task.steps_per_execution = self.per_call
+        with warnings.catch_warnings():
+            # The backbone's pooler (for classification) gets no gradient from the
+            # MLM loss, and keras warns about it when tracing. Expected: not shown.
+            warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            # On JAX keras turns each process's numpy batches into global arrays.
+            self.task.fit(data, steps_per_epoch=self.epoch,
+                          epochs=(cfg.steps - self.start_step) // self.epoch,
+                          callbacks=[self], verbose=0)
+        if self.stop_signals_total:
+            _stop(self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
+                  step=self.step, recipe=self.recipe, signum=self.stop_signal, log=self.log,
+                  topology=self.topology)
+
+    stop_signals_total = 0
+
+    @property
+    def stop_signal(self) -> int:
+        return self.stop_signals[0] if self.stop_signals else signal.SIGTERM
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for step in range(self.step + 1, self.step + self.per_call + 1):
+            fault_point("train_step", step=step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        first, self.step = self.step + 1, self.step + self.per_call
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            raise MlmError(
+                f"the loss became {loss} in steps {first}-{self.step}; training stopped "
+                f"without a checkpoint of those steps "
+                f"({checkpoints.last_checkpoint_note(self.run_dir)}). Lower "
+                f"train.learning_rate and train again."
+            )
+        self.bar.update(self.step)
+        # Every process sees the sum of the requests, so all stop after the same step.
+        (self.stop_signals_total,) = distributed.total(self.topology, len(self.stop_signals))
+        if self.stop_signals_total:
+            self.task.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        cfg = self.recipe.train
+        if self.task.stop_training and self.step % self.epoch:
+            return  # stopped mid-epoch: `run` checkpoints it
+        self.window.add(logs, steps=self.epoch, tokens=self.epoch * self.tokens_per_step)
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            record = self.window.record(self.step, learning_rate=self.task.optimizer.learning_rate)
+            self.throughput.append((self.window.tokens, self.window.seconds()))
+            _log_train(self.log, record, steps=cfg.steps, start_step=self.start_step,
+                       run_start=self.run_start)
+            self.window = _LogWindow()
+        with self.window.paused():
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                self.held_out = self.evaluate(self.step)
+            if self.topology.is_chief and (
+                    self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                checkpoints.save_checkpoint(
+                    self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
+                    step=self.step, state={"recipe": self.recipe.name},
+                    keep=cfg.keep_checkpoints,
+                )
+
+
+class _LogWindow:
+    """Training metrics since the last log line.
+
+    Each epoch of `fit` brings its metrics: the mean of its steps' losses
+    (each the mean over the step's masked tokens), its masked accuracy and
+    masked-token count. Epochs are weighted by steps (loss) and masked tokens
+    (accuracy). Time spent evaluating or checkpointing is not counted.
     """
 
     def __init__(self):
-        self.tokens = 0  # non-padding tokens trained on
-        self.masked = self.loss_sum = self.correct = self.excluded = 0.0
+        self.tokens = 0.0  # non-padding tokens trained on
+        self.steps = self.masked = self.loss_sum = self.correct = self.excluded = 0.0
         self.start = time.perf_counter()
 
-    def add(self, logs: dict, *, masked: int, tokens: int) -> None:
-        """Adds one step: its logs, masked-token and non-padding-token counts."""
+    def add(self, logs: dict, *, steps: int, tokens: float) -> None:
+        """Adds one epoch: its logs, step count and non-padding-token count."""
+        masked = float(logs["masked_tokens"])
+        self.steps += steps
+        self.loss_sum += float(logs["loss"]) * steps
         self.masked += masked
-        self.loss_sum += logs["loss"] * masked
-        self.correct += logs["accuracy"] * masked
+        self.correct += float(logs["accuracy"]) * masked
         self.tokens += tokens
 
     def seconds(self) -> float:
@@ -381,12 +483,11 @@ class _LogWindow:
             self.excluded += time.perf_counter() - began
 
     def record(self, step: int, *, learning_rate) -> dict:
-        masked = max(self.masked, 1.0)
         return {
             "step": step,
             "split": "train",
-            "loss": self.loss_sum / masked,
-            "accuracy": self.correct / masked,
+            "loss": self.loss_sum / max(self.steps, 1.0),
+            "accuracy": self.correct / max(self.masked, 1.0),
             "learning_rate": float(keras.ops.convert_to_numpy(learning_rate)),
             "tokens_per_second": self.tokens / max(self.seconds(), 1e-9),
         }
