@@ -336,7 +336,7 @@ class MaskedTokens(keras.metrics.Metric):
         self.total.assign_add(count)
 
     def result(self):
-        return self.total
+        return keras.ops.convert_to_tensor(self.total)  # a tensor, not the variable (JAX)
 
 
 def steps_per_execution(cfg: TrainConfig, *, start_step: int) -> tuple[int, int]:
@@ -413,9 +413,10 @@ class _Loop(keras.callbacks.Callback):
         first, self.step = self.step + 1, self.step + self.per_call
         loss = float(logs["loss"])
         if not math.isfinite(loss):
+            where = f"at step {first}" if first == self.step else f"in steps {first}-{self.step}"
             raise MlmError(
-                f"the loss became {loss} in steps {first}-{self.step}; training stopped "
-                f"without a checkpoint of those steps "
+                f"the loss became {loss} {where}; training stopped "
+                f"without a checkpoint of {'that step' if first == self.step else 'those steps'} "
                 f"({checkpoints.last_checkpoint_note(self.run_dir)}). Lower "
                 f"train.learning_rate and train again."
             )

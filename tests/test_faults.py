@@ -166,8 +166,9 @@ def test_a_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path, capsys
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     match = re.fullmatch(
-        r"mlm: error: the loss became (nan|inf) at step (\d+); training stopped without a "
-        r"checkpoint of that step \(the last checkpoint is (\S+)\)\. Lower "
+        r"mlm: error: the loss became (nan|inf) (?:at step|in steps \d+-)(\d+); training "
+        r"stopped without a checkpoint of (?:that step|those steps) \(the last checkpoint is "
+        r"(\S+)\)\. Lower "
         r"train.learning_rate and train again\.", last,
     )
     assert match, last
