@@ -1,0 +1,71 @@
+"""The training loop: several steps per device call, with the results of one step a call."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from mlm.config import TrainConfig
+from mlm.train import steps_per_execution
+from tests.test_faults import STEPS, _max_difference, _train_records
+
+
+@pytest.mark.parametrize(
+    ("intervals", "start_step", "cap", "expected"),
+    [((50, 250, 500, 2000), 0, 16, (50, 10)),  # the tiny recipe: epochs of 50, calls of 10
+     ((2, 3, 3, 6), 0, 16, (1, 1)),  # the test recipe: every step is a boundary
+     ((50, 250, 500, 2000), 500, 16, (50, 10)),  # resumed at a checkpoint
+     ((50, 250, 500, 2000), 7, 16, (1, 1)),  # resumed after an odd step: one step a call
+     ((64, 640, 640, 6400), 0, 16, (64, 16)),
+     ((64, 640, 640, 6400), 0, 1, (64, 1))],
+)
+def test_strides_divide_every_boundary(intervals, start_step, cap, expected):
+    log, evaluate, checkpoint, steps = intervals
+    cfg = TrainConfig(log_every=log, eval_every=evaluate, checkpoint_every=checkpoint,
+                      steps=steps, steps_per_execution=cap)
+    epoch, per_call = steps_per_execution(cfg, start_step=start_step)
+    assert (epoch, per_call) == expected
+    for boundary in (log, evaluate, checkpoint, steps, start_step):
+        assert boundary % epoch == 0
+    assert epoch % per_call == 0
+
+
+SETTINGS = ["model.backbone.dropout=0.1", "train.checkpoint_every=4", "train.log_every=4",
+            "train.eval_every=100", "train.keep_checkpoints=2"]
+
+
+def _pretrain(run_dir, corpus, *extra, fault=None, resume=False):
+    env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
+    if fault:
+        env["MLM_FAULT"] = fault
+    command = [sys.executable, "-m", "mlm", "pretrain", "--run-dir", str(run_dir),
+               "--steps", str(STEPS)]
+    if resume:
+        command.append("--resume")
+    else:
+        command += ["--recipe", "bert_test", "--corpus", str(corpus), "--deterministic",
+                    "--set", *SETTINGS, *extra]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_four_steps_a_call_train_exactly_as_one_and_stop_after_the_call(tmp_path, small_corpus):
+    one, four, stopped = tmp_path / "one", tmp_path / "four", tmp_path / "stopped"
+    for run_dir, stride in ((one, 1), (four, 16)):
+        proc = _pretrain(run_dir, small_corpus, f"train.steps_per_execution={stride}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    # The same weights, optimizer state, dropout seeds and logged losses, bit for bit.
+    assert _max_difference(one, four) == 0.0
+    assert _train_records(one) == _train_records(four)
+    assert [step for step, _, _ in _train_records(four)] == [4, 8]
+    # SIGTERM during step 2 of the call of steps 1-4: the call finishes, step 4 is
+    # checkpointed, and the resumed run ends as the uninterrupted one.
+    proc = _pretrain(stopped, small_corpus, fault="train_step:step=2:action=term")
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    assert "stopped after step 4" in proc.stderr
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["step-4"]
+    proc = _pretrain(stopped, small_corpus, resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _max_difference(stopped, four) == 0.0
