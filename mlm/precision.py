@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -131,7 +132,11 @@ def candidates(mixed_precision: str, jit_compile, *, backend: str,
         jits = [bool(jit_compile)]
     if backend == "jax":
         jits = [True]
-    return [StepSettings(p, j) for j in jits for p in precisions]
+    options = [StepSettings(p, j) for j in jits for p in precisions]
+    # The fallback first; then those without XLA, which compile in seconds (so a tight
+    # budget still compares them), bf16 first; XLA's second compile last.
+    return options[:1] + sorted(options[1:], key=lambda o: (o.jit_compile,
+                                                           o.precision == "float32"))
 
 
 def set_precision(task, policy: str) -> None:
@@ -188,9 +193,9 @@ def apply(task, settings: StepSettings, *, train_function=None) -> None:
     task.test_function = task.predict_function = None  # traced in the old settings
 
 
-# A probe measurement: seconds of the first (tracing, compiling) step and the
-# median seconds of the steps after it.
-Measure = Callable[[StepSettings], tuple[float, float]]
+# A probe measurement of a candidate, given the seconds left in the budget: seconds
+# of the first (tracing, compiling) step and the median seconds of the steps after it.
+Measure = Callable[[StepSettings, float], tuple[float, float]]
 
 
 @dataclasses.dataclass
@@ -232,7 +237,8 @@ def probe(options: list[StepSettings], *, measure: Measure, steps: int,
     The budget is `fraction` of the run's estimated time (`steps` at the
     first option's step time) and at most `max_seconds`. The first option is
     always measured; a later one only when its estimated cost (the costliest
-    first step so far plus `PROBE_STEPS` steps) still fits.
+    first step so far plus `PROBE_STEPS` steps) still fits, and it times
+    fewer steps (at least one) when the budget runs out.
     """
     began = clock()
     rows, best, budget, worst_first = [], None, None, 0.0
@@ -242,7 +248,7 @@ def probe(options: list[StepSettings], *, measure: Measure, steps: int,
             rows.append({"label": option.label(), "compile_seconds": None,
                          "step_seconds": None, "note": "over the probe's budget"})
             continue
-        first, per_step = measure(option)
+        first, per_step = measure(option, math.inf if budget is None else budget - spent)
         rows.append({"label": option.label(), "compile_seconds": first, "step_seconds": per_step})
         worst_first = max(worst_first, first)
         if best is None or per_step < best[1]:
@@ -259,11 +265,13 @@ def timing_measure(task, batch, *, functions: dict, steps: int = PROBE_STEPS,
 
     x, y, w = batch
 
-    def measure(option: StepSettings) -> tuple[float, float]:
+    def measure(option: StepSettings, seconds_left: float) -> tuple[float, float]:
         apply(task, option)
         task.train_function = None
-        times = []
+        times, started = [], clock()
         for _ in range(steps + 1):
+            if len(times) >= 2 and clock() - started > seconds_left:
+                break
             began = clock()
             with warnings.catch_warnings():  # as in `mlm.train.train`: the unused pooler
                 warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
