@@ -90,6 +90,17 @@ def test_probe_picks_the_fastest_step():
     assert "| bf16 no XLA (chosen) | 2.5 | 0.2000 |" in result.table()
 
 
+def test_a_candidate_within_the_noise_margin_does_not_replace_the_earlier_one():
+    clock = FakeClock()
+    timings = {FP32_XLA: (6.0, 0.250), BF16: (2.5, 0.246), FP32: (3.0, 0.240)}
+    measure, _ = fake_measure(clock, timings)
+    assert precision.probe(list(timings), measure=measure, steps=10**6,
+                           clock=clock).chosen == FP32  # 4% faster; 1.6% is not enough
+    measure, _ = fake_measure(clock, {FP32_XLA: (6.0, 0.250), BF16: (2.5, 0.246)})
+    assert precision.probe([FP32_XLA, BF16], measure=measure, steps=10**6,
+                           clock=clock).chosen == FP32_XLA
+
+
 def test_probe_stays_within_its_budget():
     # 200 steps at 0.25 s: a 50 s run, so 5 s of probing; the first candidate alone costs
     # more and is always measured, no other fits.
