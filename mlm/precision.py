@@ -239,21 +239,24 @@ def probe(options: list[StepSettings], *, measure: Measure, steps: int,
 
     The budget is `fraction` of the run's estimated time (`steps` at the
     first option's step time) and at most `max_seconds`. The first option is
-    always measured; a later one only when its estimated cost (the costliest
-    first step so far plus `PROBE_STEPS` steps) still fits, and it times
+    always measured; a later one only when its estimated cost (the first step
+    of a candidate with the same XLA setting, else the costliest so far, plus
+    `PROBE_STEPS` steps at the best rate) still fits, and it times
     fewer steps (at least one) when the budget runs out.
     """
     began = clock()
-    rows, best, budget, worst_first = [], None, None, 0.0
+    rows, best, budget, firsts = [], None, None, {}
     for option in options:
         spent = clock() - began
-        if budget is not None and spent + worst_first + PROBE_STEPS * best[1] > budget:
+        # A first step costs what one with the same XLA setting cost, else the most so far.
+        first = firsts.get(option.jit_compile, max(firsts.values(), default=0.0))
+        if budget is not None and spent + first + PROBE_STEPS * best[1] > budget:
             rows.append({"label": option.label(), "compile_seconds": None,
                          "step_seconds": None, "note": "over the probe's budget"})
             continue
         first, per_step = measure(option, math.inf if budget is None else budget - spent)
         rows.append({"label": option.label(), "compile_seconds": first, "step_seconds": per_step})
-        worst_first = max(worst_first, first)
+        firsts[option.jit_compile] = max(firsts.get(option.jit_compile, 0.0), first)
         if best is None or per_step < best[1] * (1 - PROBE_MARGIN):
             best = (option, per_step)
         if budget is None:
