@@ -393,7 +393,7 @@ class _Loop(keras.callbacks.Callback):
             # On JAX keras turns each process's numpy batches into global arrays.
             self.task.fit(data, steps_per_epoch=self.epoch,
                           epochs=(cfg.steps - self.start_step) // self.epoch,
-                          callbacks=[self], verbose=0)
+                          callbacks=[self], verbose=0, shuffle=False)
         if self.stop_signals_total:
             _stop(self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
                   step=self.step, recipe=self.recipe, signum=self.stop_signal, log=self.log,
