@@ -24,6 +24,7 @@ for (`--no-pad-vocab` keeps what was learned).
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -51,6 +52,12 @@ MASK_RATE = 0.15  # masked fraction of the non-padding tokens, for the FLOP coun
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if "hf" in args.contenders and missing and not args.report:
+        print(f"compare.py: error: the HuggingFace contender needs {' and '.join(missing)}, "
+              f"which the [bench] extra installs: pip install -e \".[bench]\" (or pass "
+              f"--contenders mlm,keras_hub_guide).", file=sys.stderr)
+        sys.exit(2)
     if args.report:
         report = json.loads(args.report.read_text())
         print_report(report, spec=report["spec"])

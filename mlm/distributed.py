@@ -16,6 +16,7 @@ the README); nothing here imports JAX unless the JAX backend was chosen.
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -74,6 +75,11 @@ def select_backend(requested: str | None) -> str:
         raise MlmError(
             f"the backend must be one of {', '.join(BACKENDS)}, but received "
             f"backend={backend!r}; pass --backend or set KERAS_BACKEND."
+        )
+    if backend == "jax" and importlib.util.find_spec("jax") is None:
+        raise MlmError(
+            'the JAX backend needs JAX, which is not installed; pip install "mlm[jax]" '
+            '(from a checkout: pip install ".[jax]"), or leave --backend at tensorflow.'
         )
     keras = sys.modules.get("keras")
     if keras is not None and keras.backend.backend() != backend:

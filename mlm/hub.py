@@ -1,8 +1,12 @@
 """Load keras-hub presets (local folders or hub handles) with clear errors."""
 
 import contextlib
+import json
 import re
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from mlm.errors import MlmError
 
@@ -41,8 +45,8 @@ def _load(from_preset, preset: str):
     elif _looks_like_path(preset):
         raise MlmError(f"preset folder not found: {preset}; check the path.")
     try:
-        with _safe_mode():
-            return from_preset(str(preset))
+        with _safe_mode(), _with_pooler(preset) as readable:
+            return from_preset(readable)
     except OSError as e:  # requests' ConnectionError is an OSError
         if local.exists():
             raise MlmError(f"could not read preset {preset} ({e}); check the folder.") from None
@@ -52,6 +56,64 @@ def _load(from_preset, preset: str):
         ) from None
     except (ValueError, TypeError) as e:
         raise MlmError(_load_error(preset, e)) from None
+    except Exception as e:  # a converter's failure on a HuggingFace folder (safetensors, keys)
+        if not (local / "config.json").is_file():
+            raise
+        raise MlmError(
+            f"cannot convert the checkpoint in {preset} to keras-hub: "
+            f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}; pass a checkpoint of "
+            f"an architecture keras-hub converts, with its config.json and safetensors weights."
+        ) from None
+
+
+# Pooler weights that keras-hub's HuggingFace converters port, by `model_type`, and
+# their shape's config field. transformers builds `BertForMaskedLM` and
+# `AlbertForMaskedLM` without the pooler, so their checkpoints lack them.
+_POOLERS = {
+    "bert": (("pooler.dense.weight", "pooler.dense.bias"), "hidden_size"),
+    "albert": (("pooler.weight", "pooler.bias"), "hidden_size"),
+}
+
+
+@contextlib.contextmanager
+def _with_pooler(preset: str):
+    """Yields `preset`, or a copy of a local HuggingFace masked-LM folder with a pooler.
+
+    keras-hub's BERT and ALBERT converters need the pooler (the classifier's
+    dense layer over [CLS]), which a `*ForMaskedLM` checkpoint does not have.
+    The copy (links to every file but the weights) gets one initialised as
+    transformers initialises a missing pooler: normal(0, initializer_range)
+    weights and zero biases. Masked-LM training never uses it.
+    """
+    folder = Path(preset)
+    weights = folder / "model.safetensors"
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    names, size_field = _POOLERS.get(config.get("model_type"), ((), ""))
+    if not names or not weights.is_file():
+        yield str(preset)
+        return
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(weights))
+    if any(key.endswith(names[0]) for key in tensors):
+        yield str(preset)
+        return
+    embeddings = next(k for k in tensors if k.endswith("word_embeddings.weight"))
+    prefix = embeddings[: -len("embeddings.word_embeddings.weight")]
+    hidden, dtype = int(config[size_field]), tensors[embeddings].dtype
+    rng = np.random.default_rng(0)
+    std = float(config.get("initializer_range", 0.02))
+    tensors[prefix + names[0]] = (rng.standard_normal((hidden, hidden)) * std).astype(dtype)
+    tensors[prefix + names[1]] = np.zeros(hidden, dtype)
+    with tempfile.TemporaryDirectory(prefix="mlm_hf_") as tmp:
+        for path in folder.iterdir():
+            if path.name != weights.name:
+                (Path(tmp) / path.name).symlink_to(path.absolute())
+        save_file(tensors, str(Path(tmp) / weights.name), metadata={"format": "pt"})
+        yield tmp
 
 
 @contextlib.contextmanager

@@ -203,3 +203,47 @@ def test_builtin_handle_offline_is_a_one_line_error(small_corpus, tmp_path, caps
     assert lines[-1].startswith("mlm: error: could not download preset bert_tiny_en_uncased")
     assert "local directory" in lines[-1]
     assert not run_dir.exists()
+
+
+def _masked_lm_folder(hf_checkpoint, folder, *, drop=("pooler.",)):
+    """The checkpoint as transformers saves a `BertForMaskedLM`: no pooler, `bert.` keys."""
+    from safetensors.numpy import save_file
+
+    path, tensors = hf_checkpoint
+    folder.mkdir()
+    for name in ("tokenizer_config.json", "vocab.txt"):
+        (folder / name).write_bytes((path / name).read_bytes())
+    config = json.loads((path / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config,
+                                                    "architectures": ["BertForMaskedLM"]}))
+    kept = {f"bert.{k}": v for k, v in tensors.items() if not k.startswith(drop)}
+    save_file(kept, str(folder / "model.safetensors"))
+    return folder, tensors
+
+
+def test_continue_from_a_huggingface_masked_lm_without_a_pooler(
+        hf_checkpoint, small_corpus, held_out_corpus, tmp_path):
+    folder, tensors = _masked_lm_folder(hf_checkpoint, tmp_path / "hf_mlm")
+    task = preset_task(_recipe(folder, small_corpus, held_out_corpus),
+                       log=MetricsLog(tmp_path / "m.jsonl", quiet=True))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(task.backbone.token_embedding.embeddings),
+        tensors["embeddings.word_embeddings.weight"],
+    )
+    pooler = keras.ops.convert_to_numpy(task.backbone.get_layer("pooled_dense").kernel)
+    assert 0.01 < pooler.std() < 0.03  # newly initialised as transformers does: normal(0, 0.02)
+    assert sorted(p.name for p in folder.iterdir()) == [  # the user's folder is left as it was
+        "config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"]
+
+
+def test_a_checkpoint_keras_hub_cannot_convert_is_a_one_line_error(
+        hf_checkpoint, small_corpus, tmp_path, capsys):
+    folder, _ = _masked_lm_folder(hf_checkpoint, tmp_path / "broken",
+                                  drop=("encoder.layer.0.output.",))
+    code = main(["continue", "--preset", str(folder), "--corpus", str(small_corpus),
+                 "--run-dir", str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(lines)
+    assert lines[-1].startswith(f"mlm: error: cannot convert the checkpoint in {folder}")
+    assert "output.dense.weight" in lines[-1]
+    assert not (tmp_path / "run").exists()
