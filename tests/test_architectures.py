@@ -181,3 +181,24 @@ def test_byte_fallback_vocabulary_is_learned_trained_and_exported(
     assert [tokenizer.id_to_token(i) for i in ids if tokenizer.id_to_token(i).startswith("<0x")] \
         == ["<0xE2>", "<0x98>", "<0x83>"]
     assert tokenizer.detokenize(ids) == "the \u2603"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_bf16_run_of_every_row_exports_a_float32_preset(name, tmp_path, small_corpus,
+                                                         held_out_corpus):
+    import keras_hub
+
+    import mlm
+
+    recipe = apply_overrides(tiny_recipe(name, corpus=small_corpus, held_out=held_out_corpus),
+                             ["train.mixed_precision=mixed_bfloat16", "train.steps=2",
+                              "train.checkpoint_every=2", "train.eval_every=2"])
+    summary = mlm.pretrain(recipe, run_dir=tmp_path / "run", quiet=True)
+    assert summary["step_settings"] == "bf16 no XLA"
+    preset = tmp_path / "run" / "preset"
+    assert json.loads((preset / "config.json").read_text())["config"]["dtype"]["config"][
+        "name"] == "float32"
+    task = keras_hub.models.MaskedLM.from_preset(str(preset))
+    assert task.backbone.compute_dtype == "float32"
+    assert np.isfinite(np.asarray(task.predict(["In the beginning [MASK] created"],
+                                               verbose=0))).all()
