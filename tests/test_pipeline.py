@@ -188,3 +188,133 @@ def test_keras_hub_mask_generator_draws_special_tokens_as_replacements():
     replaced = np.asarray(out["token_ids"])
     # Random replacements include [PAD], [CLS], [SEP] and [MASK].
     assert np.isin(replaced, [PAD, CLS, SEP, MASK]).any()
+
+
+# The pipeline as it was before batched reads and masking: a Python generator
+# of single windows, masked one window at a time by `mask_window`. Kept here as
+# the reference the batched pipeline must reproduce bit for bit.
+def _reference_batches(tokens, schedule, *, count, salt, seed, masking, sequence_length,
+                       batch_size, inputs, drop_remainder):
+    import tensorflow as tf
+
+    from mlm.pipeline import mask_window, window_seed
+
+    body = sequence_length - 2
+
+    def generate():
+        for epoch, window_ids in schedule:
+            for w in window_ids:
+                row = np.full(sequence_length, PAD, dtype=np.int32)  # (L,)
+                row[0] = CLS
+                piece = tokens[w * body : (w + 1) * body]
+                row[1 : 1 + len(piece)] = piece
+                row[1 + len(piece)] = SEP
+                yield epoch, w, row
+
+    signature = (tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64),
+                 tf.TensorSpec([sequence_length], tf.int32))
+    num_slots = max_selections(sequence_length, masking.selection_rate)
+
+    def mask_one(epoch, window, token_ids):
+        masked, positions, mask_ids, weights = mask_window(
+            token_ids, window_seed(seed, salt, epoch, window), masking=masking, ids=IDS,
+            num_slots=num_slots)
+        return token_ids, masked, positions, mask_ids, weights
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature).map(mask_one)
+    out = []
+    for token_ids, masked, positions, mask_ids, weights in (
+        ds.batch(batch_size, drop_remainder=drop_remainder).take(count).as_numpy_iterator()
+    ):
+        x = {"token_ids": masked, "mask_positions": positions}
+        if "padding_mask" in inputs:
+            x["padding_mask"] = (token_ids != PAD).astype(np.int32)
+        if "segment_ids" in inputs:
+            x["segment_ids"] = np.zeros_like(masked)
+        out.append((x, mask_ids, weights))
+    return out
+
+
+def _assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for step, ((xg, yg, wg), (xe, ye, we)) in enumerate(zip(got, expected, strict=True)):
+        assert xg.keys() == xe.keys()
+        for key in xe:
+            assert xg[key].dtype == xe[key].dtype, (step, key)
+            np.testing.assert_array_equal(xg[key], xe[key], err_msg=f"step {step}, {key}")
+        np.testing.assert_array_equal(yg, ye, err_msg=f"step {step}, mask ids")
+        np.testing.assert_array_equal(wg, we, err_msg=f"step {step}, mask weights")
+        assert (yg.dtype, wg.dtype) == (ye.dtype, we.dtype)
+
+
+_HEAVY_MASKING = MaskingConfig(selection_rate=0.5, mask_token_rate=0.5, random_token_rate=0.3)
+
+
+@pytest.mark.parametrize(
+    ("start_step", "process_index", "process_count", "masking"),
+    [(0, 0, 1, MaskingConfig()), (137, 0, 1, MaskingConfig()), (0, 1, 2, MaskingConfig()),
+     (290, 0, 2, MaskingConfig()), (3, 0, 1, _HEAVY_MASKING)],
+)
+def test_training_batches_match_the_per_window_reference(
+    start_step, process_index, process_count, masking
+):
+    """Same windows, order and masks as the per-window pipeline, across epoch boundaries."""
+    from itertools import islice
+
+    from mlm.pipeline import process_slice
+
+    # 36,017 tokens: 1,201 windows of 30, the last one padded; 150 steps of 8 an epoch.
+    tokens = _stream(36_017, doc_length=7)  # many [SEP]s: a varying count of maskable tokens
+    length, batch, seed, steps = 32, 8, 11, 330
+    windows = num_windows(len(tokens), length)
+    schedule = process_slice(
+        batch_schedule(windows, batch_size=batch, seed=seed, start_step=start_step),
+        process_index=process_index, process_count=process_count)
+    inputs = ("segment_ids", "padding_mask")
+    expected = _reference_batches(
+        tokens, islice(schedule, steps), count=steps, salt=0x6D61736B, seed=seed,
+        masking=masking, sequence_length=length, batch_size=batch // process_count,
+        inputs=inputs, drop_remainder=True)
+    ds = training_dataset(tokens, sequence_length=length, batch_size=batch, masking=masking,
+                          ids=IDS, seed=seed, start_step=start_step, inputs=inputs,
+                          process_index=process_index, process_count=process_count)
+    _assert_same_batches(_batches(ds, steps), expected)
+    # The static shapes keras sees are unchanged: a fixed batch dimension.
+    slots = max_selections(length, masking.selection_rate)
+    assert ds.element_spec[0]["token_ids"].shape == (batch // process_count, length)
+    assert ds.element_spec[1].shape == (batch // process_count, slots)
+
+
+@pytest.mark.parametrize(("max_batches", "inputs"),
+                         [(0, ("segment_ids", "padding_mask")), (7, ("padding_mask",)), (3, ())])
+def test_evaluation_batches_match_the_per_window_reference(max_batches, inputs):
+    tokens = _stream(12_345, doc_length=11)  # 412 windows of 30: a last batch of 12
+    length, batch = 32, 16
+    windows = num_windows(len(tokens), length)
+    if max_batches:
+        windows = min(windows, max_batches * batch)
+    schedule = [(0, np.arange(s, min(s + batch, windows))) for s in range(0, windows, batch)]
+    expected = _reference_batches(
+        tokens, schedule, count=len(schedule), salt=0x6576616C, seed=4,
+        masking=MaskingConfig(), sequence_length=length, batch_size=batch, inputs=inputs,
+        drop_remainder=False)
+    ds = evaluation_dataset(tokens, sequence_length=length, batch_size=batch,
+                            masking=MaskingConfig(), ids=IDS, seed=4, max_batches=max_batches,
+                            inputs=inputs)
+    got = _batches(ds, len(schedule) + 1)
+    _assert_same_batches(got, expected)
+    assert ds.element_spec[0]["token_ids"].shape.as_list() == [None, length]
+
+
+def test_read_windows_matches_slicing_one_window_at_a_time():
+    body = 14
+    for count in (0, 1, 13, 14, 15, 140, 141):  # empty, partial, exact multiples
+        tokens = _stream(max(count, 1))[:count]
+        windows = max(num_windows(count, body + 2), 1)
+        window_ids = np.random.default_rng(count).integers(0, windows, 50)
+        rows = read_windows(tokens, window_ids, sequence_length=body + 2, ids=IDS)
+        assert rows.dtype == np.int32 and rows.shape == (50, body + 2)
+        for row, w in zip(rows, window_ids, strict=True):
+            piece = tokens[w * body : (w + 1) * body]
+            expected = [CLS, *piece, SEP] + [PAD] * (body - len(piece))
+            np.testing.assert_array_equal(row, expected)
