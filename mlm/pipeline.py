@@ -72,14 +72,29 @@ def padding_fraction(num_tokens: int, sequence_length: int) -> float:
 def read_windows(
     tokens: np.ndarray, window_ids: np.ndarray, *, sequence_length: int, ids: TokenIds
 ) -> np.ndarray:
-    """Gathers windows `window_ids` from the flat token array as `(B, L)` int32."""
+    """Gathers windows `window_ids` from the flat token array as `(B, L)` int32.
+
+    One vectorised read per batch, not a Python step per window: the full
+    windows are rows of a `(full windows, L - 2)` view of the (memory-mapped)
+    array, so a fancy index copies them all at once; only the padded last
+    window of a split, or an id past the end, takes the masked path.
+    """
     body = sequence_length - 2
-    out = np.full((len(window_ids), sequence_length), ids.pad_id, dtype=np.int32)
+    window_ids = np.asarray(window_ids, dtype=np.int64)  # (B,)
+    out = np.full((len(window_ids), sequence_length), ids.pad_id, dtype=np.int32)  # (B, L)
     out[:, 0] = ids.start_id
-    for row, w in enumerate(window_ids):
-        piece = tokens[w * body : (w + 1) * body]
-        out[row, 1 : 1 + len(piece)] = piece
-        out[row, 1 + len(piece)] = ids.end_id
+    full = len(tokens) // body
+    view = tokens[: full * body].reshape(full, body)  # (full windows, L - 2), no copy
+    rows = np.flatnonzero(window_ids < full)
+    out[rows, 1:-1] = view[window_ids[rows]]
+    out[rows, -1] = ids.end_id
+    rows = np.flatnonzero(window_ids >= full)  # the padded last window, at most
+    lengths = np.clip(len(tokens) - window_ids[rows] * body, 0, body)  # (R,) tokens present
+    if len(rows) and len(tokens):
+        columns = np.arange(body)
+        index = np.minimum(window_ids[rows, None] * body + columns, len(tokens) - 1)  # (R, L-2)
+        out[rows, 1:-1] = np.where(columns < lengths[:, None], tokens[index], ids.pad_id)
+    out[rows, 1 + lengths] = ids.end_id
     return out
 
 
