@@ -32,8 +32,9 @@ FAST = ["--set", "train.mixed_precision=float32", "train.jit_compile=false",
 
 # Builds a tiny HuggingFace `BertForMaskedLM` checkpoint folder without torch or
 # transformers: config.json, model.safetensors (encoder under `bert.`, the MLM
-# head under `cls.predictions.`), vocab.txt, tokenizer_config.json and a
-# tokenizer.json from the `tokenizers` library, as the hub's BERT folders hold.
+# head under `cls.predictions.`, no pooler), vocab.txt, tokenizer_config.json and
+# a tokenizer.json from the `tokenizers` library, as the hub's BERT folders hold,
+# plus sentence-transformers' modules.json and 1_Pooling/.
 HF_BUILDER = r'''
 import json, sys
 from pathlib import Path
@@ -75,6 +76,15 @@ save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 (out / "tokenizer_config.json").write_text(json.dumps(
     {"do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
 BertWordPieceTokenizer(str(out / "vocab.txt"), lowercase=True).save(str(out / "tokenizer.json"))
+# As sentence-transformers folders (all-MiniLM-L6-v2, issue 19) also hold.
+(out / "modules.json").write_text(json.dumps([
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize",
+     "type": "sentence_transformers.models.Normalize"}]))
+(out / "1_Pooling").mkdir()
+(out / "1_Pooling" / "config.json").write_text(json.dumps(
+    {"word_embedding_dimension": h, "pooling_mode_mean_tokens": True}))
 '''
 
 
