@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mlm.architectures import ARCHITECTURES
 from mlm.config import apply_overrides, available_recipes, load_recipe
-from mlm.corpus import sample_corpus_path
+from mlm.data.corpus import sample_corpus_path
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,7 +15,7 @@ resident memory, held-out accuracy and model FLOPs utilisation against a
 matmul peak measured in the same run; then the input pipelines alone, and
 vocabulary training against keras-hub's `compute_word_piece_vocabulary`.
 
-All contenders share one vocabulary, learned once with `mlm.vocab` from the
+All contenders share one vocabulary, learned once with `mlm.data.vocab` from the
 training split. A corpus too small for `--vocab-size` entries (the sample
 gives about 13.3k) is padded with `[unusedN]` entries, as BERT's own
 vocabulary is, so that every model has the output layer of the size asked
@@ -170,8 +170,8 @@ def prepare(args, *, work: Path) -> tuple[dict, dict]:
 
 def split_corpus(corpus_path: str, *, lines: str) -> tuple[list[str], list[str]]:
     """mlm's own train/held-out split of the corpus (2% of documents by hash)."""
-    from mlm import corpus
     from mlm.config import CorpusConfig
+    from mlm.data import corpus
 
     source = corpus.resolve_corpus(CorpusConfig(paths=(corpus_path,) if corpus_path else ()))
     train = list(corpus.iter_documents(source, split="train"))
@@ -188,7 +188,7 @@ def one_sentence_per_line(document: str) -> str:
 
 def shared_vocabulary(documents, *, size: int, pad: bool, work: Path) -> tuple[Path, int]:
     """Learns the WordPiece vocabulary once; pads it with `[unusedN]` up to `size`."""
-    from mlm import vocab
+    from mlm.data import vocab
 
     path = vocab.train_vocabulary(
         iter(documents), family="wordpiece", size=size, lowercase=True, min_frequency=2,
@@ -206,12 +206,12 @@ def shared_vocabulary(documents, *, size: int, pad: bool, work: Path) -> tuple[P
 
 def tokenize_and_hold_out(train_docs, held_docs, *, vocab_path, recipe, args, work) -> dict:
     """Builds mlm's token cache (timed: tokenize throughput) and the held-out windows."""
-    from mlm import shards, vocab
-    from mlm.pipeline import TokenIds, evaluation_dataset, padding_fraction
+    from mlm.data import token_cache, vocab
+    from mlm.data.pipeline import TokenIds, evaluation_dataset, padding_fraction
 
     tokenizer = vocab.build_tokenizer(vocab_path, family="wordpiece", lowercase=True)
     start = time.perf_counter()
-    cache = shards.load_or_build_cache(
+    cache = token_cache.load_or_build_cache(
         {"train": lambda: iter(train_docs), "held_out": lambda: iter(held_docs)}, tokenizer,
         cache_root=work / "mlm_cache", key="train", progress=False,
     )

@@ -19,8 +19,8 @@ batch size, AdamW settings (no decay on biases and LayerNorm), warmup and
 linear decay, and global-norm clipping. Each keeps its own data recipe:
 
 - `mlm`: its token cache, packed windows and stateless masking
-  (`mlm.shards`, `mlm.pipeline`) and its compiled task (`mlm.train`), the
-  same calls `mlm.train.train` makes per step;
+  (`mlm.data.token_cache`, `mlm.data.pipeline`) and its compiled task (`mlm.training.loop`), the
+  same calls `mlm.training.loop.train` makes per step;
 - `keras_hub_guide`: `BertMaskedLMPreprocessor` mapped over the lines of the
   corpus (one line one example, padded or truncated to the sequence length,
   its default 96 mask slots), `BertMaskedLM.fit`;
@@ -133,8 +133,8 @@ class MlmRunner:
     def __init__(self, spec: dict):
         import keras
 
-        from mlm import shards, vocab
         from mlm.config import apply_overrides, load_recipe
+        from mlm.data import token_cache, vocab
 
         self.spec = spec
         self.recipe = apply_overrides(load_recipe(spec["recipe"]), [
@@ -147,7 +147,7 @@ class MlmRunner:
             Path(spec["vocab_path"]), family="wordpiece", lowercase=True
         )
         documents = Path(spec["train_documents"]).read_text().split("\n\n")
-        self.cache = shards.load_or_build_cache(
+        self.cache = token_cache.load_or_build_cache(
             {"train": lambda: iter(documents), "held_out": list}, self.tokenizer,
             cache_root=Path(spec["work_dir"]) / "mlm_cache", key="train", progress=False,
         )
@@ -155,7 +155,7 @@ class MlmRunner:
         self.task = None
 
     def _dataset(self):
-        from mlm.pipeline import TokenIds, training_dataset
+        from mlm.data.pipeline import TokenIds, training_dataset
 
         return training_dataset(
             self.tokens, sequence_length=self.spec["sequence_length"],
@@ -175,18 +175,18 @@ class MlmRunner:
     def build(self, *, total_steps: int) -> None:
         import keras
 
-        from mlm import train
         from mlm.architectures import get_architecture
         from mlm.config import apply_overrides
+        from mlm.training import loop
 
         recipe = apply_overrides(self.recipe, [f"train.steps={total_steps}"])
         keras.utils.set_random_seed(self.spec["seed"])
-        self.task = train.build_task(
+        self.task = loop.build_task(
             recipe.model, arch=get_architecture("bert"), tokenizer=self.tokenizer,
             masking=recipe.masking,
         )
         self.task.preprocessor = None
-        train.compile_task(self.task, recipe.train)
+        loop.compile_task(self.task, recipe.train)
         self.iterator = iter(self._dataset())
         self.trained_tokens = self.trained_slots = 0
 
@@ -219,10 +219,10 @@ def _keras_masked_logits(task, token_ids, padding_mask, mask_positions):
 
 
 def _keras_optimizer(spec: dict, total_steps: int):
-    """The recipe's AdamW, warmup and linear decay, clipping (as `mlm.train`)."""
+    """The recipe's AdamW, warmup and linear decay, clipping (as `mlm.training.loop`)."""
     import keras
 
-    from mlm.train import WarmupLinearDecay
+    from mlm.training.loop import WarmupLinearDecay
 
     opt = spec["optimizer"]
     optimizer = keras.optimizers.AdamW(

@@ -8,11 +8,11 @@ Run on a machine with a GPU (one command, under 8 minutes in all):
 What it measures, at the `bert_base` shape (12 layers, hidden 768, 12 heads,
 intermediate 3072, sequence 128, batch 256, vocabulary 30522):
 
-- mlm: the task that `mlm.train.build_task` builds and `mlm.train.compile_task`
+- mlm: the task that `mlm.training.loop.build_task` builds and `mlm.training.loop.compile_task`
   compiles (bf16 mixed precision, XLA), on the JAX backend, preprocessor
   detached, trained with `keras.Model.fit` and `steps_per_execution=16` as
-  `mlm.train`'s loop does (which feeds tf.data instead), on synthetic batches
-  with exactly the keys, dtypes and shapes that `mlm.pipeline` yields:
+  `mlm.training.loop`'s loop does (which feeds tf.data instead), on synthetic batches
+  with exactly the keys, dtypes and shapes that `mlm.data.pipeline` yields:
   x = {token_ids, segment_ids, padding_mask, mask_positions}, y = the original
   ids at the mask slots, w = mask weights.
 - HuggingFace: `transformers.BertForMaskedLM` of the same shape, torch eager
@@ -31,9 +31,9 @@ shape (2 layers, hidden 64, sequence 32, batch 8, vocabulary 1000) in float32
 on the CPU; its HuggingFace row is skipped where torch or transformers is not
 installed.
 
-TensorFlow is never needed. `mlm.train` imports `mlm.pipeline`, whose tf.data
+TensorFlow is never needed. `mlm.training.loop` imports `mlm.data.pipeline`, whose tf.data
 input pipeline imports TensorFlow at module top; where TensorFlow is missing,
-`mlm.pipeline` is replaced by a stand-in before `mlm.train` is imported (see
+`mlm.data.pipeline` is replaced by a stand-in before `mlm.training.loop` is imported (see
 `import_mlm_train`), so `build_task` and `compile_task` still run as mlm's own
 code. keras-hub imports TensorFlow only if it is there.
 
@@ -91,7 +91,7 @@ MODES = {
               "warmup_steps": 4, "hf_warmup_steps": 2, "steps": 4, "matmul_size": 512,
               "time_limit": 300.0},
 }
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4, as mlm.vocab makes
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4, as mlm.data.vocab makes
 SELECTION_RATE, MASK_TOKEN_RATE, RANDOM_TOKEN_RATE = 0.15, 0.8, 0.1  # mlm's MaskingConfig
 PEAK_DTYPES = {"mixed_bfloat16": "bfloat16", "float32": "float32"}
 HF_SKIPPED = "skipped (torch/transformers not installed)"
@@ -290,7 +290,7 @@ def model_flops_per_step(shape: dict) -> float:
 
 
 def max_selections(sequence_length: int, selection_rate: float) -> int:
-    """`mlm.pipeline.max_selections`, copied: that module imports TensorFlow."""
+    """`mlm.data.pipeline.max_selections`, copied: that module imports TensorFlow."""
     return max(1, round((sequence_length - 2) * selection_rate))
 
 
@@ -337,7 +337,7 @@ def matmul_peak(spec: dict) -> dict:
 
 
 def make_batches(spec: dict, *, count: int = 4) -> list[tuple[dict, object, object]]:
-    """`count` batches as `mlm.pipeline.training_dataset` yields them from full windows.
+    """`count` batches as `mlm.data.pipeline.training_dataset` yields them from full windows.
 
     Each window is [CLS] w1 .. w(T-2) [SEP] (no padding); S =
     `max_selections(T, 0.15)` distinct positions among the words are masked
@@ -375,40 +375,40 @@ def make_batches(spec: dict, *, count: int = 4) -> list[tuple[dict, object, obje
 
 
 def import_mlm_train():
-    """`mlm.train`, and how it was imported.
+    """`mlm.training.loop`, and how it was imported.
 
-    `mlm.train` imports `mlm.pipeline`, whose tf.data pipeline imports
+    `mlm.training.loop` imports `mlm.data.pipeline`, whose tf.data pipeline imports
     TensorFlow at module top. Where TensorFlow is missing (the GPU machine),
-    `mlm.pipeline` is replaced by a stand-in: `max_selections` (copied above)
+    `mlm.data.pipeline` is replaced by a stand-in: `max_selections` (copied above)
     and, for every other name, a class that raises when used. Building and
     compiling the task use nothing else from it, so what is timed is still
-    `mlm.train.build_task` and `compile_task`, not a copy of them.
+    `mlm.training.loop.build_task` and `compile_task`, not a copy of them.
     """
     try:
-        import mlm.train
+        import mlm.training.loop
 
-        return mlm.train, "mlm.train"
+        return mlm.training.loop, "mlm.training.loop"
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("tensorflow"):
             raise
 
     def stand_in(name):
         def fail(*args, **kwargs):
-            raise RuntimeError(f"mlm.pipeline.{name} needs TensorFlow, which is not installed")
+            raise RuntimeError(f"mlm.data.pipeline.{name} needs TensorFlow, which is not installed")
 
         return type(name, (), {"__init__": fail})
 
-    pipeline = types.ModuleType("mlm.pipeline", "Stand-in without TensorFlow (device_check).")
+    pipeline = types.ModuleType("mlm.data.pipeline", "Stand-in without TensorFlow (device_check).")
     pipeline.max_selections = max_selections
     pipeline.__getattr__ = stand_in
-    sys.modules["mlm.pipeline"] = pipeline
-    import mlm.train
+    sys.modules["mlm.data.pipeline"] = pipeline
+    import mlm.training.loop
 
-    return mlm.train, "mlm.train, mlm.pipeline stood in (no TensorFlow)"
+    return mlm.training.loop, "mlm.training.loop, mlm.data.pipeline stood in (no TensorFlow)"
 
 
 def run_mlm(spec: dict) -> dict:
-    """Trains mlm's compiled task with `fit`, as `mlm.train`'s loop does; times it."""
+    """Trains mlm's compiled task with `fit`, as `mlm.training.loop`'s loop does; times it."""
     import warnings
 
     import jax
@@ -417,7 +417,7 @@ def run_mlm(spec: dict) -> dict:
 
     from mlm.architectures import get_architecture
     from mlm.config import MaskingConfig, ModelConfig, TrainConfig
-    from mlm.precision import StepSettings
+    from mlm.training.precision import StepSettings
 
     train, how = import_mlm_train()
     shape, per_call = spec["shape"], spec["steps_per_execution"]
@@ -431,7 +431,7 @@ def run_mlm(spec: dict) -> dict:
         "dropout": 0.1, "max_sequence_length": 512})
     task = train.build_task(model, arch=get_architecture("bert"), tokenizer=tokenizer,
                             masking=MaskingConfig())
-    task.preprocessor = None  # detached, as mlm.train trains: batches come masked
+    task.preprocessor = None  # detached, as mlm.training.loop trains: batches come masked
     # The schedule's length only shapes the learning rate, not the step's cost.
     config = TrainConfig(batch_size=shape["batch_size"], steps=1000)
     settings = StepSettings(spec["precision"], True)
@@ -450,15 +450,15 @@ def run_mlm(spec: dict) -> dict:
         began = time.perf_counter()
         # keras.Model.fit, not keras-hub's PipelineModel.fit: that one turns any input into
         # a tf.data or grain dataset (neither is on the GPU machine) to map the preprocessor
-        # over it; detached, it would only pass the batches through. mlm.train's loop feeds a
-        # tf.data dataset, which keras also turns into numpy batches on JAX.
+        # over it; detached, it would only pass the batches through. mlm.training.loop feeds
+        # a tf.data dataset, which keras also turns into numpy batches on JAX.
         history = keras.Model.fit(task, data, steps_per_epoch=count, epochs=1, verbose=0)
         jax.block_until_ready([v.value for v in task.trainable_variables])
         steps.loss = float(history.history["loss"][-1])
         return time.perf_counter() - began
 
     with warnings.catch_warnings():
-        # The backbone's pooler gets no gradient from the MLM loss (as in mlm.train).
+        # The backbone's pooler gets no gradient from the MLM loss (as in mlm.training.loop).
         warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
         first = steps(per_call)
         warmup = max(spec["warmup_steps"] - per_call, per_call)
@@ -494,7 +494,7 @@ def run_hf(spec: dict) -> dict:
         intermediate_size=shape["intermediate_dim"], max_position_embeddings=512,
         type_vocab_size=2, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     model = transformers.BertForMaskedLM(config).to(device).train()
-    # As mlm.train.compile_task: AdamW, no decay on biases and LayerNorm, clipping at 1.
+    # As mlm.training.loop.compile_task: AdamW, no decay on biases and LayerNorm, clipping at 1.
     decay = [p for n, p in model.named_parameters() if "bias" not in n and "LayerNorm" not in n]
     rest = [p for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n]
     optimizer = torch.optim.AdamW(

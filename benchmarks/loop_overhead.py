@@ -6,14 +6,14 @@ Run on demand:
     python benchmarks/loop_overhead.py --recipes bert_test --steps 128 --rounds 7
 
 Three loops train the same model (one task each, same initial weights) on
-batches from mlm's own pipeline (`mlm.pipeline.training_dataset` over a
+batches from mlm's own pipeline (`mlm.data.pipeline.training_dataset` over a
 synthetic token cache), in rounds, one after the other, so that all three see
 the same machine load:
 
 - `per-step train_on_batch`: the loop mlm had before (one `train_on_batch`
   a step, the loss and the batch's masked and non-padding token counts read
   on the host every step);
-- `mlm loop`: `mlm.train._Loop`, the loop `mlm pretrain` runs (one `fit`,
+- `mlm loop`: `mlm.training.loop._Loop`, the loop `mlm pretrain` runs (one `fit`,
   `train.steps_per_execution` steps per device call, metrics read between
   calls), logging every round's last step;
 - `fit(steps_per_execution=16)`: plain keras, the reference.
@@ -87,7 +87,7 @@ def compare(recipe_name: str, *, overrides: list[str], steps: int, rounds: int):
 
 def synthetic_cache(recipe):
     """A token cache of random words with documents joined by [SEP], and its ids."""
-    from mlm.pipeline import TokenIds
+    from mlm.data.pipeline import TokenIds
 
     # [PAD] [UNK] [CLS] [SEP] [MASK] first, as `build` makes the vocabulary.
     ids = TokenIds(vocabulary_size=recipe.vocab.size, start_id=2, end_id=3, pad_id=0, mask_id=4,
@@ -103,7 +103,7 @@ def build(recipe, ids):
     import keras_hub
 
     from mlm.architectures import get_architecture
-    from mlm.train import build_task, compile_task
+    from mlm.training.loop import build_task, compile_task
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = keras_hub.models.BertTokenizer(
@@ -117,7 +117,7 @@ def build(recipe, ids):
 
 
 def dataset(recipe, tokens, ids, *, start_step: int):
-    from mlm.pipeline import training_dataset
+    from mlm.data.pipeline import training_dataset
 
     return training_dataset(
         tokens, sequence_length=recipe.model.sequence_length,
@@ -156,7 +156,7 @@ class Fit:
 
 
 class MlmLoop:
-    """`mlm.train._Loop`, as `mlm pretrain` runs it, one round at a time."""
+    """`mlm.training.loop._Loop`, as `mlm pretrain` runs it, one round at a time."""
 
     def __init__(self, recipe, tokens, ids):
         self.task, self.preprocessor = build(recipe, ids)
@@ -166,8 +166,8 @@ class MlmLoop:
     def run(self, steps: int) -> None:
         import dataclasses
 
-        from mlm import distributed
-        from mlm.train import MetricsLog, _Loop, steps_per_execution
+        from mlm.training import distributed
+        from mlm.training.loop import MetricsLog, _Loop, steps_per_execution
 
         recipe = dataclasses.replace(self.recipe, train=dataclasses.replace(
             self.recipe.train, steps=self.step + steps))

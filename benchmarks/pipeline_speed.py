@@ -7,7 +7,7 @@ Run on demand:
     python benchmarks/pipeline_speed.py --tokens 8000000 --seconds 5 --rounds 5
 
 Writes a synthetic token cache (`--tokens` uint16 ids, documents of random
-length joined by [SEP], as `mlm.shards` stores it) to a temporary file and
+length joined by [SEP], as `mlm.data.token_cache` stores it) to a temporary file and
 memory-maps it, as `cache.tokens("train")` does. For each batch shape (the
 bert_tiny shape, sequence 128 x batch 32, and sequence 128 x batch 256) and
 each thread budget (1, 2 and `os.cpu_count()`), it iterates
@@ -18,7 +18,7 @@ the windows of the batches it yields per second of wall time. The first
 `--warmup` seconds of each dataset (tracing, autotuning, filling the
 prefetch buffer) are not timed.
 
-With `--baseline REF`, `mlm/pipeline.py` as of git commit `REF` is loaded
+With `--baseline REF`, `mlm/data/pipeline.py` as of git commit `REF` is loaded
 beside this checkout's and both are measured in alternation, round after
 round, so that both see the same machine load (a shared machine is noisy);
 the table gives the median over the rounds of each.
@@ -45,7 +45,7 @@ SHAPES = ((128, 32), (128, 256))  # (sequence length, batch size)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", metavar="REF",
-                        help="also measure mlm/pipeline.py as of this git commit")
+                        help="also measure mlm/data/pipeline.py as of this git commit")
     parser.add_argument("--tokens", type=int, default=4_000_000, help="synthetic cache size")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds a measure")
     parser.add_argument("--warmup", type=float, default=1.5, help="untimed seconds first")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-    from mlm import pipeline
+    from mlm.data import pipeline
 
     versions = {"after": pipeline}
     if args.baseline:
@@ -77,9 +77,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def load_pipeline_at(ref: str):
-    """`mlm/pipeline.py` as of git commit `ref`, imported as a module of its own."""
-    source = subprocess.run(["git", "show", f"{ref}:mlm/pipeline.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
+    """The input pipeline as of git commit `ref`, imported as a module of its own."""
+    for where in ("mlm/data/pipeline.py", "mlm/pipeline.py"):  # the latter before the move
+        shown = subprocess.run(["git", "show", f"{ref}:{where}"], cwd=ROOT, capture_output=True,
+                               text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"no mlm/data/pipeline.py (or mlm/pipeline.py) at commit {ref}")
+    source = shown.stdout
     path = Path(tempfile.mkdtemp()) / f"pipeline_{ref}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"pipeline_{ref}", path)
@@ -90,13 +96,13 @@ def load_pipeline_at(ref: str):
 
 def synthetic_cache(path: Path, count: int):
     """A memory-mapped uint16 token cache of BERT-like ids, and the `TokenIds` of it."""
-    from mlm.pipeline import TokenIds
+    from mlm.data.pipeline import TokenIds
 
     ids = TokenIds(vocabulary_size=30522, start_id=101, end_id=102, pad_id=0, mask_id=103,
                    special_ids=(0, 100, 101, 102, 103))
     rng = np.random.default_rng(0)
     tokens = rng.integers(1000, ids.vocabulary_size, count).astype(np.uint16)
-    # Documents of 50 to 2,000 tokens, each closed by [SEP] as mlm.shards joins them.
+    # Documents of 50 to 2,000 tokens, each closed by [SEP] as mlm.data.token_cache joins them.
     ends = np.cumsum(rng.integers(50, 2000, count // 50))
     tokens[ends[ends < count]] = ids.end_id
     tokens.tofile(path)

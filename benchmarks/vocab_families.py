@@ -1,4 +1,4 @@
-"""Times `mlm.vocab.train_vocabulary` for every tokenizer family.
+"""Times `mlm.data.vocab.train_vocabulary` for every tokenizer family.
 
 Run on demand, e.g.
 
@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlm import vocab
 from mlm.architectures import ARCHITECTURES
+from mlm.data import vocab
 
 ROWS = {"wordpiece": "bert", "sentencepiece": "albert", "byte_bpe": "roberta"}
 

@@ -8,7 +8,7 @@ Run on demand, e.g.
 Every method learns a vocabulary of at most `--size` tokens from the same
 documents (a text or `.gz` file, documents separated by blank lines):
 
-- `mlm.vocab.train_vocabulary`: what `mlm` uses; `tokenizers` in Rust with
+- `mlm.data.vocab.train_vocabulary`: what `mlm` uses; `tokenizers` in Rust with
   keras-hub's splitting and case folding, made deterministic.
 - `tokenizers, BERT pipeline`: plain `tokenizers` with its own BERT
   normalizer and pre-tokenizer; the raw speed of the library, for reference
@@ -34,7 +34,7 @@ import keras_hub
 import tensorflow as tf
 import tokenizers
 
-from mlm import vocab
+from mlm.data import vocab
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         file=sys.stderr,
     )
     methods = {
-        "mlm.vocab.train_vocabulary": train_mlm,
+        "mlm.data.vocab.train_vocabulary": train_mlm,
         "tokenizers, BERT pipeline": train_tokenizers_bert,
         "keras_hub compute_word_piece_vocabulary": train_keras_hub,
     }
@@ -159,7 +159,7 @@ def print_table(results: dict[str, tuple[float, list[str]]], *, reference: str) 
 
 def print_overlap(results: dict[str, tuple[float, list[str]]]) -> None:
     """Prints how many tokens each vocabulary shares with mlm's."""
-    ours = set(results["mlm.vocab.train_vocabulary"][1])
+    ours = set(results["mlm.data.vocab.train_vocabulary"][1])
     for name, (_, tokens) in results.items():
         shared = len(ours & set(tokens))
         print(f"{name}: {shared} of {len(tokens)} tokens also in mlm's vocabulary")

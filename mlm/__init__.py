@@ -21,10 +21,10 @@ _EXPORTS = {
     "evaluate_preset": "mlm.evaluate",
     "fill_mask": "mlm.predict",
     "load_masked_lm": "mlm.hub",
-    "export_checkpoint": "mlm.export",
-    "train_vocabulary": "mlm.vocab",
-    "write_report": "mlm.report",
-    "build_report": "mlm.report",
+    "export_checkpoint": "mlm.run.export",
+    "train_vocabulary": "mlm.data.vocab",
+    "write_report": "mlm.run.report",
+    "build_report": "mlm.run.report",
 }
 
 

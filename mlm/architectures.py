@@ -24,7 +24,7 @@ class Architecture:
     tokenizer: str
     preprocessor: str
     masked_lm: str
-    # Vocabulary trainer in `mlm.vocab` that produces this tokenizer's assets:
+    # Vocabulary trainer in `mlm.data.vocab` that produces this tokenizer's assets:
     # "wordpiece", "sentencepiece" or "byte_bpe".
     tokenizer_family: str
     # The backbone's inputs besides `token_ids`: some of "segment_ids" and

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _failed(status: int) -> int:
-    from mlm.distributed import exit_at_once
+    from mlm.training.distributed import exit_at_once
 
     exit_at_once(status)  # in a multi-process run only: see its docstring
     return status
@@ -181,7 +181,7 @@ def _continue(args) -> None:
 
 def _train(args, recipe) -> None:
     """`pretrain` on the chosen backend, joined to the other processes of the run if any."""
-    from mlm import distributed
+    from mlm.training import distributed
 
     cluster = _cluster(args)
     backend = distributed.select_backend(args.backend or ("jax" if cluster else None))
@@ -229,7 +229,7 @@ def _cluster(args):
 def _run_recipe(args, *, preset: str | None = None):
     """The recipe named on the command line (or the run's own, with --resume) + overrides."""
     from mlm import config
-    from mlm.runs import load_run_recipe
+    from mlm.run.directory import load_run_recipe
 
     if args.resume and args.overwrite:
         raise MlmError("--resume and --overwrite contradict each other; pass one of them.")
@@ -283,7 +283,7 @@ def _predict(args) -> None:
 
 def _export(args) -> None:
     _import_tensorflow_quietly()
-    from mlm.export import export_checkpoint
+    from mlm.run.export import export_checkpoint
 
     out = export_checkpoint(Path(args.run_dir), out=Path(args.out), step=args.step)
     print(f"preset written to {out}")
@@ -293,9 +293,9 @@ def _vocab(args) -> None:
     import shutil
     import tempfile
 
-    from mlm import corpus, vocab
     from mlm.architectures import get_architecture
     from mlm.config import CorpusConfig
+    from mlm.data import corpus, vocab
     from mlm.progress import track
 
     arch = get_architecture(args.architecture)
@@ -327,7 +327,7 @@ def _vocab(args) -> None:
 
 def _report(args) -> None:
     _import_tensorflow_quietly()
-    from mlm.report import write_report
+    from mlm.run.report import write_report
 
     print(f"report written to {write_report(Path(args.run_dir), examples=args.examples)}")
 

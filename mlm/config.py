@@ -127,7 +127,7 @@ class TrainConfig:
     # At most this many steps per device call (keras `steps_per_execution`): the
     # host reads metrics only between calls. The stride used is the largest
     # divisor of the gcd of the log, evaluation and checkpoint intervals not
-    # above it (see `mlm.train.steps_per_execution`); a stop request waits for
+    # above it (see `mlm.training.loop.steps_per_execution`); a stop request waits for
     # the current call.
     steps_per_execution: int = 16
     # Compile the train step with XLA: true, false, or "auto": timed at the start
@@ -144,7 +144,7 @@ class TrainConfig:
     # fp32 and bf16, with and without XLA (where `jit_compile` is "auto" too),
     # are timed on the run's own model and batch and the fastest kept, since
     # the best setting depends on the model's size even on one CPU (see
-    # `mlm.precision`); on a GPU or TPU, bf16 where native, else fp16. The
+    # `mlm.training.precision`); on a GPU or TPU, bf16 where native, else fp16. The
     # choice is recorded in `run_dir/step_settings.json`. Presets are saved
     # in float32 whatever the precision.
     mixed_precision: str = "auto"

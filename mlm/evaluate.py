@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from mlm.config import MaskingConfig
-from mlm.pipeline import TokenIds, evaluation_dataset
+from mlm.data.pipeline import TokenIds, evaluation_dataset
 
 
 def evaluate_tokens(
@@ -80,22 +80,22 @@ def evaluate_preset(
     import tempfile
     from pathlib import Path
 
-    from mlm import corpus, shards
     from mlm.architectures import architecture_of_backbone
     from mlm.config import CorpusConfig
+    from mlm.data import corpus, token_cache
     from mlm.errors import MlmError
     from mlm.hub import load_masked_lm
 
     if batch_size < 1:
         raise MlmError(f"--batch-size must be at least 1, but received batch_size={batch_size}.")
     task = load_masked_lm(preset)
-    # Windows arrive tokenized and masked from mlm.pipeline: no preprocessing in evaluate().
+    # Windows arrive tokenized and masked from mlm.data.pipeline: no preprocessing in evaluate().
     preprocessor, task.preprocessor = task.preprocessor, None
     source = corpus.resolve_corpus(
         CorpusConfig(paths=tuple(paths), text_column=text_column, held_out_fraction=0.0)
     )
     with tempfile.TemporaryDirectory() as tmp:
-        cache = shards.load_or_build_cache(
+        cache = token_cache.load_or_build_cache(
             {"train": lambda: corpus.iter_documents(source, split="train"), "held_out": list},
             preprocessor.tokenizer, cache_root=Path(tmp), key="eval", progress=False,
         )

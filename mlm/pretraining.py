@@ -13,15 +13,17 @@ from pathlib import Path
 
 import keras
 
-from mlm import checkpoints, corpus, distributed, precision, runs, shards, vocab
 from mlm.architectures import architecture_of_backbone, get_architecture
 from mlm.config import Recipe, apply_overrides, load_recipe
+from mlm.data import corpus, token_cache, vocab
+from mlm.data.pipeline import TokenIds, padding_fraction
 from mlm.errors import MlmError
-from mlm.export import copy_atomic, tensorboard_hint, write_model_card
-from mlm.pipeline import TokenIds, padding_fraction
 from mlm.progress import track
-from mlm.report import write_report
-from mlm.train import (
+from mlm.run import checkpoints, directory
+from mlm.run.export import copy_atomic, tensorboard_hint, write_model_card
+from mlm.run.report import write_report
+from mlm.training import distributed, precision
+from mlm.training.loop import (
     MetricsLog,
     build_preprocessor,
     build_task,
@@ -55,10 +57,10 @@ def pretrain(
         overwrite: delete an existing `run_dir` first.
         quiet: print nothing but errors and the final summary.
         topology: this process's place in a distributed run
-            (`mlm.distributed.use_all_devices`); default one process. Process 0
+            (`mlm.training.distributed.use_all_devices`); default one process. Process 0
             writes the run directory, which every process must see.
         settings_cache: the per-machine cache of the train step's measured
-            precision and XLA settings (`mlm.precision`); default
+            precision and XLA settings (`mlm.training.precision`); default
             `$MLM_CACHE_DIR`, `$XDG_CACHE_HOME/mlm` or `~/.cache/mlm`.
 
     Returns:
@@ -78,14 +80,14 @@ def pretrain(
     settings_cache = Path(settings_cache) if settings_cache else precision.default_cache_dir()
     chief = topology.is_chief
     if resume:
-        recipe = runs.with_steps(runs.load_run_recipe(run_dir), recipe.train.steps)
+        recipe = directory.with_steps(directory.load_run_recipe(run_dir), recipe.train.steps)
     source = corpus.resolve_corpus(recipe.corpus)
     if not resume and chief:
-        runs.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
+        directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     log = MetricsLog(run_dir / "metrics.jsonl", quiet=quiet,
                      tensorboard_dir=run_dir / "tensorboard", record=chief)
-    lock = runs.run_lock(run_dir) if chief else contextlib.nullcontext()
-    with runs.removed_on_failure(run_dir, fresh=not resume and chief), lock:
+    lock = directory.run_lock(run_dir) if chief else contextlib.nullcontext()
+    with directory.removed_on_failure(run_dir, fresh=not resume and chief), lock:
         log.write({"split": "run", "event": "start"})  # the report sums sessions' wall time
         log.say(tensorboard_hint(run_dir / "tensorboard"))
         if topology.device_count > 1:
@@ -94,18 +96,18 @@ def pretrain(
                     f"{recipe.train.batch_size // topology.device_count} windows of every "
                     f"global batch of {recipe.train.batch_size}")
         if resume and chief:
-            runs.save_run_recipe(run_dir, recipe)
-            runs.clean_interrupted(run_dir, say=log.say)
+            directory.save_run_recipe(run_dir, recipe)
+            directory.clean_interrupted(run_dir, say=log.say)
         share_files(recipe, source=source, run_dir=run_dir, log=log, topology=topology,
                     quiet=quiet)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
         distributed.check_agreement(topology, step=start_step, run_dir=run_dir)
         # Records after the step resumed from are written again: drop them, and
         # their TensorBoard events with them.
-        if chief and runs.trim_metrics(log.path, step=start_step) and log.tensorboard:
+        if chief and directory.trim_metrics(log.path, step=start_step) and log.tensorboard:
             log.tensorboard.rebuild(log.path)
         arch = architecture_of_backbone(task.backbone)
-        # Batches come preprocessed from mlm.pipeline; the preprocessor is saved alongside.
+        # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
         preprocessor, task.preprocessor = task.preprocessor, None
         cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
                                 quiet=quiet or not chief)
@@ -171,7 +173,7 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
         tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
         tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log, quiet=quiet)
     distributed.barrier(topology, "shared files")
-    distributed.check_visible(run_dir / runs.CONFIG_FILE, topology=topology)
+    distributed.check_visible(run_dir / directory.CONFIG_FILE, topology=topology)
 
 
 def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
@@ -273,7 +275,7 @@ def _with_progress(source, *, label: str, quiet: bool):
 
 def tokenize_corpus(
     source, tokenizer, *, run_dir: Path, log: MetricsLog, quiet: bool
-) -> shards.TokenCache:
+) -> token_cache.TokenCache:
     """The token cache of `source`, built on first use under `run_dir/cache`.
 
     What the reader repaired or skipped on the way (see `corpus.iter_documents`)
@@ -286,11 +288,11 @@ def tokenize_corpus(
         tallies[split] = collections.Counter()
         return corpus.iter_documents(source, split=split, tally=tallies[split])
 
-    cache = shards.load_or_build_cache(
-        {split: functools.partial(documents, split) for split in shards.SPLITS},
+    cache = token_cache.load_or_build_cache(
+        {split: functools.partial(documents, split) for split in token_cache.SPLITS},
         tokenizer,
         cache_root=run_dir / "cache",
-        key=shards.cache_key(source.fingerprint, tokenizer),
+        key=token_cache.cache_key(source.fingerprint, tokenizer),
         progress=not quiet,
     )
     for split, tally in tallies.items():
@@ -300,7 +302,7 @@ def tokenize_corpus(
     return cache
 
 
-def describe_data(cache: shards.TokenCache, *, recipe: Recipe, log: MetricsLog) -> dict:
+def describe_data(cache: token_cache.TokenCache, *, recipe: Recipe, log: MetricsLog) -> dict:
     """Logs and returns corpus statistics, the padding fraction among them."""
     length = recipe.model.sequence_length
     train_stats, held_stats = cache.stats["train"], cache.stats["held_out"]

@@ -42,9 +42,9 @@ def test_api_functions_stay_functions_after_their_modules_are_imported():
         "import types, mlm\n"
         "first = mlm.pretrain\n"
         "from mlm.pretraining import finish_run\n"
-        "import mlm.report\n"
+        "import mlm.run.report\n"
         "print(first is mlm.pretrain, isinstance(mlm.pretrain, types.FunctionType))\n"
-        "print(mlm.report.write_report is mlm.write_report)\n"
+        "print(mlm.run.report.write_report is mlm.write_report)\n"
     )
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                           timeout=300)

@@ -8,7 +8,9 @@ import keras_hub
 import numpy as np
 import pytest
 
-from mlm.checkpoints import (
+from mlm.config import TrainConfig
+from mlm.errors import MlmError
+from mlm.run.checkpoints import (
     find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
@@ -19,10 +21,8 @@ from mlm.checkpoints import (
     verify_checkpoint,
     write_json_atomic,
 )
-from mlm.config import TrainConfig
-from mlm.errors import MlmError
-from mlm.export import export_checkpoint
-from mlm.train import compile_task
+from mlm.run.export import export_checkpoint
+from mlm.training.loop import compile_task
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
 SEQUENCE_LENGTH = 16

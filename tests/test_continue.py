@@ -10,10 +10,11 @@ import keras_hub
 import numpy as np
 import pytest
 
-from mlm import config, vocab
+from mlm import config
 from mlm.cli import main
+from mlm.data import vocab
 from mlm.pretraining import continue_pretraining, preset_task
-from mlm.train import MetricsLog
+from mlm.training.loop import MetricsLog
 from tests.conftest import sample_documents
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pyarrow.parquet
 import pytest
 
 from mlm.config import CorpusConfig
-from mlm.corpus import (
+from mlm.data.corpus import (
     count_documents,
     iter_documents,
     resolve_corpus,

@@ -12,9 +12,9 @@ from conftest import JAX_RUN_OVERRIDES
 
 from mlm.cli import main
 from mlm.config import MaskingConfig
-from mlm.distributed import Topology, peer_failures
+from mlm.data.pipeline import TokenIds, batch_schedule, process_slice, training_dataset
 from mlm.errors import MlmError
-from mlm.pipeline import TokenIds, batch_schedule, process_slice, training_dataset
+from mlm.training.distributed import Topology, peer_failures
 
 IDS = TokenIds(vocabulary_size=1000, start_id=2, end_id=3, pad_id=0, mask_id=4,
                special_ids=(0, 2, 3, 4))

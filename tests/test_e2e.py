@@ -138,9 +138,11 @@ def test_exported_predictions_equal_the_in_memory_model(tmp_path, small_corpus):
     """Exact round trip: logits of the reloaded preset equal the trained task's."""
     import keras
 
-    from mlm import checkpoints, config, vocab
+    from mlm import config
     from mlm.architectures import get_architecture
-    from mlm.train import build_task, compile_task
+    from mlm.data import vocab
+    from mlm.run import checkpoints
+    from mlm.training.loop import build_task, compile_task
     from tests.conftest import sample_documents
 
     recipe = config.load_recipe("bert_test")

@@ -17,10 +17,10 @@ import keras_hub
 import numpy as np
 import pytest
 
-from mlm import checkpoints
 from mlm.cli import main
 from mlm.errors import MlmError
 from mlm.hub import load_masked_lm
+from mlm.run import checkpoints
 from tests.conftest import tensorboard_scalars
 
 STEPS = 8

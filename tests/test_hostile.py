@@ -15,13 +15,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from mlm import corpus
 from mlm.config import CorpusConfig, MaskingConfig
-from mlm.corpus import describe_tally, iter_documents, resolve_corpus
+from mlm.data import corpus
+from mlm.data.corpus import describe_tally, iter_documents, resolve_corpus
+from mlm.data.pipeline import TokenIds, num_windows, training_dataset
+from mlm.data.token_cache import load_or_build_cache
+from mlm.data.vocab import build_tokenizer, train_vocabulary
 from mlm.errors import MlmError
-from mlm.pipeline import TokenIds, num_windows, training_dataset
-from mlm.shards import load_or_build_cache
-from mlm.vocab import build_tokenizer, train_vocabulary
 
 # Small and fast: a few seconds each on two cores. No example database: the
 # tests stay the same from run to run, and leave no folder behind.
@@ -272,7 +272,7 @@ def test_tokenize_pack_mask_never_crashes_and_keeps_its_invariants(tokenizer, do
 
 def test_the_run_log_reports_what_was_repaired(tmp_path, tokenizer, capsys):
     from mlm.pretraining import tokenize_corpus
-    from mlm.train import MetricsLog
+    from mlm.training.loop import MetricsLog
 
     path = tmp_path / "hostile.txt"
     body = "\n\n".join("a b c d e ." for _ in range(40))

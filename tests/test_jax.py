@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import LOGITS_CODE
 
-from mlm import distributed
 from mlm.errors import MlmError
+from mlm.training import distributed
 
 
 def test_backend_defaults_to_tensorflow_and_follows_keras_backend(monkeypatch):

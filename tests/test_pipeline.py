@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from mlm.config import MaskingConfig
-from mlm.errors import MlmError
-from mlm.pipeline import (
+from mlm.data.pipeline import (
     TokenIds,
     batch_schedule,
     evaluation_dataset,
@@ -15,6 +14,7 @@ from mlm.pipeline import (
     read_windows,
     training_dataset,
 )
+from mlm.errors import MlmError
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 IDS = TokenIds(
@@ -197,7 +197,7 @@ def _reference_batches(tokens, schedule, *, count, salt, seed, masking, sequence
                        batch_size, inputs, drop_remainder):
     import tensorflow as tf
 
-    from mlm.pipeline import mask_window, window_seed
+    from mlm.data.pipeline import mask_window, window_seed
 
     body = sequence_length - 2
 
@@ -261,7 +261,7 @@ def test_training_batches_match_the_per_window_reference(
     """Same windows, order and masks as the per-window pipeline, across epoch boundaries."""
     from itertools import islice
 
-    from mlm.pipeline import process_slice
+    from mlm.data.pipeline import process_slice
 
     # 36,017 tokens: 1,201 windows of 30, the last one padded; 150 steps of 8 an epoch.
     tokens = _stream(36_017, doc_length=7)  # many [SEP]s: a varying count of maskable tokens

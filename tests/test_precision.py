@@ -12,9 +12,10 @@ import shutil
 import numpy as np
 import pytest
 
-from mlm import config, precision
+from mlm import config
 from mlm.errors import MlmError
-from mlm.precision import Accelerator, StepSettings
+from mlm.training import precision
+from mlm.training.precision import Accelerator, StepSettings
 from tests.test_e2e import run_cli, run_python
 
 CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma {extra}\n"
@@ -169,9 +170,9 @@ def bert_task(tmp_path):
     """A compiled test-recipe task, one preprocessed batch of 8 windows, the preprocessor."""
     import keras
 
-    from mlm import vocab
     from mlm.architectures import get_architecture
-    from mlm.train import build_task, compile_task
+    from mlm.data import vocab
+    from mlm.training.loop import build_task, compile_task
     from tests.conftest import sample_documents
 
     recipe = config.load_recipe("bert_test")
@@ -224,8 +225,8 @@ def test_mixed_precision_trains_and_saves_a_float32_preset(tmp_path, bert_task, 
                                                            tolerance):
     import keras_hub
 
-    from mlm import checkpoints
     from mlm.hub import load_masked_lm
+    from mlm.run import checkpoints
 
     task, batch, preprocessor = bert_task
     precision.apply(task, StepSettings(policy, False))

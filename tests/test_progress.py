@@ -86,7 +86,7 @@ def test_track_yields_every_item_and_ends_with_a_summary(capsys):
 
 
 def test_quiet_metrics_log_prints_nothing(tmp_path, capsys):
-    from mlm.train import MetricsLog
+    from mlm.training.loop import MetricsLog
 
     log = MetricsLog(tmp_path / "metrics.jsonl", quiet=True)
     with log.progress("training", total=2, unit="steps") as bar:
@@ -99,7 +99,7 @@ def test_quiet_metrics_log_prints_nothing(tmp_path, capsys):
 def test_tokenizing_progress_follows_the_progress_flag(tmp_path, capsys):
     import keras_hub
 
-    from mlm.shards import load_or_build_cache
+    from mlm.data.token_cache import load_or_build_cache
 
     tokenizer = keras_hub.tokenizers.BertTokenizer(
         vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mlm.progress import format_duration
-from mlm.report import wall_time
+from mlm.run.report import wall_time
 from tests.conftest import tensorboard_scalars
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def run(tmp_path_factory, small_corpus, held_out_corpus):
 
 
 def test_report_numbers_come_from_metrics_jsonl(run):
-    from mlm.report import build_report
+    from mlm.run.report import build_report
 
     run_dir, records, _, _ = run
     text = (run_dir / "report.md").read_text()
@@ -58,8 +58,8 @@ def test_report_numbers_come_from_metrics_jsonl(run):
 
 
 def test_report_corpus_statistics_come_from_the_token_cache(run):
-    from mlm.pipeline import padding_fraction
-    from mlm.report import build_report
+    from mlm.data.pipeline import padding_fraction
+    from mlm.run.report import build_report
 
     run_dir, _, _, _ = run
     (entry,) = (run_dir / "cache").iterdir()
@@ -86,7 +86,7 @@ def test_report_corpus_statistics_come_from_the_token_cache(run):
 
 
 def test_report_shows_fill_mask_examples_from_held_out_text(run, held_out_corpus):
-    from mlm.report import build_report
+    from mlm.run.report import build_report
 
     run_dir, _, _, _ = run
     examples = build_report(run_dir, examples=2)["examples"]
@@ -181,8 +181,8 @@ def test_wall_time_sums_sessions_and_skips_the_time_a_run_lay_stopped():
 
 
 def test_tensorboard_rebuild_drops_the_steps_a_resumed_run_writes_again(tmp_path):
-    from mlm import runs
-    from mlm.export import TensorBoardLog
+    from mlm.run import directory
+    from mlm.run.export import TensorBoardLog
 
     metrics, board = tmp_path / "metrics.jsonl", TensorBoardLog(tmp_path / "tensorboard")
     records = [{"split": "train", "step": s, "loss": 10.0 - s} for s in range(1, 7)]
@@ -191,7 +191,7 @@ def test_tensorboard_rebuild_drops_the_steps_a_resumed_run_writes_again(tmp_path
         for record in records:
             f.write(json.dumps(record) + "\n")
             board.write(record)
-    assert runs.trim_metrics(metrics, step=4) == 2  # killed after step 6, resumed from 4
+    assert directory.trim_metrics(metrics, step=4) == 2  # killed after step 6, resumed from 4
     board.rebuild(metrics)
     for step in (5, 6):  # written again by the resumed run, with other values
         board.write({"split": "train", "step": step, "loss": 1.0})

@@ -1,4 +1,4 @@
-"""One run per directory, writability, leftovers of killed runs, and a clean stop on SIGINT.
+"""One run per directory, writability, leftovers of killed directory, and a clean stop on SIGINT.
 
 SIGTERM, and SIGKILL at many points, are in tests/test_faults.py, which also
 compares the resumed weights with an uninterrupted run.
@@ -13,24 +13,24 @@ import time
 
 import pytest
 
-from mlm import checkpoints, runs
 from mlm.cli import main
 from mlm.errors import MlmError
+from mlm.run import checkpoints, directory
 
 
 @pytest.mark.slow
 def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path, capsys, small_corpus):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with runs.run_lock(run_dir):
+    with directory.run_lock(run_dir):
         with pytest.raises(MlmError, match="in use by process"):
-            with runs.run_lock(run_dir):
+            with directory.run_lock(run_dir):
                 pass
         code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
                      "--run-dir", str(run_dir), "--overwrite"])
         assert code == 2 and "is in use by process" in capsys.readouterr().err
     # Released on exit: the next holder gets it.
-    with runs.run_lock(run_dir):
+    with directory.run_lock(run_dir):
         pass
 
 
@@ -40,18 +40,18 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     run_dir.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from mlm import runs\n"
-         f"with runs.run_lock(r'{run_dir}'):\n"
+         "import sys, time; from mlm.run import directory\n"
+         f"with directory.run_lock(r'{run_dir}'):\n"
          "    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(MlmError, match="in use"):
-        with runs.run_lock(run_dir):
+        with directory.run_lock(run_dir):
             pass
     holder.kill()
     holder.wait(timeout=30)
-    with runs.run_lock(run_dir):  # the OS released the dead process's lock
+    with directory.run_lock(run_dir):  # the OS released the dead process's lock
         pass
 
 
@@ -93,7 +93,7 @@ def test_an_unwritable_run_directory_is_refused_before_anything(tmp_path, capsys
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(MlmError, match=f"cannot write to {blocker}"):
-        runs.run_lock(blocker).__enter__()
+        directory.run_lock(blocker).__enter__()
     code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
                  "--run-dir", str(blocker / "run")])
     err = capsys.readouterr().err
@@ -118,14 +118,14 @@ def test_resume_checks_the_run_directory_can_be_written_before_training(
     from mlm.config import load_recipe
 
     run_dir = tmp_path / "run"
-    runs.create_run_dir(run_dir, recipe=load_recipe("bert_test"), overwrite=False)
+    directory.create_run_dir(run_dir, recipe=load_recipe("bert_test"), overwrite=False)
     checked = []
 
     def unwritable(folder):
         checked.append(folder)
         raise MlmError(f"cannot write to {folder} (Read-only file system); choose another.")
 
-    monkeypatch.setattr(runs, "_check_writable", unwritable)
+    monkeypatch.setattr(directory, "_check_writable", unwritable)
     code = main(["pretrain", "--run-dir", str(run_dir), "--resume"])
     assert code == 2 and "Read-only file system" in capsys.readouterr().err
     assert checked == [run_dir]
@@ -144,10 +144,10 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path):
         (folder / "sub").mkdir(parents=True)
         (folder / "sub" / "file").write_text("x")
     said = []
-    runs.clean_interrupted(tmp_path, say=said.append)
+    directory.clean_interrupted(tmp_path, say=said.append)
     assert all(p.exists() for p in kept) and not any(p.exists() for p in partial)
     assert len(said) == 1 and all(str(p.relative_to(tmp_path)) in said[0] for p in partial)
-    runs.clean_interrupted(tmp_path, say=said.append)
+    directory.clean_interrupted(tmp_path, say=said.append)
     assert len(said) == 1  # nothing left: nothing said
 
 
@@ -162,9 +162,9 @@ def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
     ]
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "spl'  # killed
     path.write_text(text)
-    assert runs.trim_metrics(path, step=2) == 2  # step 3 and the cut line
+    assert directory.trim_metrics(path, step=2) == 2  # step 3 and the cut line
     assert [json.loads(line) for line in path.read_text().splitlines()] == records[:4]
-    assert runs.trim_metrics(path, step=2) == 0
-    assert runs.trim_metrics(path, step=0) == 3  # a restart from scratch keeps no step
+    assert directory.trim_metrics(path, step=2) == 0
+    assert directory.trim_metrics(path, step=0) == 3  # a restart from scratch keeps no step
     assert [json.loads(line) for line in path.read_text().splitlines()] == [records[1]]
-    assert runs.trim_metrics(tmp_path / "absent.jsonl", step=3) == 0
+    assert directory.trim_metrics(tmp_path / "absent.jsonl", step=3) == 0

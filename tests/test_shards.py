@@ -4,8 +4,8 @@ import keras_hub
 import numpy as np
 import pytest
 
+from mlm.data.token_cache import cache_key, load_or_build_cache, tokenizer_fingerprint
 from mlm.errors import MlmError
-from mlm.shards import cache_key, load_or_build_cache, tokenizer_fingerprint
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
 UNK, SEP = 1, 3

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mlm.config import TrainConfig
-from mlm.train import steps_per_execution
+from mlm.training.loop import steps_per_execution
 from tests.test_faults import STEPS, _max_difference, _train_records
 
 

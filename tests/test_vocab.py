@@ -1,4 +1,4 @@
-"""Tests for `mlm.vocab`: learning a vocabulary and building its tokenizers."""
+"""Tests for `mlm.data.vocab`: learning a vocabulary and building its tokenizers."""
 
 import gzip
 import importlib.resources
@@ -10,8 +10,8 @@ import tensorflow as tf
 import tokenizers
 from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode, split_strings_for_bpe
 
-from mlm import shards, vocab
 from mlm.architectures import ARCHITECTURES
+from mlm.data import token_cache, vocab
 from mlm.errors import MlmError
 from tests.conftest import sample_documents
 
@@ -485,7 +485,7 @@ def test_unknown_characters_are_the_unknown_token_or_bytes(arch, row_vocabulary,
         unknown_id = tokenizer.token_to_id(unknown)
         assert ids.count(unknown_id) == 2
         # What the token cache and the report count as unknown.
-        assert shards.unknown_token_id(tokenizer) == unknown_id
+        assert token_cache.unknown_token_id(tokenizer) == unknown_id
 
 
 @pytest.mark.parametrize(
@@ -587,7 +587,7 @@ def test_keras_hubs_eager_roberta_tokenizer_does_not_split_text(tmp_path):
     # `tokenizers` as a plain string, which matches it literally, and so runs
     # BPE over unsplit text: a learned "ĠĠ" then merges across the split point
     # before "Ġdog" that the `tf.data` path (and GPT-2) respects. When this
-    # fails after a keras-hub upgrade, drop the caveat in `mlm/vocab.py`.
+    # fails after a keras-hub upgrade, drop the caveat in `mlm/data/vocab.py`.
     documents = ["def f():\n        return  x\n    if   y:\n        pass"] * 50
     documents += ["The dog sat. It is here."] * 5
     path = vocab.train_vocabulary(
@@ -646,7 +646,7 @@ def test_byte_fallback_spells_unknown_characters_as_bytes(arch, tmp_path):
         out_dir=tmp_path, special_tokens=arch.special_tokens, byte_fallback=True,
     )
     tokenizer = keras_hub_tokenizer(arch, path)
-    unknown_id = shards.unknown_token_id(tokenizer)
+    unknown_id = token_cache.unknown_token_id(tokenizer)
     assert unknown_id is not None
     texts = [UNKNOWN, *HAND_WRITTEN]
     eager = [list(map(int, ids)) for ids in tokenizer(texts)]
@@ -663,7 +663,7 @@ def test_byte_fallback_spells_unknown_characters_as_bytes(arch, tmp_path):
         ROW_TRAINING, family="sentencepiece", size=700, lowercase=False, min_frequency=2,
         out_dir=tmp_path / "plain", special_tokens=arch.special_tokens,
     ))
-    assert list(map(int, plain([UNKNOWN])[0])).count(shards.unknown_token_id(plain)) == 2
+    assert list(map(int, plain([UNKNOWN])[0])).count(token_cache.unknown_token_id(plain)) == 2
 
 
 def test_byte_fallback_needs_sentencepiece_and_room_for_bytes(tmp_path):

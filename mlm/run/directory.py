@@ -12,9 +12,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from mlm import checkpoints
 from mlm.config import Recipe, recipe_from_dict
 from mlm.errors import MlmError
+from mlm.run import checkpoints
 
 CONFIG_FILE = "config.json"
 

@@ -1,7 +1,7 @@
 """Token cache -> packed windows -> dynamic masking -> batched model inputs.
 
 The token cache is one flat array of token ids per split, documents joined
-by the end ([SEP]) token (`mlm.shards`). Window `i` is the slice
+by the end ([SEP]) token (`mlm.data.token_cache`). Window `i` is the slice
 `[i * (L - 2), (i + 1) * (L - 2))` of that array framed as `[CLS] ... [SEP]`,
 so only the very last window of a split is padded.
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mlm.distributed import outside_distribution
 from mlm.errors import MlmError
 from mlm.faults import fault_point
-from mlm.precision import float32_for_saving
+from mlm.training.distributed import outside_distribution
+from mlm.training.precision import float32_for_saving
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -152,7 +152,7 @@ def save_checkpoint(
     """Writes `task` (with `preprocessor`) and its training state at `step`.
 
     Training runs with `task.preprocessor = None` (batches come preprocessed
-    from `mlm.pipeline`); the preprocessor is attached only while saving, so
+    from `mlm.data.pipeline`); the preprocessor is attached only while saving, so
     the preset loads as a complete keras-hub task. Keeps the newest `keep`.
 
     Raises:
@@ -199,7 +199,8 @@ def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dic
     optimizer = task.optimizer
     task.preprocessor, task.optimizer = preprocessor, keras.optimizers.Adam(5e-5)
     try:
-        with float32_for_saving(task):  # see mlm.precision: keras-hub loads no mixed policy
+        # See mlm.training.precision: keras-hub loads no mixed policy.
+        with float32_for_saving(task):
             task.save_to_preset(str(folder / "preset"))
     finally:
         task.preprocessor, task.optimizer = None, optimizer

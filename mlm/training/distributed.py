@@ -4,7 +4,7 @@ Multi-host training is JAX's multi-controller model: every process runs the
 same `mlm pretrain` command, `jax.distributed.initialize` connects them, and
 `keras.distribution.DataParallel` replicates the model over every device of
 every process. Each process feeds only its own slice of each global batch
-(`mlm.pipeline` cuts it), keras assembles the global batch with
+(`mlm.data.pipeline` cuts it), keras assembles the global batch with
 `jax.make_array_from_process_local_data`, and XLA all-reduces the gradients.
 
 Process 0 (the chief) alone writes the run directory; the others read what it
@@ -140,7 +140,7 @@ def use_all_devices(backend: str) -> Topology:
         tf.config.set_visible_devices([], "GPU")
     devices = jax.device_count()
     if devices > 1:
-        # mlm.pipeline already gives each process its own slice of the batch.
+        # mlm.data.pipeline already gives each process its own slice of the batch.
         keras.distribution.set_distribution(
             keras.distribution.DataParallel(auto_shard_dataset=False)
         )
@@ -210,7 +210,7 @@ def outside_distribution():
     """No `keras.distribution` inside: what process 0 builds alone stays local.
 
     Only process 0 saves checkpoints and writes the report, but keras creates
-    variables while saving (the fresh Adam of `mlm.checkpoints`, a reference
+    variables while saving (the fresh Adam of `mlm.run.checkpoints`, a reference
     optimizer in `saving_lib`) and the report's fill-mask examples load the
     preset; creating a distributed variable is a collective every process
     must join, so process 0 would wait for the others forever.

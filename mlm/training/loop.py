@@ -13,16 +13,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from mlm import checkpoints, distributed, precision
 from mlm.architectures import Architecture
 from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
+from mlm.data.pipeline import TokenIds, max_selections, padding_fraction, training_dataset
 from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
-from mlm.export import TensorBoardLog
 from mlm.faults import fault_point
-from mlm.pipeline import TokenIds, max_selections, padding_fraction, training_dataset
-from mlm.precision import StepSettings
 from mlm.progress import Progress
+from mlm.run import checkpoints
+from mlm.run.export import TensorBoardLog
+from mlm.training import distributed, precision
+from mlm.training.precision import StepSettings
 
 
 @keras.saving.register_keras_serializable(package="mlm")
@@ -102,8 +103,8 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
     """AdamW with warmup and linear decay, clipping, masked loss and metrics.
 
     `settings` (precision and XLA) default to the first candidate of the
-    config's (`mlm.precision.candidates`): what it sets, or fp32 with XLA on
-    a CPU for "auto", which `mlm.precision.choose_step_settings` may change
+    config's (`mlm.training.precision.candidates`): what it sets, or fp32 with XLA on
+    a CPU for "auto", which `mlm.training.precision.choose_step_settings` may change
     before training.
     """
     backend = keras.backend.backend()
@@ -208,10 +209,10 @@ def train(
     """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
 
     `task.preprocessor` must be None: batches arrive preprocessed and masked
-    from `mlm.pipeline`; `preprocessor` is saved with every checkpoint. In a
+    from `mlm.data.pipeline`; `preprocessor` is saved with every checkpoint. In a
     distributed run (`topology`) each process feeds its slice of every batch
     and only process 0 writes checkpoints. "auto" step settings are resolved
-    first (`mlm.precision.choose_step_settings`, cached in `settings_cache`).
+    first (`mlm.training.precision.choose_step_settings`, cached in `settings_cache`).
 
     Returns:
         The held-out evaluations at the start (step 0 only) and at the end, and

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlm import checkpoints
 from mlm.errors import MlmError
 from mlm.progress import format_duration
+from mlm.run import checkpoints
 
 REPORT_FILE = "report.md"
 # The PNGs the report shows, written beside it.
@@ -47,7 +47,7 @@ def write_report(run_dir: str | Path, *, examples: int = 3) -> Path:
     Returns:
         The path of the report.
     """
-    from mlm.export import plot_curves, plot_schedule
+    from mlm.run.export import plot_curves, plot_schedule
 
     run_dir = Path(run_dir)
     report = build_report(run_dir, examples=examples)
@@ -148,8 +148,8 @@ def corpus_statistics(cache, *, tokenizer, sequence_length: int) -> dict:
     rate is over the text tokens (separators excluded), and coverage is the
     fraction of vocabulary ids that occur in the training tokens.
     """
-    from mlm.pipeline import padding_fraction
-    from mlm.shards import SPLITS, unknown_token_id
+    from mlm.data.pipeline import padding_fraction
+    from mlm.data.token_cache import SPLITS, unknown_token_id
 
     size = int(tokenizer.vocabulary_size())
     end_id, unk_id = int(tokenizer.end_token_id), unknown_token_id(tokenizer)
@@ -364,7 +364,7 @@ def _preset_of(run_dir: Path) -> Path:
 
 def _newest_cache(run_dir: Path):
     """The run's token cache entry; the newest if the corpus changed between sessions."""
-    from mlm.shards import TokenCache
+    from mlm.data.token_cache import TokenCache
 
     metas = sorted((run_dir / "cache").glob("*/meta.json"), key=lambda p: p.stat().st_mtime)
     if not metas:

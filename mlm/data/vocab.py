@@ -23,7 +23,7 @@ Example:
 
 ```python
 from pathlib import Path
-from mlm.vocab import build_tokenizer, train_vocabulary
+from mlm.data.vocab import build_tokenizer, train_vocabulary
 
 path = train_vocabulary(
     ["The quick brown fox.", "The lazy dog."],
@@ -917,7 +917,7 @@ def _check_normalization(model_path: Path, *, lowercase: bool) -> None:
 #   learned merge spans a split point, e.g. "ĠĠ" (two spaces, learned from
 #   indented text) before "Ġword".
 # This module learns and mirrors the `tf.data` path, which tokenizes every
-# training example (`mlm.shards`, and keras-hub's own `fit`/`predict` on
+# training example (`mlm.data.token_cache`, and keras-hub's own `fit`/`predict` on
 # strings). Known differences left: characters newer than the Unicode tables
 # of RE2 or Oniguruma (`tokenizers`), e.g. Unicode 16's U+1C89, U+A7CD, the
 # Egyptian hieroglyphs from U+13460 and the Garay digits (a sweep of every

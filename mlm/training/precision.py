@@ -158,7 +158,7 @@ def _model_layers(task) -> list:
     """The layers of `task` that compute, without its preprocessor's.
 
     Keras keeps tracking a preprocessor after `task.preprocessor = None`
-    (as `mlm.train.train` detaches it), so it is found by its type.
+    (as `mlm.training.loop.train` detaches it), so it is found by its type.
     """
     import keras_hub
 
@@ -279,7 +279,7 @@ def timing_measure(task, batch, *, functions: dict, steps: int = PROBE_STEPS,
             if len(times) >= 2 and clock() - started > seconds_left:
                 break
             began = clock()
-            with warnings.catch_warnings():  # as in `mlm.train.train`: the unused pooler
+            with warnings.catch_warnings():  # as in `mlm.training.loop.train`: the unused pooler
                 warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
                 logs = task.train_on_batch(x, y, sample_weight=w, return_dict=True)
             float(logs["loss"])  # wait for the step to finish
@@ -342,7 +342,7 @@ def read_record(path: Path, *, source: str) -> ProbeResult | None:
 
 def write_record(path: Path, result: ProbeResult) -> None:
     """Saves `result` at `path` atomically; a cache that cannot be written is skipped."""
-    from mlm.checkpoints import write_json_atomic
+    from mlm.run.checkpoints import write_json_atomic
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

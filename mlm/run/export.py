@@ -5,8 +5,8 @@ import os
 import shutil
 from pathlib import Path
 
-from mlm import checkpoints
 from mlm.errors import MlmError
+from mlm.run import checkpoints
 
 MODEL_CARD = "README.md"
 
@@ -163,7 +163,7 @@ class TensorBoardLog:
     def rebuild(self, metrics_path: Path) -> None:
         """Rewrites every event from the records of `metrics_path`.
 
-        For a resumed run, after `mlm.runs.trim_metrics`: the steps after the
+        For a resumed run, after `mlm.run.directory.trim_metrics`: the steps after the
         checkpoint it resumes from are written again, and TensorBoard would
         draw both versions of them (it purges only on a session-start event,
         which `tf.summary` cannot write). Wall times become the rebuild's.

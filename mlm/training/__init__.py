@@ -1,0 +1,1 @@
+"""Training: the task and its compilation, the loop, precision and XLA, distribution."""
