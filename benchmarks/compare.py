@@ -206,6 +206,7 @@ def shared_vocabulary(documents, *, size: int, pad: bool, work: Path) -> tuple[P
 
 def tokenize_and_hold_out(train_docs, held_docs, *, vocab_path, recipe, args, work) -> dict:
     """Builds mlm's token cache (timed: tokenize throughput) and the held-out windows."""
+    from mlm.architectures import get_architecture
     from mlm.data import token_cache, vocab
     from mlm.data.pipeline import TokenIds, evaluation_dataset, padding_fraction
 
@@ -221,6 +222,7 @@ def tokenize_and_hold_out(train_docs, held_docs, *, vocab_path, recipe, args, wo
         batch_size=args.batch_size, masking=recipe.masking,
         ids=TokenIds.from_tokenizer(tokenizer), seed=args.seed,
         max_batches=math.ceil(args.eval_windows / args.batch_size),
+        arch=get_architecture("bert"),
     )
     parts = {"token_ids": [], "padding_mask": [], "mask_positions": [], "labels": [],
              "weights": []}

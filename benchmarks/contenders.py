@@ -155,12 +155,14 @@ class MlmRunner:
         self.task = None
 
     def _dataset(self):
+        from mlm.architectures import get_architecture
         from mlm.data.pipeline import TokenIds, training_dataset
 
         return training_dataset(
             self.tokens, sequence_length=self.spec["sequence_length"],
             batch_size=self.spec["batch_size"], masking=self.recipe.masking,
             ids=TokenIds.from_tokenizer(self.tokenizer), seed=self.spec["seed"],
+            arch=get_architecture("bert"),
         )
 
     def pipeline_throughput(self, batches: int) -> dict:

@@ -117,12 +117,13 @@ def build(recipe, ids):
 
 
 def dataset(recipe, tokens, ids, *, start_step: int):
+    from mlm.architectures import get_architecture
     from mlm.data.pipeline import training_dataset
 
     return training_dataset(
         tokens, sequence_length=recipe.model.sequence_length,
         batch_size=recipe.train.batch_size, masking=recipe.masking, ids=ids,
-        seed=0, start_step=start_step)
+        seed=0, start_step=start_step, arch=get_architecture(recipe.model.architecture))
 
 
 class PerStep:

@@ -26,6 +26,7 @@ the table gives the median over the rounds of each.
 
 import argparse
 import importlib.util
+import inspect
 import os
 import statistics
 import subprocess
@@ -113,12 +114,16 @@ def measure(module, tokens, ids, *, shape, threads, seconds, warmup) -> float:
     """Non-padding tokens per second of `module.training_dataset`'s batches."""
     import tensorflow as tf
 
+    from mlm.architectures import get_architecture
     from mlm.config import MaskingConfig
 
     sequence_length, batch_size = shape
+    # Commits before the architecture became a required argument took `inputs`.
+    takes_arch = "arch" in inspect.signature(module.training_dataset).parameters
+    which = {"arch": get_architecture("bert")} if takes_arch else {}
     ds = module.training_dataset(tokens, sequence_length=sequence_length,
                                  batch_size=batch_size, masking=MaskingConfig(), ids=ids,
-                                 seed=0)
+                                 seed=0, **which)
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1

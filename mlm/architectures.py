@@ -4,7 +4,10 @@ Everything the pipeline needs to know per architecture lives in its row;
 adding an architecture is a row here plus a recipe in `presets/`.
 """
 
+import contextlib
 import dataclasses
+
+import numpy as np
 
 from mlm.errors import MlmError
 
@@ -40,6 +43,27 @@ class Architecture:
         import keras_hub
 
         return getattr(keras_hub.models, getattr(self, role))
+
+    def model_inputs(self, token_ids, mask_positions, *, pad_id: int) -> dict:
+        """The MaskedLM task's inputs from (masked) token ids, for this backbone.
+
+        The one place inputs are built: the training and evaluation pipeline
+        calls it on `tf.Tensor`s inside `tf.data`, prediction on numpy arrays.
+        Masking never writes `pad_id`, so the padding mask of masked ids is the
+        padding mask of the window.
+
+        Args:
+            token_ids: `(batch, length)` int32 ids, masks already applied.
+            mask_positions: `(batch, num_masks)` int32 positions to predict.
+            pad_id: the tokenizer's padding id.
+        """
+        x = {"token_ids": token_ids, "mask_positions": mask_positions}
+        if "padding_mask" in self.inputs:
+            # int32, not bool: bool inputs do not distribute under `tf.distribute`.
+            x["padding_mask"] = _as_int32(token_ids != pad_id)
+        if "segment_ids" in self.inputs:
+            x["segment_ids"] = token_ids * 0
+        return x
 
 
 _BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -102,6 +126,41 @@ ARCHITECTURES = {
         ),
     )
 }
+
+
+def _as_int32(values):
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int32)
+    import tensorflow as tf
+
+    return tf.cast(values, tf.int32)
+
+
+@contextlib.contextmanager
+def preprocessor_detached(task):
+    """Runs the block with `task.preprocessor = None`, yielding the preprocessor.
+
+    mlm trains and evaluates on batches that `mlm.data.pipeline` has already
+    tokenized and masked, so the task must not preprocess them again; the
+    preprocessor is put back afterwards, whatever happens in the block.
+    """
+    preprocessor = task.preprocessor
+    task.preprocessor = None
+    try:
+        yield preprocessor
+    finally:
+        task.preprocessor = preprocessor
+
+
+@contextlib.contextmanager
+def preprocessor_attached(task, preprocessor):
+    """Runs the block with `preprocessor` attached (to save a complete preset), then restores."""
+    before = task.preprocessor
+    task.preprocessor = preprocessor
+    try:
+        yield task
+    finally:
+        task.preprocessor = before
 
 
 def get_architecture(name: str) -> Architecture:

@@ -203,27 +203,18 @@ def _train(args, recipe) -> None:
 
 def _cluster(args):
     """The `DistributedConfig` of the command line, or None for a single-process run."""
-    from mlm.config import DistributedConfig
+    from mlm.config import DistributedConfig, validate_distributed
 
     given = (args.coordinator, args.num_processes, args.process_id)
     if not args.distributed and all(v is None for v in given):
         return None
-    checks = (("--num-processes", args.num_processes, 1), ("--process-id", args.process_id, 0),
-              ("--init-timeout", args.init_timeout, 1),
-              ("--heartbeat-timeout", args.heartbeat_timeout, 1))
-    for flag, value, least in checks:
-        if value is not None and value < least:
-            raise MlmError(f"{flag} must be at least {least}, but received {value}.")
-    if None not in (args.num_processes, args.process_id) and args.process_id >= args.num_processes:
-        raise MlmError(
-            f"--process-id must be below --num-processes ({args.num_processes}), but received "
-            f"{args.process_id}; number the processes 0 to {args.num_processes - 1}."
-        )
-    return DistributedConfig(
+    cluster = DistributedConfig(
         coordinator=args.coordinator, num_processes=args.num_processes,
         process_id=args.process_id, init_timeout=args.init_timeout,
         heartbeat_timeout=args.heartbeat_timeout,
     )
+    validate_distributed(cluster)
+    return cluster
 
 
 def _run_recipe(args, *, preset: str | None = None):

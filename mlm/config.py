@@ -343,6 +343,23 @@ def _within(value: float, bounds: tuple[float, float]) -> bool:
     return bounds[0] <= value <= bounds[1]
 
 
+def validate_distributed(cluster: DistributedConfig) -> None:
+    """Raises `MlmError` for out-of-range values, named by their command-line flags."""
+    checks = (("--num-processes", cluster.num_processes, 1),
+              ("--process-id", cluster.process_id, 0),
+              ("--init-timeout", cluster.init_timeout, 1),
+              ("--heartbeat-timeout", cluster.heartbeat_timeout, 1))
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            raise MlmError(f"{flag} must be at least {least}, but received {value}.")
+    count, index = cluster.num_processes, cluster.process_id
+    if None not in (count, index) and index >= count:
+        raise MlmError(
+            f"--process-id must be below --num-processes ({count}), but received "
+            f"{index}; number the processes 0 to {count - 1}."
+        )
+
+
 def validate(recipe: Recipe) -> None:
     """Raises `MlmError` for out-of-range values."""
     m, t, c, v = recipe.masking, recipe.train, recipe.corpus, recipe.vocab

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from mlm.architectures import Architecture, architecture_of_backbone, preprocessor_detached
 from mlm.config import MaskingConfig
 from mlm.data.pipeline import TokenIds, evaluation_dataset
 
@@ -17,8 +18,8 @@ def evaluate_tokens(
     ids: TokenIds,
     batch_size: int,
     seed: int,
+    arch: Architecture,
     max_batches: int = 0,
-    inputs: tuple[str, ...] = ("segment_ids", "padding_mask"),
 ) -> dict:
     """Masked-token metrics of `task` on held-out windows with fixed masks.
 
@@ -39,7 +40,7 @@ def evaluate_tokens(
     """
     ds = evaluation_dataset(
         tokens, sequence_length=sequence_length, batch_size=batch_size, masking=masking,
-        ids=ids, seed=seed, max_batches=max_batches, inputs=inputs,
+        ids=ids, seed=seed, max_batches=max_batches, arch=arch,
     )
     loss_sum = correct = masked = 0.0
     windows = 0
@@ -80,7 +81,6 @@ def evaluate_preset(
     import tempfile
     from pathlib import Path
 
-    from mlm.architectures import architecture_of_backbone
     from mlm.config import CorpusConfig
     from mlm.data import corpus, token_cache
     from mlm.errors import MlmError
@@ -89,12 +89,11 @@ def evaluate_preset(
     if batch_size < 1:
         raise MlmError(f"--batch-size must be at least 1, but received batch_size={batch_size}.")
     task = load_masked_lm(preset)
-    # Windows arrive tokenized and masked from mlm.data.pipeline: no preprocessing in evaluate().
-    preprocessor, task.preprocessor = task.preprocessor, None
     source = corpus.resolve_corpus(
         CorpusConfig(paths=tuple(paths), text_column=text_column, held_out_fraction=0.0)
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    # Windows arrive tokenized and masked from mlm.data.pipeline: no preprocessing in evaluate().
+    with preprocessor_detached(task) as preprocessor, tempfile.TemporaryDirectory() as tmp:
         cache = token_cache.load_or_build_cache(
             {"train": lambda: corpus.iter_documents(source, split="train"), "held_out": list},
             preprocessor.tokenizer, cache_root=Path(tmp), key="eval", progress=False,
@@ -107,6 +106,5 @@ def evaluate_preset(
                 random_token_rate=preprocessor.random_token_rate,
             ),
             ids=TokenIds.from_tokenizer(preprocessor.tokenizer), batch_size=batch_size,
-            seed=seed, max_batches=max_batches,
-            inputs=architecture_of_backbone(task.backbone).inputs,
+            seed=seed, max_batches=max_batches, arch=architecture_of_backbone(task.backbone),
         )

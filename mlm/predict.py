@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from mlm.architectures import architecture_of_backbone
 from mlm.errors import MlmError
 
 
@@ -54,15 +55,10 @@ def fill_mask(task, text: str, *, top_k: int = 5) -> list[list[tuple[str, float]
             f"the text is {len(token_ids)} tokens long, but the model takes at most "
             f"{max_length}; shorten it."
         )
-    x = {
-        "token_ids": np.array([token_ids], dtype="int32"),
-        "mask_positions": np.array([positions], dtype="int32"),
-    }
-    # Each backbone takes its own inputs (FNet has no padding mask, RoBERTa no segments).
-    if "padding_mask" in task.backbone.input:
-        x["padding_mask"] = np.ones((1, len(token_ids)), dtype="int32")
-    if "segment_ids" in task.backbone.input:
-        x["segment_ids"] = np.zeros((1, len(token_ids)), dtype="int32")
+    x = architecture_of_backbone(task.backbone).model_inputs(
+        np.array([token_ids], dtype="int32"), np.array([positions], dtype="int32"),
+        pad_id=tokenizer.pad_token_id,
+    )
     # Calling the model runs no preprocessing (predict_on_batch would tokenize x again).
     logits = keras.ops.convert_to_numpy(task(x, training=False))[0]  # (num_masks, vocab)
     probs = np.exp(logits - logits.max(-1, keepdims=True))

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import keras
 
-from mlm.architectures import architecture_of_backbone, get_architecture
+from mlm.architectures import (
+    architecture_of_backbone,
+    get_architecture,
+    preprocessor_detached,
+)
 from mlm.config import Recipe, apply_overrides, load_recipe
 from mlm.data import corpus, token_cache, vocab
 from mlm.data.pipeline import TokenIds, padding_fraction
@@ -108,16 +112,17 @@ def pretrain(
             log.tensorboard.rebuild(log.path)
         arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
-        preprocessor, task.preprocessor = task.preprocessor, None
-        cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
-                                quiet=quiet or not chief)
-        stats = describe_data(cache, recipe=recipe, log=log)
-        result = train(
-            task, preprocessor=preprocessor, recipe=recipe, arch=arch,
-            train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
-            ids=TokenIds.from_tokenizer(preprocessor.tokenizer), run_dir=run_dir,
-            start_step=start_step, log=log, topology=topology, settings_cache=settings_cache,
-        )
+        with preprocessor_detached(task) as preprocessor:
+            cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
+                                    quiet=quiet or not chief)
+            stats = describe_data(cache, recipe=recipe, log=log)
+            result = train(
+                task, preprocessor=preprocessor, recipe=recipe, arch=arch,
+                train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
+                ids=TokenIds.from_tokenizer(preprocessor.tokenizer), run_dir=run_dir,
+                start_step=start_step, log=log, topology=topology,
+                settings_cache=settings_cache,
+            )
     summary = {**stats, **result, "steps": recipe.train.steps, "run_dir": str(run_dir)}
     if chief:
         with distributed.outside_distribution():  # the report loads the preset

@@ -310,3 +310,17 @@ def test_vocab_family_and_byte_fallback_must_suit_the_architecture():
                                       "vocab.lowercase=false"])
     validate(albert)
     assert albert.vocab.byte_fallback is True
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"num_processes": 0}, "--num-processes must be at least 1, but received 0"),
+    ({"process_id": -1}, "--process-id must be at least 0, but received -1"),
+    ({"heartbeat_timeout": 0}, "--heartbeat-timeout must be at least 1, but received 0"),
+    ({"num_processes": 2, "process_id": 2}, "--process-id must be below --num-processes \\(2\\)"),
+])
+def test_distributed_options_are_validated_with_the_recipe_checks(fields, message):
+    from mlm.config import DistributedConfig, validate_distributed
+
+    with pytest.raises(MlmError, match=message):
+        validate_distributed(DistributedConfig(**fields))
+    validate_distributed(DistributedConfig(num_processes=2, process_id=1))

@@ -46,7 +46,7 @@ def test_synthetic_batches_are_shaped_as_the_pipelines():
     tokens = np.random.default_rng(0).integers(5, shape["vocabulary_size"], 3000, dtype=np.int32)
     dataset = training_dataset(tokens, sequence_length=shape["sequence_length"],
                                batch_size=shape["batch_size"], masking=MaskingConfig(), ids=ids,
-                               seed=0)
+                               seed=0, arch=get_architecture("bert"))
     px, py, pw = next(dataset.as_numpy_iterator())
     assert sorted(x) == sorted(px)
     for key in px:

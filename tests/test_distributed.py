@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import JAX_RUN_OVERRIDES
 
+from mlm.architectures import get_architecture
 from mlm.cli import main
 from mlm.config import MaskingConfig
 from mlm.data.pipeline import TokenIds, batch_schedule, process_slice, training_dataset
@@ -43,7 +44,8 @@ def test_process_slices_of_a_batch_are_disjoint_and_cover_it():
 
 def test_processes_see_the_windows_and_masks_of_a_one_process_run():
     tokens = _tokens(12_000)
-    kwargs = dict(sequence_length=32, masking=MaskingConfig(), ids=IDS, seed=4, start_step=3)
+    kwargs = dict(sequence_length=32, masking=MaskingConfig(), ids=IDS, seed=4, start_step=3,
+                  arch=get_architecture("bert"))
     whole = _numpy_batches(training_dataset(tokens, batch_size=8, **kwargs), 5)
     halves = [
         _numpy_batches(training_dataset(tokens, batch_size=8, process_index=i,
@@ -62,7 +64,8 @@ def test_processes_see_the_windows_and_masks_of_a_one_process_run():
 def test_batch_must_split_over_processes_and_devices():
     with pytest.raises(MlmError, match="multiple of the 3 processes.*batch_size=8"):
         training_dataset(_tokens(5_000), sequence_length=32, batch_size=8,
-                         masking=MaskingConfig(), ids=IDS, seed=0, process_count=3)
+                         masking=MaskingConfig(), ids=IDS, seed=0, process_count=3,
+                         arch=get_architecture("bert"))
     with pytest.raises(MlmError, match="multiple of the 4 devices.*batch_size=6"):
         Topology(process_index=1, process_count=2, device_count=4).check_batch_size(6)
     Topology(process_count=2, device_count=4).check_batch_size(8)

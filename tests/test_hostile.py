@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from mlm.architectures import get_architecture
 from mlm.config import CorpusConfig, MaskingConfig
 from mlm.data import corpus
 from mlm.data.corpus import describe_tally, iter_documents, resolve_corpus
@@ -246,7 +247,8 @@ def test_tokenize_pack_mask_never_crashes_and_keeps_its_invariants(tokenizer, do
             )
             tokens = np.asarray(cache.tokens("train"))
             data = training_dataset(tokens, sequence_length=length, batch_size=batch,
-                                    masking=MaskingConfig(), ids=ids, seed=0)
+                                    masking=MaskingConfig(), ids=ids, seed=0,
+                                    arch=get_architecture("bert"))
         except MlmError as e:
             assert re.search(r"holds no|no documents|too small for one batch", str(e)), str(e)
             event(re.search(r"holds no|no documents|too small for one batch", str(e)).group())

@@ -1,8 +1,11 @@
 """Packing and dynamic masking: exact windows and masking statistics."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from mlm.architectures import get_architecture
 from mlm.config import MaskingConfig
 from mlm.data.pipeline import (
     TokenIds,
@@ -17,6 +20,7 @@ from mlm.data.pipeline import (
 from mlm.errors import MlmError
 
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
+BERT = get_architecture("bert")
 IDS = TokenIds(
     vocabulary_size=1000, start_id=CLS, end_id=SEP, pad_id=PAD, mask_id=MASK,
     special_ids=(PAD, CLS, SEP, MASK),
@@ -79,7 +83,7 @@ def test_schedule_resumed_at_any_step_matches_the_uninterrupted_one():
 def test_masking_proportions_over_100k_selected_tokens():
     masking = MaskingConfig(selection_rate=0.15, mask_token_rate=0.8, random_token_rate=0.1)
     ds = training_dataset(_stream(100_000), sequence_length=128, batch_size=32,
-                          masking=masking, ids=IDS, seed=7)
+                          masking=masking, ids=IDS, seed=7, arch=BERT)
     selected = maskable = as_mask = as_random = unchanged = 0
     for x, y, w in _batches(ds, 180):
         valid = w > 0
@@ -106,7 +110,7 @@ def test_specials_and_padding_never_selected_nor_used_as_replacements():
     tokens = _stream(5_000, doc_length=7)  # many [SEP] separators
     masking = MaskingConfig(selection_rate=0.5, mask_token_rate=0.0, random_token_rate=1.0)
     ds = evaluation_dataset(tokens, sequence_length=64, batch_size=16, masking=masking,
-                            ids=IDS, seed=0)
+                            ids=IDS, seed=0, arch=BERT)
     checked = 0
     for x, y, w in _batches(ds, 100):
         valid = w > 0
@@ -121,7 +125,7 @@ def test_specials_and_padding_never_selected_nor_used_as_replacements():
 def test_padding_mask_and_unused_slots():
     tokens = np.arange(5, 5 + 10, dtype=np.uint16)  # one short window
     ds = evaluation_dataset(tokens, sequence_length=32, batch_size=4, masking=MaskingConfig(),
-                            ids=IDS, seed=0)
+                            ids=IDS, seed=0, arch=BERT)
     ((x, y, w),) = _batches(ds, 1)
     assert x["padding_mask"].tolist() == [[1] * 12 + [0] * 20]
     slots = max_selections(32, 0.15)
@@ -133,7 +137,7 @@ def test_padding_mask_and_unused_slots():
 
 def test_two_epochs_give_different_masks_and_same_seed_gives_same_masks():
     tokens = _stream(64 * 30 * 2)  # 2 batches of 30 windows-ish per epoch
-    kwargs = dict(sequence_length=32, batch_size=30, masking=MaskingConfig(), ids=IDS)
+    kwargs = dict(sequence_length=32, batch_size=30, masking=MaskingConfig(), ids=IDS, arch=BERT)
     windows = num_windows(len(tokens), 32)
     per_epoch = windows // 30
     a = _batches(training_dataset(tokens, seed=5, **kwargs), 2 * per_epoch)
@@ -159,7 +163,8 @@ def test_two_epochs_give_different_masks_and_same_seed_gives_same_masks():
 
 def test_resumed_dataset_yields_the_same_batches_as_the_uninterrupted_one():
     tokens = _stream(20_000)
-    kwargs = dict(sequence_length=64, batch_size=8, masking=MaskingConfig(), ids=IDS, seed=2)
+    kwargs = dict(sequence_length=64, batch_size=8, masking=MaskingConfig(), ids=IDS, seed=2,
+                  arch=BERT)
     full = _batches(training_dataset(tokens, **kwargs), 50)
     resumed = _batches(training_dataset(tokens, start_step=41, **kwargs), 9)
     for (xf, yf, wf), (xr, yr, wr) in zip(full[41:], resumed, strict=False):
@@ -172,7 +177,7 @@ def test_resumed_dataset_yields_the_same_batches_as_the_uninterrupted_one():
 def test_corpus_too_small_for_one_batch_is_a_clear_error():
     with pytest.raises(MlmError, match="too small for one batch.*batch_size=64"):
         training_dataset(_stream(100), sequence_length=32, batch_size=64,
-                         masking=MaskingConfig(), ids=IDS, seed=0)
+                         masking=MaskingConfig(), ids=IDS, seed=0, arch=BERT)
 
 
 def test_keras_hub_mask_generator_draws_special_tokens_as_replacements():
@@ -276,7 +281,7 @@ def test_training_batches_match_the_per_window_reference(
         masking=masking, sequence_length=length, batch_size=batch // process_count,
         inputs=inputs, drop_remainder=True)
     ds = training_dataset(tokens, sequence_length=length, batch_size=batch, masking=masking,
-                          ids=IDS, seed=seed, start_step=start_step, inputs=inputs,
+                          ids=IDS, seed=seed, start_step=start_step, arch=BERT,
                           process_index=process_index, process_count=process_count)
     _assert_same_batches(_batches(ds, steps), expected)
     # The static shapes keras sees are unchanged: a fixed batch dimension.
@@ -300,7 +305,7 @@ def test_evaluation_batches_match_the_per_window_reference(max_batches, inputs):
         drop_remainder=False)
     ds = evaluation_dataset(tokens, sequence_length=length, batch_size=batch,
                             masking=MaskingConfig(), ids=IDS, seed=4, max_batches=max_batches,
-                            inputs=inputs)
+                            arch=dataclasses.replace(BERT, inputs=inputs))
     got = _batches(ds, len(schedule) + 1)
     _assert_same_batches(got, expected)
     assert ds.element_spec[0]["token_ids"].shape.as_list() == [None, length]

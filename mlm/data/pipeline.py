@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
+from mlm.architectures import Architecture
 from mlm.config import MaskingConfig
 from mlm.errors import MlmError
 
@@ -218,19 +219,9 @@ def mask_window(token_ids, seed, *, masking: MaskingConfig, ids: TokenIds, num_s
     return masked, positions, tf.where(valid, original, 0), weights
 
 
-def _model_inputs(token_ids, masked, positions, mask_ids, weights, *, ids, inputs):
-    """Packs one batch as the `(x, y, sample_weight)` a keras-hub MaskedLM takes.
-
-    `inputs` names the backbone's inputs besides `token_ids` (its row in
-    `mlm.architectures`); the padding mask is int32 because bool inputs do not
-    distribute under `tf.distribute`.
-    """
-    x = {"token_ids": masked, "mask_positions": positions}
-    if "padding_mask" in inputs:
-        x["padding_mask"] = tf.cast(token_ids != ids.pad_id, tf.int32)
-    if "segment_ids" in inputs:
-        x["segment_ids"] = tf.zeros_like(masked)
-    return x, mask_ids, weights
+def _model_inputs(masked, positions, mask_ids, weights, *, ids, arch):
+    """Packs one batch as the `(x, y, sample_weight)` a keras-hub MaskedLM takes."""
+    return arch.model_inputs(masked, positions, pad_id=ids.pad_id), mask_ids, weights
 
 
 def training_dataset(
@@ -241,8 +232,8 @@ def training_dataset(
     masking: MaskingConfig,
     ids: TokenIds,
     seed: int,
+    arch: Architecture,
     start_step: int = 0,
-    inputs: tuple[str, ...] = ("segment_ids", "padding_mask"),
     process_index: int = 0,
     process_count: int = 1,
 ) -> tf.data.Dataset:
@@ -276,7 +267,7 @@ def training_dataset(
     return _mask_and_batch(
         ds, salt=_TRAIN_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size // process_count,
-        inputs=inputs, drop_remainder=True,
+        arch=arch, drop_remainder=True,
     )
 
 
@@ -288,8 +279,8 @@ def evaluation_dataset(
     masking: MaskingConfig,
     ids: TokenIds,
     seed: int,
+    arch: Architecture,
     max_batches: int = 0,
-    inputs: tuple[str, ...] = ("segment_ids", "padding_mask"),
 ) -> tf.data.Dataset:
     """Held-out windows in order with fixed masks, so evaluations compare."""
     windows = num_windows(len(tokens), sequence_length)
@@ -306,7 +297,7 @@ def evaluation_dataset(
     return _mask_and_batch(
         ds, salt=_EVAL_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size,
-        inputs=inputs, drop_remainder=False,
+        arch=arch, drop_remainder=False,
     )
 
 
@@ -331,7 +322,7 @@ def _window_dataset(tokens, schedule, *, sequence_length, ids) -> tf.data.Datase
 
 
 def _mask_and_batch(
-    ds, *, salt, seed, masking, ids, sequence_length, batch_size, inputs, drop_remainder
+    ds, *, salt, seed, masking, ids, sequence_length, batch_size, arch, drop_remainder
 ):
     num_slots = max_selections(sequence_length, masking.selection_rate)
 
@@ -341,12 +332,12 @@ def _mask_and_batch(
             token_ids, window_seed(seed, salt, epoch, window),
             masking=masking, ids=ids, num_slots=num_slots,
         )
-        return token_ids, masked, positions, mask_ids, weights
+        return masked, positions, mask_ids, weights
 
     ds = ds.map(mask_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(
-        lambda *batch: _model_inputs(*batch, ids=ids, inputs=inputs),
+        lambda *batch: _model_inputs(*batch, ids=ids, arch=arch),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return ds.prefetch(tf.data.AUTOTUNE)

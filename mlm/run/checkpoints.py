@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlm.architectures import preprocessor_attached
 from mlm.errors import MlmError
 from mlm.faults import fault_point
 from mlm.training.distributed import outside_distribution
@@ -197,13 +198,13 @@ def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dic
     # fresh Adam that keras-hub's default `MaskedLM.compile()` creates, so the preset
     # is what keras-hub itself writes: no training state shipped, no load warnings.
     optimizer = task.optimizer
-    task.preprocessor, task.optimizer = preprocessor, keras.optimizers.Adam(5e-5)
+    task.optimizer = keras.optimizers.Adam(5e-5)
     try:
         # See mlm.training.precision: keras-hub loads no mixed policy.
-        with float32_for_saving(task):
+        with preprocessor_attached(task, preprocessor), float32_for_saving(task):
             task.save_to_preset(str(folder / "preset"))
     finally:
-        task.preprocessor, task.optimizer = None, optimizer
+        task.optimizer = optimizer
     fault_point("checkpoint_write", step=step)
     arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
     np.savez(folder / "optimizer.npz", **arrays)

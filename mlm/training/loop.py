@@ -224,7 +224,7 @@ def train(
     data = training_dataset(
         train_tokens, sequence_length=model.sequence_length, batch_size=cfg.batch_size,
         masking=recipe.masking, ids=ids, seed=cfg.seed, start_step=start_step,
-        inputs=arch.inputs, process_index=topology.process_index,
+        arch=arch, process_index=topology.process_index,
         process_count=topology.process_count,
     )
 
@@ -241,7 +241,7 @@ def train(
         result = evaluate_tokens(
             task, held_out_tokens, sequence_length=model.sequence_length, masking=recipe.masking,
             ids=ids, batch_size=cfg.batch_size, seed=cfg.seed, max_batches=cfg.eval_batches,
-            inputs=arch.inputs,
+            arch=arch,
         )
         log.write({"step": step, "split": "held_out", **result})
         log.say(
