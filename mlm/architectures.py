@@ -37,6 +37,9 @@ class Architecture:
     # The special tokens the vocabulary trainer puts first, in id order, as
     # this keras-hub tokenizer looks them up (by piece, or by fixed id).
     special_tokens: tuple[str, ...]
+    # `keras_hub.models` class fine-tuned by `mlm finetune`; its preprocessor is
+    # the class's `preprocessor_cls`.
+    text_classifier: str = ""
 
     def cls(self, role: str):
         """Returns the keras-hub class for `role` ("backbone", "tokenizer", ...)."""
@@ -74,24 +77,28 @@ ARCHITECTURES = {
         Architecture(
             name="bert", backbone="BertBackbone", tokenizer="BertTokenizer",
             preprocessor="BertMaskedLMPreprocessor", masked_lm="BertMaskedLM",
+            text_classifier="BertTextClassifier",
             tokenizer_family="wordpiece", inputs=("segment_ids", "padding_mask"),
             special_tokens=_BERT_SPECIALS,
         ),
         Architecture(
             name="distil_bert", backbone="DistilBertBackbone", tokenizer="DistilBertTokenizer",
             preprocessor="DistilBertMaskedLMPreprocessor", masked_lm="DistilBertMaskedLM",
+            text_classifier="DistilBertTextClassifier",
             tokenizer_family="wordpiece", inputs=("padding_mask",),
             special_tokens=_BERT_SPECIALS,
         ),
         Architecture(
             name="roformer_v2", backbone="RoformerV2Backbone", tokenizer="RoformerV2Tokenizer",
             preprocessor="RoformerV2MaskedLMPreprocessor", masked_lm="RoformerV2MaskedLM",
+            text_classifier="RoformerV2TextClassifier",
             tokenizer_family="wordpiece", inputs=("segment_ids",),
             special_tokens=_BERT_SPECIALS,
         ),
         Architecture(
             name="albert", backbone="AlbertBackbone", tokenizer="AlbertTokenizer",
             preprocessor="AlbertMaskedLMPreprocessor", masked_lm="AlbertMaskedLM",
+            text_classifier="AlbertTextClassifier",
             tokenizer_family="sentencepiece", inputs=("segment_ids", "padding_mask"),
             # AlbertTokenizer's defaults: pad_id=0, unk_id=1.
             special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
@@ -99,12 +106,14 @@ ARCHITECTURES = {
         Architecture(
             name="f_net", backbone="FNetBackbone", tokenizer="FNetTokenizer",
             preprocessor="FNetMaskedLMPreprocessor", masked_lm="FNetMaskedLM",
+            text_classifier="FNetTextClassifier",
             tokenizer_family="sentencepiece", inputs=("segment_ids",),
             special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
         ),
         Architecture(
             name="deberta_v3", backbone="DebertaV3Backbone", tokenizer="DebertaV3Tokenizer",
             preprocessor="DebertaV3MaskedLMPreprocessor", masked_lm="DebertaV3MaskedLM",
+            text_classifier="DebertaV3TextClassifier",
             tokenizer_family="sentencepiece", inputs=("padding_mask",),
             # DebertaV3Tokenizer: pad_id=0, cls 1, sep 2, unk_id=3; "[MASK]"
             # kept in the model so its id is looked up, not appended.
@@ -113,6 +122,7 @@ ARCHITECTURES = {
         Architecture(
             name="xlm_roberta", backbone="XLMRobertaBackbone", tokenizer="XLMRobertaTokenizer",
             preprocessor="XLMRobertaMaskedLMPreprocessor", masked_lm="XLMRobertaMaskedLM",
+            text_classifier="XLMRobertaTextClassifier",
             tokenizer_family="sentencepiece", inputs=("padding_mask",),
             # The fairseq layout: XLMRobertaTokenizer shifts the model's ids by
             # one to put "<pad>" at 1 and appends "<mask>" after the last piece.
@@ -121,6 +131,7 @@ ARCHITECTURES = {
         Architecture(
             name="roberta", backbone="RobertaBackbone", tokenizer="RobertaTokenizer",
             preprocessor="RobertaMaskedLMPreprocessor", masked_lm="RobertaMaskedLM",
+            text_classifier="RobertaTextClassifier",
             tokenizer_family="byte_bpe", inputs=("padding_mask",),
             special_tokens=("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
         ),

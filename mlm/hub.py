@@ -34,6 +34,13 @@ def load_tokenizer(preset: str):
     return _load(keras_hub.tokenizers.Tokenizer.from_preset, preset)
 
 
+def load_text_classifier(preset: str):
+    """`keras_hub.models.TextClassifier.from_preset(preset)`, with one-line errors."""
+    import keras_hub
+
+    return _load(keras_hub.models.TextClassifier.from_preset, preset)
+
+
 def _load(from_preset, preset: str):
     local = Path(preset)
     if local.exists():
