@@ -25,6 +25,9 @@ _EXPORTS = {
     "train_vocabulary": "mlm.data.vocab",
     "write_report": "mlm.run.report",
     "build_report": "mlm.run.report",
+    "finetune": "mlm.finetuning.train",
+    "compare": "mlm.finetuning.compare",
+    "classify": "mlm.finetuning.classify",
 }
 
 

@@ -71,7 +71,47 @@ def _parser() -> argparse.ArgumentParser:
                    help="fill-mask examples from held-out text (default: %(default)s)")
 
     sub.add_parser("recipes", help="list the recipes in presets/")
+
+    p = sub.add_parser("finetune", help="fine-tune a preset as a text classifier on labelled data")
+    p.add_argument("preset", help="mlm or keras-hub preset folder, keras-hub handle, HuggingFace "
+                   "folder; random:PRESET for its architecture with fresh weights")
+    _add_finetune_arguments(p, default_run_dir="runs/finetune")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+
+    p = sub.add_parser("compare", help="fine-tune several encoders over seeds and compare them")
+    p.add_argument("presets", nargs="+", metavar="PRESET",
+                   help="encoders as for finetune; random:PRESET is the untrained baseline")
+    p.add_argument("--seeds", type=int, default=3, help="runs per encoder (default: %(default)s)")
+    _add_finetune_arguments(p, default_run_dir="runs/compare")
+
+    p = sub.add_parser("classify", help="label and probability of each text from a classifier")
+    p.add_argument("preset", help="classifier preset folder (e.g. runs/finetune/preset)")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--pair", nargs="+", default=None, metavar="TEXT",
+                   help="second texts of sentence pairs, one per text")
     return parser
+
+
+def _add_finetune_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> None:
+    p.add_argument("--train", metavar="FILE", help="labelled .csv, .jsonl or .parquet file")
+    p.add_argument("--validation", metavar="FILE",
+                   help="labelled validation file (default: a stratified hold-out of --train)")
+    p.add_argument("--task", metavar="NAME",
+                   help="a hub task instead of files, e.g. glue/sst2 (needs the network)")
+    p.add_argument("--text-column", help="override text_column (default: text)")
+    p.add_argument("--text-pair-column", help="second text of sentence pairs (NLI, paraphrase)")
+    p.add_argument("--label-column", help="override label_column (default: label)")
+    p.add_argument("--recipe", default="finetune",
+                   help="fine-tuning recipe name in presets/ or a JSON file (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="override epochs")
+    p.add_argument("--batch-size", type=int, help="override batch_size")
+    p.add_argument("--learning-rate", type=float, help="override learning_rate")
+    p.add_argument("--sequence-length", type=int, help="override sequence_length (0: as needed)")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="override any recipe field, e.g. --set warmup_fraction=0.06")
+    p.add_argument("--run-dir", default=default_run_dir, help="run folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --run-dir")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the result")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> None:
@@ -329,6 +369,48 @@ def _recipes(args) -> None:
     print("\n".join(available_recipes()))
 
 
+def _finetune_config(args):
+    """The fine-tuning recipe named on the command line, with its overrides."""
+    from mlm.finetuning.config import apply_finetune_overrides, load_finetune_config
+
+    overrides = list(args.set)
+    flags = ("text_column", "text_pair_column", "label_column", "epochs", "batch_size",
+             "learning_rate", "sequence_length")
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{flag}={json.dumps(value)}")
+    return apply_finetune_overrides(load_finetune_config(args.recipe), overrides)
+
+
+def _finetune(args) -> None:
+    _import_tensorflow_quietly()
+    from mlm.finetuning.train import finetune
+
+    config = None if args.resume else _finetune_config(args)
+    finetune(args.preset, train=args.train, validation=args.validation, task=args.task,
+             run_dir=args.run_dir, config=config, resume=args.resume, overwrite=args.overwrite,
+             quiet=args.quiet)
+
+
+def _compare(args) -> None:
+    _import_tensorflow_quietly()
+    from mlm.finetuning.compare import compare
+
+    compare(args.presets, train=args.train, validation=args.validation, task=args.task,
+            run_dir=args.run_dir, seeds=args.seeds, config=_finetune_config(args),
+            overwrite=args.overwrite, quiet=args.quiet)
+    print(f"table written to {Path(args.run_dir) / 'compare.md'}")
+
+
+def _classify(args) -> None:
+    _import_tensorflow_quietly()
+    from mlm.finetuning.classify import classify
+
+    for result in classify(args.preset, args.text, pairs=args.pair):
+        print(f"{result['label']}\t{result['probability']:.4f}\t{result['text']}")
+
+
 COMMANDS = {
     "pretrain": _pretrain,
     "continue": _continue,
@@ -338,4 +420,7 @@ COMMANDS = {
     "vocab": _vocab,
     "report": _report,
     "recipes": _recipes,
+    "finetune": _finetune,
+    "compare": _compare,
+    "classify": _classify,
 }

@@ -203,7 +203,8 @@ def available_recipes() -> list[str]:
     """Names of the recipes shipped in `presets/`."""
     folder = importlib.resources.files("mlm.presets")
     return sorted(
-        p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json")
+        p.name[: -len(".json")] for p in folder.iterdir()
+        if p.name.endswith(".json") and p.name != "finetune.json"  # `mlm finetune`'s recipe
     )
 
 

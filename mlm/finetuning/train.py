@@ -29,6 +29,7 @@ from mlm.architectures import preprocessor_detached
 from mlm.errors import MlmError
 from mlm.finetuning import classifier as classifiers
 from mlm.finetuning import data
+from mlm.finetuning.classify import LABELS_FILE
 from mlm.finetuning.config import (
     FinetuneConfig,
     apply_finetune_overrides,
@@ -40,7 +41,6 @@ from mlm.finetuning.report import write_finetune_report
 from mlm.progress import Progress
 from mlm.training.loop import WarmupLinearDecay
 
-LABELS_FILE = "labels.json"
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
 
@@ -292,9 +292,16 @@ def save_best(model, *, run_dir: Path, epoch: int, names: tuple[str, ...]) -> Pa
     """Writes the classifier of the best epoch to `run_dir/preset` with its labels."""
     model.set_weights(_load_arrays(checkpoint_dir(run_dir, epoch) / "weights.npz"))
     preset = Path(run_dir) / "preset"
-    with atomic.writing_dir(preset) as tmp:
-        model.save_to_preset(str(tmp))
-        (tmp / LABELS_FILE).write_text(json.dumps(list(names), indent=2) + "\n")
+    # Keras saves a compiled model's optimizer into task.weights.h5. Swap in the
+    # fresh Adam of keras-hub's default `TextClassifier.compile()`, as
+    # `mlm.run.checkpoints` does, so the preset ships no training state.
+    optimizer, model.optimizer = model.optimizer, keras.optimizers.Adam(5e-5)
+    try:
+        with atomic.writing_dir(preset) as tmp:
+            model.save_to_preset(str(tmp))
+            (tmp / LABELS_FILE).write_text(json.dumps(list(names), indent=2) + "\n")
+    finally:
+        model.optimizer = optimizer
     return preset
 
 
