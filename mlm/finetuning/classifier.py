@@ -98,7 +98,8 @@ def preprocess(preprocessor, texts, pairs=None, *, batch_size: int = 256) -> dic
 
     inputs = (list(texts),) if pairs is None else (list(texts), list(pairs))
     data = tf.data.Dataset.from_tensor_slices(inputs).batch(batch_size)
-    data = data.map(lambda *x: preprocessor(x))
+    # By keyword: keras-hub reads a positional 2-tuple as (x, y), not as a pair.
+    data = data.map(lambda *x: preprocessor(x=x))
     parts: dict[str, list] = {}
     for batch in data:
         for key, value in batch.items():

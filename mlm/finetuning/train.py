@@ -9,6 +9,7 @@ A fine-tuning run folder holds:
 - `preset/`: the best epoch's classifier, written by `save_to_preset` (so
   `keras_hub.models.TextClassifier.from_preset` loads it with keras-hub alone),
   with `labels.json` beside its files;
+- `validation_predictions.jsonl`: the best epoch's prediction for each validation example;
 - `report.md`, `confusion.png`, `summary.json`.
 """
 
@@ -152,6 +153,9 @@ def finetune_splits(preset: str, splits: Splits, *, run_dir: Path, config: Finet
         history, best = fit_epochs(model, splits=splits, config=config, run_dir=run_dir,
                                    resume=resume, say=say, quiet=quiet)
         saved = save_best(model, run_dir=run_dir, epoch=best["epoch"], names=splits.names)
+        write_predictions(model, splits.validation, names=splits.names,
+                          path=run_dir / "validation_predictions.jsonl",
+                          batch_size=config.batch_size)
         summary = {
             "encoder": preset, "preset": str(saved), "labels": list(splits.names),
             "train_examples": len(splits.train), "validation_examples": len(splits.validation),
@@ -303,6 +307,21 @@ def save_best(model, *, run_dir: Path, epoch: int, names: tuple[str, ...]) -> Pa
     finally:
         model.optimizer = optimizer
     return preset
+
+
+def write_predictions(model, examples: data.Examples, *, names: tuple[str, ...], path: Path,
+                      batch_size: int) -> None:
+    """One line per example: text, label, predicted label and every class probability."""
+    features = classifiers.preprocess(model.preprocessor, examples.texts, examples.pairs)
+    probabilities = classifiers.predict_probabilities(model, features, batch_size=batch_size)
+    lines = []
+    for i, row in enumerate(probabilities):
+        record = {"text": examples.texts[i], "label": examples.labels[i],
+                  "predicted": names[int(row.argmax())], "probabilities": row.tolist()}
+        if examples.pairs is not None:
+            record["pair"] = examples.pairs[i]
+        lines.append(json.dumps(record) + "\n")
+    atomic.write_text(path, "".join(lines))
 
 
 def _save_arrays(path: Path, arrays: list) -> None:
