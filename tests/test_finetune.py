@@ -319,3 +319,27 @@ def test_existing_run_folder_is_not_overwritten_silently(finetuned, encoder, lab
     status = main(["finetune", str(encoder), "--train", str(labelled[0]), "--recipe", RECIPE,
                    "--run-dir", str(run_dir)])
     assert status == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_hub_task_offline_is_the_one_line_network_error(encoder, tmp_path, capsys, monkeypatch):
+    import socket
+
+    import datasets
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    status = main(["finetune", str(encoder), "--task", "glue/sst2", "--recipe", RECIPE,
+                   "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and "\n" not in err
+    assert "could not download dataset 'glue/sst2': no network" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_hub_task_lists_the_known_ones(encoder, tmp_path, capsys):
+    status = main(["finetune", str(encoder), "--task", "glue/stsb", "--recipe", RECIPE,
+                   "--run-dir", str(tmp_path / "run")])
+    assert status == 2 and "glue/sst2" in capsys.readouterr().err
