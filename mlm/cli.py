@@ -395,6 +395,11 @@ def _finetune(args) -> None:
 
 def _compare(args) -> None:
     _import_tensorflow_quietly()
+    import tensorflow as tf
+
+    # Each run builds a new classifier, whose predict function TensorFlow traces
+    # again and then warns about retracing: noise between the runs' lines.
+    tf.get_logger().setLevel("ERROR")
     from mlm.finetuning.compare import compare
 
     compare(args.presets, train=args.train, validation=args.validation, task=args.task,
