@@ -127,6 +127,20 @@ def test_metrics_of_known_predictions():
     assert metrics["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
 
+def test_csv_jsonl_and_parquet_read_the_same_examples(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    rows = [{"review": "good, very good", "stars": 5}, {"review": "bad \"quoted\"", "stars": 1}]
+    write_csv(tmp_path / "d.csv", rows)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "d.parquet")
+    read = [data.read_examples(tmp_path / f"d{suffix}", text_column="review",
+                               label_column="stars") for suffix in data.FORMATS]
+    assert read[0] == read[1] == read[2]
+    assert read[0].labels == ("5", "1") and read[0].texts[1] == 'bad "quoted"'
+
+
 def test_integer_labels_are_sorted_numerically(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps({"text": f"t {i}", "label": i % 11}) + "\n"
