@@ -4,7 +4,7 @@ A fine-tuning run folder holds:
 - `finetune.json`: the encoder, the data and the resolved recipe (`--resume` reads it);
 - `label_map.json`: class id -> label name;
 - `metrics.jsonl`: one line per epoch (training loss, validation metrics);
-- `checkpoints/epoch-N/`: weights, optimizer state and the best epoch so far,
+- `checkpoints/epoch-N/`: weights, optimizer and dropout-seed state and the best epoch so far,
   each written atomically; the newest and the best are kept;
 - `preset/`: the best epoch's classifier, written by `save_to_preset` (so
   `keras_hub.models.TextClassifier.from_preset` loads it with keras-hub alone),
@@ -275,6 +275,7 @@ def save_checkpoint(model, *, run_dir: Path, epoch: int, best: dict) -> None:
     with atomic.writing_dir(checkpoint_dir(run_dir, epoch)) as tmp:
         _save_arrays(tmp / "weights.npz", model.get_weights())
         _save_arrays(tmp / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
+        _save_arrays(tmp / "random.npz", [v.numpy() for v in _seed_states(model)])
         (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "best": best}))
     for old, path in list_checkpoints(run_dir).items():
         if old not in (epoch, best["epoch"]):
@@ -289,7 +290,19 @@ def restore_checkpoint(model, path: Path) -> tuple[int, dict]:
     for variable, value in zip(model.optimizer.variables, _load_arrays(path / "optimizer.npz"),
                                strict=True):
         variable.assign(value)
+    for variable, value in zip(_seed_states(model), _load_arrays(path / "random.npz"),
+                               strict=True):
+        variable.assign(value)
     return state["epoch"], state["best"]
+
+
+def _seed_states(model) -> list:
+    """The state of every `keras.random.SeedGenerator` (dropout), which weights omit.
+
+    Restored on resume so the resumed epochs draw the dropout masks an
+    uninterrupted run would. Matched by position, as in `mlm.run.checkpoints`.
+    """
+    return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
 def save_best(model, *, run_dir: Path, epoch: int, names: tuple[str, ...]) -> Path:
