@@ -96,6 +96,21 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 # The recipe and the pieces.
 
 
+def test_api_exposes_finetune_compare_classify_as_functions():
+    # The package is `mlm.finetuning`, so importing it never shadows `mlm.finetune`.
+    program = (
+        "import sys, types, mlm\n"
+        "print('tensorflow' in sys.modules)\n"
+        "import mlm.finetuning.train, mlm.finetuning.compare, mlm.finetuning.classify\n"
+        "print(all(isinstance(getattr(mlm, n), types.FunctionType)\n"
+        "          for n in ('finetune', 'compare', 'classify')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "True"]
+
+
 def test_recipe_file_holds_the_dataclass_defaults():
     assert load_finetune_config(RECIPE) == FinetuneConfig()
 
