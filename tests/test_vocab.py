@@ -12,6 +12,7 @@ from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode, split
 
 from mlm.architectures import ARCHITECTURES
 from mlm.data import token_cache, vocab
+from mlm.data.vocab import byte_bpe
 from mlm.errors import MlmError
 from tests.conftest import sample_documents
 
@@ -557,7 +558,7 @@ def test_sentencepiece_learns_from_documents_longer_than_a_sentence(tmp_path):
     )  # fmt: skip
     processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
     assert processor.encode("quokka zebra", out_type=str) == ["▁quokka", "▁zebra"]
-    assert processor.id_to_piece(list(range(5))) == list(vocab.ALBERT_SPECIAL_TOKENS)
+    assert processor.id_to_piece(list(range(5))) == list(ARCHITECTURES["albert"].special_tokens)
 
 
 def test_byte_bpe_splits_text_like_keras_hubs_tf_data_path():
@@ -575,7 +576,7 @@ def test_byte_bpe_splits_text_like_keras_hubs_tf_data_path():
         "",
     ]
     keras_hub_words = split_strings_for_bpe(tf.constant(texts)).to_list()
-    splitter = vocab._byte_bpe_tokenizer(tokenizers.models.BPE())
+    splitter = byte_bpe.base_tokenizer(tokenizers.models.BPE())
     bytes_of = {char: byte for byte, char in zip(*bytes_to_unicode(), strict=True)}
     for text, expected in zip(texts, keras_hub_words, strict=True):
         words = splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text))
@@ -587,7 +588,7 @@ def test_keras_hubs_eager_roberta_tokenizer_does_not_split_text(tmp_path):
     # `tokenizers` as a plain string, which matches it literally, and so runs
     # BPE over unsplit text: a learned "ĠĠ" then merges across the split point
     # before "Ġdog" that the `tf.data` path (and GPT-2) respects. When this
-    # fails after a keras-hub upgrade, drop the caveat in `mlm/data/vocab.py`.
+    # fails after a keras-hub upgrade, drop the caveat in `mlm/data/vocab/byte_bpe.py`.
     documents = ["def f():\n        return  x\n    if   y:\n        pass"] * 50
     documents += ["The dog sat. It is here."] * 5
     path = vocab.train_vocabulary(
