@@ -58,6 +58,7 @@ tokenizer = build_tokenizer(
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import types
 from collections.abc import Iterable, Iterator
@@ -106,8 +107,8 @@ def train_vocabulary(
     inputs rewrites byte-identical files. Nothing is written until the
     vocabulary is learned, and a failure leaves `out_dir` as it was: a
     missing or empty `out_dir`, or one holding only this family's assets, is
-    replaced whole; in a folder holding other files each asset replaces its
-    namesake atomically, the main asset last.
+    replaced whole; in a folder holding other files (which are kept) each
+    asset replaces its namesake once all are written, the main asset last.
 
     Args:
         documents: The raw training text, one string per document; may be a
@@ -369,8 +370,12 @@ def _write_assets(assets: dict[str, bytes], *, out_dir: Path, names: tuple[str, 
             for name in names:
                 (tmp / name).write_bytes(assets[name])
         return
-    # The caller's folder holds other files, which must stay: each asset
-    # replaces its namesake, the main asset last, so that its presence means
-    # the set is complete.
-    for name in (*names[1:], names[0]):
-        atomic.write_bytes(out_dir / name, assets[name])
+    # The caller's folder holds other files, which must stay: every asset is
+    # written to a temporary first, and only once all are written does each
+    # replace its namesake. The stack renames in reverse, the main asset last,
+    # so that its presence means the set is complete.
+    with contextlib.ExitStack() as stack:
+        temporaries = {name: stack.enter_context(atomic.writing_file(out_dir / name))
+                       for name in names}
+        for name, tmp in temporaries.items():
+            tmp.write_bytes(assets[name])
