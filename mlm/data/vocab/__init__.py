@@ -27,7 +27,7 @@ Example:
 
 ```python
 from pathlib import Path
-from mlm.data.vocab import build_tokenizer, train_vocabulary
+from mlm.data.vocab import build_tokenizer, detokenize, train_vocabulary, word_starts
 
 path = train_vocabulary(
     ["The quick brown fox.", "The lazy dog."],
@@ -39,6 +39,12 @@ path = train_vocabulary(
 )
 tokenizer = build_tokenizer(path, family="wordpiece", lowercase=True)
 tokenizer("the fox")
+
+# Word boundaries, one flag per token id (for whole-word masking).
+vocabulary = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
+starts = word_starts(vocabulary, family="wordpiece", special_tokens=tokenizer.special_tokens)
+starts[tokenizer("the fox")]  # [True, True]: does each token begin a word?
+detokenize(["the", "fox", "##es"], family="wordpiece")  # "the foxes"
 
 # ALBERT: a sentencepiece model with ALBERT's special tokens at ids 0-4.
 path = train_vocabulary(
