@@ -34,7 +34,11 @@ import keras_hub
 import tensorflow as tf
 import tokenizers
 
+from mlm.architectures import get_architecture
 from mlm.data import vocab
+
+# BERT's special tokens, from its architecture row.
+BERT_SPECIAL_TOKENS = get_architecture("bert").special_tokens
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,7 +132,7 @@ def train_tokenizers_bert(documents: list[str], *, size: int, lowercase: bool) -
     trainer = tokenizers.trainers.WordPieceTrainer(
         vocab_size=size,
         min_frequency=2,
-        special_tokens=list(vocab.WORDPIECE_SPECIAL_TOKENS),
+        special_tokens=list(BERT_SPECIAL_TOKENS),
         show_progress=False,
     )
     batches = (documents[i : i + 1000] for i in range(0, len(documents), 1000))
@@ -144,7 +148,7 @@ def train_keras_hub(documents: list[str], *, size: int, lowercase: bool) -> list
         vocabulary_size=size,
         lowercase=lowercase,
         strip_accents=False,
-        reserved_tokens=list(vocab.WORDPIECE_SPECIAL_TOKENS),
+        reserved_tokens=list(BERT_SPECIAL_TOKENS),
     )
 
 

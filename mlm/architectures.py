@@ -35,7 +35,8 @@ class Architecture:
     # DeBERTaV3 and RoBERTa no segment ids).
     inputs: tuple[str, ...]
     # The special tokens the vocabulary trainer puts first, in id order, as
-    # this keras-hub tokenizer looks them up (by piece, or by fixed id).
+    # this keras-hub tokenizer looks them up (by piece, or by fixed id). The
+    # only list of them: `mlm.data.vocab` takes its defaults from these rows.
     special_tokens: tuple[str, ...]
     # `keras_hub.models` class fine-tuned by `mlm finetune`; its preprocessor is
     # the class's `preprocessor_cls`.

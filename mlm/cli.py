@@ -321,9 +321,6 @@ def _export(args) -> None:
 
 
 def _vocab(args) -> None:
-    import shutil
-    import tempfile
-
     from mlm.architectures import get_architecture
     from mlm.config import CorpusConfig
     from mlm.data import corpus, vocab
@@ -339,19 +336,12 @@ def _vocab(args) -> None:
         raise MlmError(f"--out {out} exists; pass a new or empty folder.")
     documents = track(corpus.iter_documents(source, split="train"), label="counting words",
                       total=corpus.count_documents(source, split="train"), unit="documents")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Learned into a temporary folder beside `out` and moved when complete, so a
-    # failure leaves nothing half-written (byte_bpe writes two files).
-    with tempfile.TemporaryDirectory(dir=out.resolve().parent) as tmp:
-        vocab.train_vocabulary(
-            documents, family=arch.tokenizer_family, size=args.size,
-            lowercase=not args.cased, min_frequency=args.min_frequency, out_dir=Path(tmp),
-            special_tokens=arch.special_tokens, byte_fallback=args.byte_fallback,
-        )
-        if out.exists():
-            out.rmdir()
-        shutil.move(tmp, out)
-        Path(tmp).mkdir()  # TemporaryDirectory removes it on exit
+    # train_vocabulary writes `out` whole or not at all (byte_bpe writes two files).
+    vocab.train_vocabulary(
+        documents, family=arch.tokenizer_family, size=args.size,
+        lowercase=not args.cased, min_frequency=args.min_frequency, out_dir=out,
+        special_tokens=arch.special_tokens, byte_fallback=args.byte_fallback,
+    )
     files = ", ".join(p.name for p in vocab.vocabulary_files(out, family=arch.tokenizer_family))
     print(f"{arch.tokenizer_family} vocabulary for {arch.name} written to {out}: {files}")
 

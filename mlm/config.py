@@ -37,6 +37,11 @@ class CorpusConfig:
     # file and offset) or "replace" (each such byte becomes U+FFFD; the count
     # is reported in the run log).
     on_decode_error: str = "error"
+    # How `.txt` files split into documents: "paragraphs" (blank lines separate
+    # documents, as in BERT's pretraining data) or "lines" (every line is a
+    # document, HF's `line_by_line`: dictionaries, dumps of JSON records, most
+    # web corpora). Other formats are one document per record either way.
+    text_documents: str = "paragraphs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +381,8 @@ def validate(recipe: Recipe) -> None:
          "in [0, 1)"),
         ("corpus.on_decode_error", repr(c.on_decode_error),
          c.on_decode_error in ("error", "replace"), "'error' or 'replace'"),
+        ("corpus.text_documents", repr(c.text_documents),
+         c.text_documents in ("paragraphs", "lines"), "'paragraphs' or 'lines'"),
         ("vocab.size", v.size, v.size >= 100, "at least 100"),
         ("vocab.min_frequency", v.min_frequency, v.min_frequency >= 1, "at least 1"),
         ("model.sequence_length", recipe.model.sequence_length,

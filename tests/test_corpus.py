@@ -312,3 +312,46 @@ def test_unreachable_hub_dataset_fails_fast():
     start = time.monotonic()
     expect_error(CorpusConfig(paths=(name,)), f"could not download dataset '{name}'")
     assert time.monotonic() - start < 15
+
+
+def test_one_document_per_line_when_asked(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text(TEXT, newline="")
+    assert documents([path], text_documents="lines") == [
+        "first doc", "second line", "second doc", "third doc", "fourth doc"]
+    gz = tmp_path / "b.txt.gz"
+    gz.write_bytes(gzip.compress(b"no newline at the end\nlast"))
+    assert documents([gz], text_documents="lines") == ["no newline at the end", "last"]
+
+
+def test_a_line_longer_than_one_read_is_still_one_document(tmp_path, monkeypatch):
+    from mlm.data import corpus
+
+    monkeypatch.setattr(corpus, "MAX_DOCUMENT_CHARS", 8)  # readline(8) splits every line
+    path = tmp_path / "a.txt"
+    path.write_text("short\nabcdefghijkl\n\nend\n")
+    got = documents([path], text_documents="lines")
+    # The 12-character line is cut at the limit, as a long paragraph is; no line is merged
+    # with the next one.
+    assert got == ["short", "abcdefgh", "ijkl", "end"]
+
+
+def test_lines_mode_holds_out_lines_and_changes_the_cache_key(tmp_path):
+    path = tmp_path / "dictionary.txt"
+    path.write_text("".join(f"entry {i}: a definition of word {i}\n" for i in range(400)))
+    as_paragraphs = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.1))
+    as_lines = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.1,
+                                           text_documents="lines"))
+    assert count_documents(as_paragraphs, split="train") == 1
+    assert list(iter_documents(as_paragraphs, split="held_out")) == []  # the one is in train
+    held_out = list(iter_documents(as_lines, split="held_out"))
+    assert 20 <= len(held_out) <= 60  # about 10% of 400 lines, by a hash of each line
+    assert len(held_out) + count_documents(as_lines, split="train") == 400
+    assert as_lines.fingerprint != as_paragraphs.fingerprint
+
+
+def test_unknown_text_documents_value_is_a_recipe_error():
+    from mlm.config import apply_overrides, load_recipe
+
+    with pytest.raises(MlmError, match="corpus.text_documents' must be 'paragraphs' or 'lines'"):
+        apply_overrides(load_recipe("bert_test"), ["corpus.text_documents=words"])

@@ -2,6 +2,8 @@
 
 import gzip
 import importlib.resources
+import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode, split
 
 from mlm.architectures import ARCHITECTURES
 from mlm.data import token_cache, vocab
+from mlm.data.vocab import byte_bpe
 from mlm.errors import MlmError
 from tests.conftest import sample_documents
 
@@ -557,7 +560,7 @@ def test_sentencepiece_learns_from_documents_longer_than_a_sentence(tmp_path):
     )  # fmt: skip
     processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
     assert processor.encode("quokka zebra", out_type=str) == ["▁quokka", "▁zebra"]
-    assert processor.id_to_piece(list(range(5))) == list(vocab.ALBERT_SPECIAL_TOKENS)
+    assert processor.id_to_piece(list(range(5))) == list(ARCHITECTURES["albert"].special_tokens)
 
 
 def test_byte_bpe_splits_text_like_keras_hubs_tf_data_path():
@@ -575,7 +578,7 @@ def test_byte_bpe_splits_text_like_keras_hubs_tf_data_path():
         "",
     ]
     keras_hub_words = split_strings_for_bpe(tf.constant(texts)).to_list()
-    splitter = vocab._byte_bpe_tokenizer(tokenizers.models.BPE())
+    splitter = byte_bpe.base_tokenizer(tokenizers.models.BPE())
     bytes_of = {char: byte for byte, char in zip(*bytes_to_unicode(), strict=True)}
     for text, expected in zip(texts, keras_hub_words, strict=True):
         words = splitter.pre_tokenizer.pre_tokenize_str(splitter.normalizer.normalize_str(text))
@@ -587,7 +590,7 @@ def test_keras_hubs_eager_roberta_tokenizer_does_not_split_text(tmp_path):
     # `tokenizers` as a plain string, which matches it literally, and so runs
     # BPE over unsplit text: a learned "ĠĠ" then merges across the split point
     # before "Ġdog" that the `tf.data` path (and GPT-2) respects. When this
-    # fails after a keras-hub upgrade, drop the caveat in `mlm/data/vocab.py`.
+    # fails after a keras-hub upgrade, drop the caveat in `mlm/data/vocab/byte_bpe.py`.
     documents = ["def f():\n        return  x\n    if   y:\n        pass"] * 50
     documents += ["The dog sat. It is here."] * 5
     path = vocab.train_vocabulary(
@@ -673,3 +676,170 @@ def test_byte_fallback_needs_sentencepiece_and_room_for_bytes(tmp_path):
     with pytest.raises(MlmError, match=r"256 entries besides the 5 special tokens.*size=200"):
         vocab.train_vocabulary(ROW_TRAINING, family="sentencepiece", size=200, lowercase=False,
                                min_frequency=2, out_dir=tmp_path, byte_fallback=True)
+
+
+# Word boundaries, per family: (family, the architecture row, lowercase).
+FAMILY_ROWS = [("wordpiece", "bert", True), ("sentencepiece", "albert", True),
+               ("byte_bpe", "roberta", False)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def family_vocabulary(kjv, tmp_path_factory):
+    """A small vocabulary learned from 150 chapters, for each family."""
+    learned = {}
+
+    def learn(family, architecture, lowercase):
+        if family not in learned:
+            learned[family] = vocab.train_vocabulary(
+                kjv[:150], family=family, size=800, lowercase=lowercase, min_frequency=2,
+                out_dir=tmp_path_factory.mktemp(family),
+                special_tokens=ARCHITECTURES[architecture].special_tokens,
+            )  # fmt: skip
+        return learned[family]
+
+    return learn
+
+
+def held_out_sentences(kjv):
+    """Sentences of unseen chapters, punctuation dropped so that words are whitespace-separated."""
+    text = " ".join(kjv[1100:1102])
+    sentences = [" ".join(re.sub(r"[^\w\s]", " ", s).split()) for s in text.split(". ")]
+    return [s for s in sentences if s][:20]
+
+
+def tokens_and_spans(processor, family, text):
+    """The trainer's tokens of `text` and each token's character span in it."""
+    if family == "sentencepiece":
+        pieces = processor.encode(text, return_type="proto").pieces
+        return [p.piece for p in pieces], [(p.begin, p.end) for p in pieces]
+    encoding = processor.encode(text)
+    return encoding.tokens, encoding.offsets
+
+
+def begins_word(text, spans, i):
+    """Whether token `i` is the first of a whitespace-separated word, by character spans.
+
+    It is when whitespace lies between the previous token and token i's first
+    non-space character (a "▁" or "Ġ" token holding only the space counts as
+    the word's first token).
+    """
+    if i == 0:
+        return True
+    begin = spans[i][0]
+    while begin < len(text) and text[begin].isspace():
+        begin += 1
+    return any(char.isspace() for char in text[spans[i - 1][1] : begin])
+
+
+@pytest.mark.parametrize("family, architecture, lowercase", FAMILY_ROWS)
+def test_word_starts_flag_the_first_token_of_each_word(
+    kjv, family_vocabulary, family, architecture, lowercase
+):
+    path = family_vocabulary(family, architecture, lowercase)
+    processor = vocab.hf_tokenizer(path, family=family, lowercase=lowercase)
+    tokenizer = vocab.build_tokenizer(path, family=family, lowercase=lowercase)
+    vocabulary = [tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())]
+    starts = vocab.word_starts(vocabulary, family=family, special_tokens=tokenizer.special_tokens)
+    assert starts.dtype == bool and starts.shape == (len(vocabulary),)
+    # keras-hub's special tokens (its unknown token not among them) are words of their own.
+    assert all(starts[tokenizer.token_to_id(t)] for t in tokenizer.special_tokens)
+    continued = 0
+    for text in held_out_sentences(kjv):
+        tokens, spans = tokens_and_spans(processor, family, text)
+        expected = [begins_word(text, spans, i) for i in range(len(tokens))]
+        flags = [vocab.is_word_start(t, family=family) for t in tokens]
+        # The first token of a text starts a word; byte-level BPE leaves it unmarked.
+        assert flags[0] == (family != "byte_bpe")
+        assert [True, *flags[1:]] == expected, text
+        ids = [int(i) for i in tokenizer.tokenize(text)]
+        assert [vocabulary[i] for i in ids] == tokens
+        assert [True, *starts[ids][1:]] == expected, text
+        assert expected.count(True) == len(text.split())
+        continued += expected.count(False)
+    assert continued > 20  # the vocabulary is small enough to split words
+
+
+@pytest.mark.parametrize("family, architecture, lowercase", FAMILY_ROWS)
+def test_detokenize_gives_back_the_normalised_text(
+    kjv, family_vocabulary, family, architecture, lowercase
+):
+    path = family_vocabulary(family, architecture, lowercase)
+    processor = vocab.hf_tokenizer(path, family=family, lowercase=lowercase)
+    for text in held_out_sentences(kjv):
+        tokens, _ = tokens_and_spans(processor, family, text)
+        assert vocab.detokenize(tokens, family=family) == (text.lower() if lowercase else text)
+
+
+def test_word_boundary_rules_of_each_family():
+    assert [vocab.is_word_start(t, family="wordpiece") for t in ["the", "##ing", ",", "[CLS]"]] \
+        == [True, False, True, True]  # fmt: skip
+    assert [vocab.is_word_start(t, family="sentencepiece") for t in ["▁the", "ing", "▁", ","]] \
+        == [True, False, True, False]  # fmt: skip
+    assert [vocab.is_word_start(t, family="byte_bpe") for t in ["Ġthe", "ing", "The", "Ġ"]] \
+        == [True, False, False, True]  # fmt: skip
+    starts = vocab.word_starts(["<s>", "▁a", "b", "[MASK]"], family="sentencepiece",
+                               special_tokens=("<s>", "[MASK]"))  # fmt: skip
+    assert starts.tolist() == [True, True, False, True]
+    assert vocab.detokenize(["▁caf", "<0xC3>", "<0xA9>", "▁au", "▁lait"],
+                            family="sentencepiece") == "café au lait"  # fmt: skip
+    assert vocab.detokenize(["The", "Ġcaf", "Ã©"], family="byte_bpe") == "The café"
+    assert vocab.detokenize(["the", "caf", "##e", ","], family="wordpiece") == "the cafe ,"
+    with pytest.raises(MlmError, match="unknown tokenizer family 'bpe'"):
+        vocab.word_starts(["a"], family="bpe")
+
+
+def fail_on_write(monkeypatch, *, after):
+    """Makes `Path.write_bytes` raise once `after` files are written."""
+    written = []
+    original = pathlib.Path.write_bytes
+
+    def write_bytes(path, data):
+        if len(written) >= after:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return original(path, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+
+
+def test_interrupted_training_leaves_out_dir_as_it_was(kjv, tmp_path, monkeypatch):
+    def learn(out_dir):
+        return vocab.train_vocabulary(kjv[:20], family="byte_bpe", size=400, lowercase=False,
+                                      min_frequency=2, out_dir=out_dir)  # fmt: skip
+
+    # A new folder: absent after a failure between byte_bpe's two files.
+    with monkeypatch.context() as patch:
+        fail_on_write(patch, after=1)
+        with pytest.raises(OSError, match="No space left"):
+            learn(tmp_path / "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # A complete earlier vocabulary: kept whole.
+    earlier = learn(tmp_path / "new").parent
+    before = {p.name: p.read_bytes() for p in earlier.iterdir()}
+    with monkeypatch.context() as patch:
+        fail_on_write(patch, after=1)
+        with pytest.raises(OSError, match="No space left"):
+            vocab.train_vocabulary(kjv[20:40], family="byte_bpe", size=400, lowercase=False,
+                                   min_frequency=2, out_dir=earlier)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new"]
+    # A folder the caller shares with other files: theirs and the old assets kept.
+    (earlier / "notes.txt").write_text("mine")
+    with monkeypatch.context() as patch:
+        fail_on_write(patch, after=1)  # one asset written, the other fails
+        with pytest.raises(OSError, match="No space left"):
+            vocab.train_vocabulary(kjv[20:40], family="byte_bpe", size=400, lowercase=False,
+                                   min_frequency=2, out_dir=earlier)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in earlier.iterdir()} == {**before, "notes.txt": b"mine"}
+    # And once it succeeds there, only the assets change.
+    path = vocab.train_vocabulary(kjv[20:40], family="byte_bpe", size=400, lowercase=False,
+                                  min_frequency=2, out_dir=earlier)  # fmt: skip
+    assert sorted(p.name for p in earlier.iterdir()) == ["merges.txt", "notes.txt",
+                                                         "vocabulary.json"]  # fmt: skip
+    assert path.read_bytes() != before["vocabulary.json"]
+
+
+def test_out_dir_that_is_a_file_raises(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MlmError, match=r"out_dir .*file is a file; pass a folder"):
+        train(["some words here"], tmp_path / "file")

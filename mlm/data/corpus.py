@@ -7,7 +7,8 @@ a fingerprint that keys the token cache. `iter_documents` then streams the
 documents of one split with memory that does not grow with the corpus.
 
 Formats:
-- `.txt`, `.txt.gz`: blank lines (empty or whitespace only) separate documents.
+- `.txt`, `.txt.gz`: blank lines (empty or whitespace only) separate documents;
+  with `text_documents="lines"`, every non-blank line is a document.
 - `.jsonl` (one JSON object per line), `.json` (JSON Lines, or an array of
   objects, which is read whole), `.csv` (with a header row), `.parquet`: one
   document per row, taken from `text_column`.
@@ -117,6 +118,8 @@ class Corpus:
             held-out files.
         on_decode_error: `"error"` or `"replace"`: what bytes that are not
             UTF-8 do.
+        text_documents: `"paragraphs"` or `"lines"`: what a document is in
+            a `.txt` file.
         fingerprint: Hex digest of the content and of the settings that
             change the documents; the key of the token cache.
     """
@@ -128,6 +131,7 @@ class Corpus:
     text_column: str = "text"
     held_out_fraction: float = 0.02
     on_decode_error: str = "error"
+    text_documents: str = "paragraphs"
     fingerprint: str = ""
 
 
@@ -180,6 +184,9 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
         "held_out_fraction": fraction,
         "on_decode_error": config.on_decode_error,
     }
+    if config.text_documents != "paragraphs":
+        # Only when set, so that the token caches of earlier runs keep their keys.
+        settings["text_documents"] = config.text_documents
     return Corpus(
         train_files=train_files,
         held_out_files=held_out_files,
@@ -188,6 +195,7 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
         text_column=config.text_column,
         held_out_fraction=config.held_out_fraction,
         on_decode_error=config.on_decode_error,
+        text_documents=config.text_documents,
         fingerprint=_fingerprint(sources, settings=settings),
     )
 
@@ -510,17 +518,20 @@ def _iter_sources(
 ) -> Iterator[str]:
     """The raw documents (at most `MAX_DOCUMENT_CHARS` long) of the sources feeding `split`."""
     errors = _codec_errors(corpus.on_decode_error)
+    lines = corpus.text_documents == "lines"
     if split == "held_out" and corpus.held_out_files:
-        parts = _iter_files(corpus.held_out_files, text_column=corpus.text_column, errors=errors)
+        parts = _iter_files(corpus.held_out_files, text_column=corpus.text_column, errors=errors,
+                            lines=lines)
     elif corpus.hub_name:
         texts = _read_hub(corpus.hub_name, split=corpus.hub_split, text_column=corpus.text_column)
         parts = ((text, True) for text in texts)
     else:
-        parts = _iter_files(corpus.train_files, text_column=corpus.text_column, errors=errors)
+        parts = _iter_files(corpus.train_files, text_column=corpus.text_column, errors=errors,
+                            lines=lines)
     return _assemble(parts, limit=MAX_DOCUMENT_CHARS, events=events)
 
 
-def _iter_files(files: Iterable[str], *, text_column: str, errors: str):
+def _iter_files(files: Iterable[str], *, text_column: str, errors: str, lines: bool):
     """`(text, ends_document)` parts of the documents of `files`."""
     readers = {
         "jsonl": _read_json_lines,
@@ -531,7 +542,7 @@ def _iter_files(files: Iterable[str], *, text_column: str, errors: str):
     for path in files:
         fmt = _format_of(path)
         if fmt == "text":
-            yield from _read_paragraphs(path, errors=errors)
+            yield from _read_paragraphs(path, errors=errors, lines=lines)
         else:
             for text in readers[fmt](path, text_column=text_column, errors=errors):
                 yield text, True
@@ -598,9 +609,9 @@ def _clean(text: str) -> tuple[str, dict]:
     return text, {"nul_replaced": nul, "invalid_replaced": invalid}
 
 
-def _read_paragraphs(path: str, *, errors: str) -> Iterator[tuple[str, bool]]:
+def _read_paragraphs(path: str, *, errors: str, lines: bool) -> Iterator[tuple[str, bool]]:
     """`(text, ends_document)` parts of a text file's documents: runs of lines
-    between blank lines.
+    between blank lines, or with `lines` each non-blank line.
 
     Lines are read at most `MAX_DOCUMENT_CHARS` characters at a time, so that
     a file without newlines reads in bounded memory.
@@ -613,6 +624,9 @@ def _read_paragraphs(path: str, *, errors: str) -> Iterator[tuple[str, bool]]:
             if line_start and chunk.isspace():
                 if in_document:
                     yield "", True
+                in_document = False
+            elif lines and chunk.endswith("\n"):
+                yield chunk, True  # the end of a line (perhaps read in pieces) ends its document
                 in_document = False
             else:
                 yield chunk, False

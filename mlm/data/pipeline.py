@@ -289,7 +289,8 @@ def evaluation_dataset(
     if windows == 0:
         raise MlmError(
             "the held-out split is empty; raise corpus.held_out_fraction or pass "
-            "held-out files with --held-out."
+            "held-out files with --held-out (a .txt file with one document per line and no "
+            "blank lines reads as one document: set corpus.text_documents=lines)."
         )
 
     schedule = functools.partial(ordered_schedule, windows, batch_size=batch_size)

@@ -185,13 +185,13 @@ def fill_mask_examples(task, tokens: np.ndarray, *, count: int, top_k: int = 5) 
     Documents are taken evenly spread over the held-out split; the word
     nearest the middle of each snippet is masked.
     """
+    from mlm.architectures import architecture_of_backbone
     from mlm.predict import fill_mask, mask_token_of
 
     tokenizer = task.preprocessor.tokenizer
-    # By id: a byte-level BPE's get_vocabulary() is not in id order.
-    vocabulary = [str(tokenizer.id_to_token(i)) for i in range(tokenizer.vocabulary_size())]
+    family = architecture_of_backbone(task.backbone).tokenizer_family
     documents = _split_documents(np.asarray(tokens), end_id=int(tokenizer.end_token_id))
-    words = _Words(vocabulary)
+    words = _Words(tokenizer, family=family)
     snippets = [s for s in (words.snippet(d) for d in documents) if words.maskable(s)]
     if not snippets or count < 1:
         return []
@@ -201,15 +201,15 @@ def fill_mask_examples(task, tokens: np.ndarray, *, count: int, top_k: int = 5) 
         position = min(words.maskable(snippet), key=lambda i: abs(i - len(snippet) / 2))
         text = " ".join(
             part for part in (
-                _detokenize(tokenizer, snippet[:position]),
+                words.text(snippet[:position]),
                 mask_token_of(tokenizer),
-                _detokenize(tokenizer, snippet[position + 1 :]),
+                words.text(snippet[position + 1 :]),
             ) if part
         )
         (candidates,) = fill_mask(task, text, top_k=top_k)
         examples.append({
             "text": text,
-            "answer": words.of(snippet[position])[1],
+            "answer": words.text([snippet[position]]),
             "predictions": [[token, probability] for token, probability in candidates],
         })
     return examples
@@ -385,56 +385,47 @@ def _split_documents(tokens: np.ndarray, *, end_id: int) -> list[np.ndarray]:
     return [tokens[a:b] for a, b in zip(starts, ends, strict=False) if b > a]
 
 
-_WORD_START_MARKS = ("\u2581", "\u0120")  # SentencePiece's "▁the", byte-level BPE's "Ġthe"
-
-
 class _Words:
-    """Reads word boundaries off subword tokens, whatever the tokenizer family.
+    """Word boundaries of a document's tokens, as the tokenizer family reads them."""
 
-    WordPiece marks continuations (`##ing`); SentencePiece and byte-level BPE
-    mark word starts instead, so there an unmarked token continues a word.
-    """
+    def __init__(self, tokenizer, *, family: str):
+        from mlm.data import vocab
 
-    def __init__(self, vocabulary: list[str]):
-        self.vocabulary = vocabulary
-        self.unmarked_starts_word = not any(t[:1] in _WORD_START_MARKS for t in vocabulary)
+        self.family = family
+        # By id: a byte-level BPE's get_vocabulary() is not in id order.
+        size = tokenizer.vocabulary_size()
+        self.vocabulary = [str(tokenizer.id_to_token(i)) for i in range(size)]
+        self.starts = vocab.word_starts(
+            self.vocabulary, family=family, special_tokens=tokenizer.special_tokens
+        )
 
-    def of(self, token_id: int) -> tuple[bool, str]:
-        """(whether the token starts a word, its text without the marker)."""
-        token = self.vocabulary[token_id]
-        if token.startswith("##"):
-            return False, token[2:]
-        if token[:1] in _WORD_START_MARKS:
-            return True, token[1:]
-        return self.unmarked_starts_word, token
+    def text(self, ids: list[int]) -> str:
+        """The text the tokens spell, subword marks resolved."""
+        from mlm.data import vocab
+
+        return vocab.detokenize([self.vocabulary[i] for i in ids], family=self.family).strip()
 
     def snippet(self, document: np.ndarray) -> list[int]:
         """The document's opening of up to `_EXAMPLE_TOKENS` tokens, ending on a whole word."""
         ids = [int(i) for i in document[:_EXAMPLE_TOKENS]]
         rest = document[_EXAMPLE_TOKENS:]
-        if len(rest) and not self.of(int(rest[0]))[0]:
+        if len(rest) and not self.starts[rest[0]]:
             # Drop the word cut in two at the end.
-            while ids and not self.of(ids[-1])[0]:
+            while ids and not self.starts[ids[-1]]:
                 ids.pop()
             ids = ids[:-1]
         return ids
 
-    def maskable(self, ids) -> list[int]:
-        """Positions of whole alphabetic words of four letters or more.
+    def maskable(self, ids: list[int]) -> list[int]:
+        """Positions of whole alphabetic words of four letters or more, in one token.
 
         Four letters or more, so the examples are rarely "the" or "and".
         """
-        words = [self.of(int(i)) for i in ids[:_EXAMPLE_TOKENS]]
+        ids = ids[:_EXAMPLE_TOKENS]
+        # The document's first token starts a word, marked or not (byte-level BPE).
+        starts = [i == 0 or bool(self.starts[token]) for i, token in enumerate(ids)]
         return [
-            i for i, (starts, text) in enumerate(words)
-            if starts and text.isalpha() and len(text) >= 4
-            and not (i + 1 < len(words) and not words[i + 1][0])
+            i for i, token in enumerate(ids)
+            if starts[i] and not (i + 1 < len(ids) and not starts[i + 1])
+            and (word := self.text([token])).isalpha() and len(word) >= 4
         ]
-
-
-def _detokenize(tokenizer, ids: list[int]) -> str:
-    if not ids:
-        return ""
-    text = tokenizer.detokenize(np.array(ids, dtype="int32"))
-    text = text.numpy() if hasattr(text, "numpy") else np.asarray(text).item()
-    return text.decode("utf-8") if isinstance(text, bytes) else str(text)
