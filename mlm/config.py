@@ -276,11 +276,11 @@ def _section_from_dict(section: str, cls: type, values: dict) -> Any:
     kwargs = {}
     for key, value in values.items():
         default = getattr(cls(), key)
-        kwargs[key] = _coerce(f"{section}.{key}", value, default)
+        kwargs[key] = coerce_field(f"{section}.{key}", value, default)
     return cls(**kwargs)
 
 
-def _coerce(field: str, value: Any, default: Any) -> Any:
+def coerce_field(field: str, value: Any, default: Any) -> Any:
     """Checks `value` against the type of the field's default."""
     if isinstance(default, tuple):
         if isinstance(value, str):

@@ -720,7 +720,7 @@ def _as_text(value: object, *, where: str) -> str:
 
 def _check_hub(name: str, *, split: str, text_column: str) -> None:
     """Fails fast, with one line, when a hub dataset cannot be opened."""
-    _check_hub_reachable(name)
+    check_hub_reachable(name)
     features = _load_hub(name, split=split).features
     if features is not None and text_column not in features:
         raise MlmError(
@@ -729,7 +729,7 @@ def _check_hub(name: str, *, split: str, text_column: str) -> None:
         )
 
 
-def _check_hub_reachable(name: str) -> None:
+def check_hub_reachable(name: str) -> None:
     """Probes the hub host: offline, `datasets` would retry for about 25 s first."""
     import datasets
     from huggingface_hub import constants

@@ -10,7 +10,7 @@ import importlib.resources
 import json
 from pathlib import Path
 
-from mlm.config import _coerce
+from mlm.config import coerce_field
 from mlm.errors import MlmError
 
 
@@ -93,7 +93,7 @@ def config_from_dict(data: dict) -> FinetuneConfig:
             f"unknown fine-tuning field(s) {unknown}; fields: {', '.join(sorted(fields))}."
         )
     default = FinetuneConfig()
-    values = {k: _coerce(k, v, getattr(default, k)) for k, v in data.items() if k in fields}
+    values = {k: coerce_field(k, v, getattr(default, k)) for k, v in data.items() if k in fields}
     config = FinetuneConfig(**values)
     validate(config)
     return config

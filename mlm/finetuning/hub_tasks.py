@@ -46,9 +46,9 @@ def load_hub_task(name: str) -> tuple[Examples, Examples, tuple[str, ...]]:
             f"unknown task '{name}'; choose one of: {', '.join(TASKS)}, or pass labelled "
             f"files with --train and --validation."
         )
-    from mlm.data.corpus import _check_hub_reachable
+    from mlm.data.corpus import check_hub_reachable
 
-    _check_hub_reachable(name)  # one line, fast, when offline
+    check_hub_reachable(name)  # one line, fast, when offline
     task = TASKS[name]
     train = _load_split(name, task, split="train")
     validation = _load_split(name, task, split=task.validation_split)
