@@ -1,14 +1,13 @@
 """Build, compile and train a keras-hub MaskedLM task."""
 
 import contextlib
-import json
 import math
 import signal
-import sys
 import threading
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -19,11 +18,13 @@ from mlm.data.pipeline import TokenIds, max_selections, padding_fraction, traini
 from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
 from mlm.faults import fault_point
-from mlm.progress import Progress
+from mlm.progress import format_duration
 from mlm.run import checkpoints
-from mlm.run.export import TensorBoardLog
 from mlm.training import distributed, precision
 from mlm.training.precision import StepSettings
+
+if TYPE_CHECKING:  # the caller passes the log in; training does not import it
+    from mlm.run.log import MetricsLog
 
 
 @keras.saving.register_keras_serializable(package="mlm")
@@ -139,58 +140,6 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
     )
 
 
-class MetricsLog:
-    """Appends one JSON object per line to `run_dir/metrics.jsonl`.
-
-    Each record is stamped with its wall-clock `time` (Unix seconds) and, when
-    `tensorboard_dir` is given, also written there as TensorBoard scalars.
-    With `record=False` (processes other than 0 of a distributed run) it
-    neither writes nor prints.
-    """
-
-    def __init__(self, path: Path, *, quiet: bool, tensorboard_dir: Path | None = None,
-                 record: bool = True):
-        self.path = Path(path)
-        self.quiet = quiet or not record
-        self.record = record
-        self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir and record else None
-        self._bar = None  # the live progress line, which messages must not garble
-
-    def write(self, record: dict) -> None:
-        if not self.record:
-            return
-        record = {**record, "time": record.get("time", time.time())}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            self.tensorboard.write(record)
-
-    def say(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.say(message)
-        elif not self.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    @contextlib.contextmanager
-    def progress(self, label: str, **kwargs):
-        """A `mlm.progress.Progress` line (silent when quiet) that `say` prints above."""
-        self._bar = Progress(label, enabled=not self.quiet, **kwargs)
-        try:
-            yield self._bar
-        except BaseException:
-            self._bar.clear()
-            raise
-        else:
-            self._bar.finish()
-        finally:
-            self._bar = None
-
-    def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
-
 def train(
     task,
     *,
@@ -202,7 +151,7 @@ def train(
     ids: TokenIds,
     run_dir: Path,
     start_step: int,
-    log: MetricsLog,
+    log: "MetricsLog",
     topology: distributed.Topology | None = None,
     settings_cache: Path | None = None,
 ) -> dict:
@@ -502,12 +451,5 @@ def _log_train(log, record: dict, *, steps: int, start_step: int, run_start: flo
     log.say(
         f"step {step}/{steps}: loss {record['loss']:.4f}, masked accuracy "
         f"{record['accuracy']:.4f}, lr {record['learning_rate']:.2e}, "
-        f"{record['tokens_per_second']:,.0f} tokens/s, ETA {_duration(eta)}"
+        f"{record['tokens_per_second']:,.0f} tokens/s, ETA {format_duration(eta)}"
     )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
