@@ -103,7 +103,7 @@ def build(recipe, ids):
     import keras_hub
 
     from mlm.architectures import get_architecture
-    from mlm.training.loop import build_task, compile_task
+    from mlm.training.task import build_task, compile_task
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = keras_hub.models.BertTokenizer(

@@ -29,13 +29,8 @@ from mlm.run.export import write_model_card
 from mlm.run.log import MetricsLog, tensorboard_hint
 from mlm.run.report import write_report
 from mlm.training import distributed, precision
-from mlm.training.loop import (
-    build_preprocessor,
-    build_task,
-    compile_task,
-    make_deterministic,
-    train,
-)
+from mlm.training.loop import train
+from mlm.training.task import build_preprocessor, build_task, compile_task, make_deterministic
 
 
 def pretrain(

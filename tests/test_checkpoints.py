@@ -21,7 +21,7 @@ from mlm.run.checkpoints import (
     verify_checkpoint,
 )
 from mlm.run.export import export_checkpoint
-from mlm.training.loop import compile_task
+from mlm.training.task import compile_task
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
 SEQUENCE_LENGTH = 16
