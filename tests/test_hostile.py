@@ -282,7 +282,7 @@ def test_the_run_log_reports_what_was_repaired(tmp_path, tokenizer, capsys):
     source = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.0,
                                          on_decode_error="replace"))
     log = MetricsLog(tmp_path, quiet=False)
-    cache = tokenize_corpus(source, tokenizer, run_dir=tmp_path, log=log, quiet=True)
+    cache = tokenize_corpus(source, tokenizer, run_dir=tmp_path, log=log)
     # The text after the NUL is tokenized (TensorFlow would end the text at a NUL).
     assert cache.stats["train"]["tokens"] == (4 + 1) + 40 * (6 + 1)  # [SEP] after each
     err = capsys.readouterr().err
