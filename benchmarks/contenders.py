@@ -19,7 +19,7 @@ batch size, AdamW settings (no decay on biases and LayerNorm), warmup and
 linear decay, and global-norm clipping. Each keeps its own data recipe:
 
 - `mlm`: its token cache, packed windows and stateless masking
-  (`mlm.data.token_cache`, `mlm.data.pipeline`) and its compiled task (`mlm.training.loop`), the
+  (`mlm.data.token_cache`, `mlm.data.pipeline`) and its compiled task (`mlm.training.task`), the
   same calls `mlm.training.loop.train` makes per step;
 - `keras_hub_guide`: `BertMaskedLMPreprocessor` mapped over the lines of the
   corpus (one line one example, padded or truncated to the sequence length,
@@ -179,16 +179,16 @@ class MlmRunner:
 
         from mlm.architectures import get_architecture
         from mlm.config import apply_overrides
-        from mlm.training import loop
+        from mlm.training import task as mlm_task
 
         recipe = apply_overrides(self.recipe, [f"train.steps={total_steps}"])
         keras.utils.set_random_seed(self.spec["seed"])
-        self.task = loop.build_task(
+        self.task = mlm_task.build_task(
             recipe.model, arch=get_architecture("bert"), tokenizer=self.tokenizer,
             masking=recipe.masking,
         )
         self.task.preprocessor = None
-        loop.compile_task(self.task, recipe.train)
+        mlm_task.compile_task(self.task, recipe.train)
         self.iterator = iter(self._dataset())
         self.trained_tokens = self.trained_slots = 0
 
@@ -221,10 +221,10 @@ def _keras_masked_logits(task, token_ids, padding_mask, mask_positions):
 
 
 def _keras_optimizer(spec: dict, total_steps: int):
-    """The recipe's AdamW, warmup and linear decay, clipping (as `mlm.training.loop`)."""
+    """The recipe's AdamW, warmup and linear decay, clipping (as `mlm.training.task`)."""
     import keras
 
-    from mlm.training.loop import WarmupLinearDecay
+    from mlm.training.schedule import WarmupLinearDecay
 
     opt = spec["optimizer"]
     optimizer = keras.optimizers.AdamW(

@@ -8,7 +8,7 @@ Run on a machine with a GPU (one command, under 8 minutes in all):
 What it measures, at the `bert_base` shape (12 layers, hidden 768, 12 heads,
 intermediate 3072, sequence 128, batch 256, vocabulary 30522):
 
-- mlm: the task that `mlm.training.loop.build_task` builds and `mlm.training.loop.compile_task`
+- mlm: the task that `mlm.training.task.build_task` builds and `mlm.training.task.compile_task`
   compiles (bf16 mixed precision, XLA), on the JAX backend, preprocessor
   detached, trained with `keras.Model.fit` and `steps_per_execution=16` as
   `mlm.training.loop`'s loop does (which feeds tf.data instead), on synthetic batches
@@ -31,9 +31,9 @@ shape (2 layers, hidden 64, sequence 32, batch 8, vocabulary 1000) in float32
 on the CPU; its HuggingFace row is skipped where torch or transformers is not
 installed.
 
-TensorFlow is never needed. `mlm.training.loop` imports `mlm.data.pipeline`, whose tf.data
+TensorFlow is never needed. `mlm.training.task` imports `mlm.data.pipeline`, whose tf.data
 input pipeline imports TensorFlow at module top; where TensorFlow is missing,
-`mlm.data.pipeline` is replaced by a stand-in before `mlm.training.loop` is imported (see
+`mlm.data.pipeline` is replaced by a stand-in before `mlm.training.task` is imported (see
 `import_mlm_train`), so `build_task` and `compile_task` still run as mlm's own
 code. keras-hub imports TensorFlow only if it is there.
 
@@ -375,19 +375,19 @@ def make_batches(spec: dict, *, count: int = 4) -> list[tuple[dict, object, obje
 
 
 def import_mlm_train():
-    """`mlm.training.loop`, and how it was imported.
+    """`mlm.training.task`, and how it was imported.
 
-    `mlm.training.loop` imports `mlm.data.pipeline`, whose tf.data pipeline imports
+    `mlm.training.task` imports `mlm.data.pipeline`, whose tf.data pipeline imports
     TensorFlow at module top. Where TensorFlow is missing (the GPU machine),
     `mlm.data.pipeline` is replaced by a stand-in: `max_selections` (copied above)
     and, for every other name, a class that raises when used. Building and
     compiling the task use nothing else from it, so what is timed is still
-    `mlm.training.loop.build_task` and `compile_task`, not a copy of them.
+    `mlm.training.task.build_task` and `compile_task`, not a copy of them.
     """
     try:
-        import mlm.training.loop
+        import mlm.training.task
 
-        return mlm.training.loop, "mlm.training.loop"
+        return mlm.training.task, "mlm.training.task"
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("tensorflow"):
             raise
@@ -402,9 +402,9 @@ def import_mlm_train():
     pipeline.max_selections = max_selections
     pipeline.__getattr__ = stand_in
     sys.modules["mlm.data.pipeline"] = pipeline
-    import mlm.training.loop
+    import mlm.training.task
 
-    return mlm.training.loop, "mlm.training.loop, mlm.data.pipeline stood in (no TensorFlow)"
+    return mlm.training.task, "mlm.training.task, mlm.data.pipeline stood in (no TensorFlow)"
 
 
 def run_mlm(spec: dict) -> dict:
@@ -494,7 +494,7 @@ def run_hf(spec: dict) -> dict:
         intermediate_size=shape["intermediate_dim"], max_position_embeddings=512,
         type_vocab_size=2, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     model = transformers.BertForMaskedLM(config).to(device).train()
-    # As mlm.training.loop.compile_task: AdamW, no decay on biases and LayerNorm, clipping at 1.
+    # As mlm.training.task.compile_task: AdamW, no decay on biases and LayerNorm, clipping at 1.
     decay = [p for n, p in model.named_parameters() if "bias" not in n and "LayerNorm" not in n]
     rest = [p for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n]
     optimizer = torch.optim.AdamW(

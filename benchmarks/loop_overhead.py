@@ -103,7 +103,7 @@ def build(recipe, ids):
     import keras_hub
 
     from mlm.architectures import get_architecture
-    from mlm.training.loop import build_task, compile_task
+    from mlm.training.task import build_task, compile_task
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = keras_hub.models.BertTokenizer(
@@ -167,8 +167,9 @@ class MlmLoop:
     def run(self, steps: int) -> None:
         import dataclasses
 
+        from mlm.run.log import MetricsLog
         from mlm.training import distributed
-        from mlm.training.loop import MetricsLog, _Loop, steps_per_execution
+        from mlm.training.loop import _Loop, steps_per_execution
 
         recipe = dataclasses.replace(self.recipe, train=dataclasses.replace(
             self.recipe.train, steps=self.step + steps))
@@ -176,7 +177,7 @@ class MlmLoop:
             recipe.train, start_step=self.step)[1]
         loop = _Loop(self.task, preprocessor=self.preprocessor, recipe=recipe,
                      run_dir=self.folder, start_step=self.step,
-                     log=MetricsLog(self.folder / "metrics.jsonl", quiet=True),
+                     log=MetricsLog(self.folder, quiet=True),
                      topology=distributed.Topology(), evaluate=lambda step: {},
                      tokens_per_step=1.0)
         # The last step of a run evaluates and checkpoints: keep them out of the timing.

@@ -6,7 +6,7 @@ Run on demand:
     python benchmarks/step_ab.py --a train.mixed_precision=float32 \\
         --b train.mixed_precision=mixed_bfloat16
 
-Builds two tasks with `mlm.training.loop.build_task` and `compile_task` from the same
+Builds two tasks with `mlm.training.task.build_task` and `compile_task` from the same
 recipe (default `bert_tiny_en_uncased`) with a vocabulary of `--vocab-size`
 entries, then alternates their `train_on_batch` steps on the same batch, so
 both see the same machine load: on a shared machine this tells two variants
@@ -63,7 +63,7 @@ def build(recipe_name: str, overrides: list[str], vocab_size: int):
 
     from mlm.architectures import get_architecture
     from mlm.config import apply_overrides, load_recipe
-    from mlm.training.loop import build_task, compile_task
+    from mlm.training.task import build_task, compile_task
 
     recipe = apply_overrides(load_recipe(recipe_name), overrides)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

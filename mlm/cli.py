@@ -350,7 +350,9 @@ def _report(args) -> None:
     _import_tensorflow_quietly()
     from mlm.run.report import write_report
 
-    print(f"report written to {write_report(Path(args.run_dir), examples=args.examples)}")
+    path = write_report(Path(args.run_dir), examples=args.examples,
+                        say=lambda message: print(f"mlm: {message}", file=sys.stderr))
+    print(f"report written to {path}")
 
 
 def _recipes(args) -> None:

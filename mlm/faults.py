@@ -13,8 +13,9 @@ power cut or the OOM killer would), `term` (send itself SIGTERM, as a
 preemption would) and `enospc` (raise `OSError(ENOSPC)`, as a full disk
 would). Points: `train_step` (`step`), `checkpoint_write` (`step`, after the
 preset and before the optimizer state and manifest), `checkpoint_commit`
-(`step`, after the rename, before old checkpoints are deleted) and
-`read_document` (`split`, `index`).
+(`step`, after the rename, before old checkpoints are deleted),
+`metrics_write` (`step`, `split`, with half of a `metrics.jsonl` line
+written) and `read_document` (`split`, `index`).
 
 Unset (always, outside tests), `fault_point` is one dictionary lookup.
 """

@@ -8,11 +8,11 @@ once, train with dynamic masking, export.
 import collections
 import contextlib
 import functools
-import shutil
 from pathlib import Path
 
 import keras
 
+from mlm import atomic
 from mlm.architectures import (
     architecture_of_backbone,
     get_architecture,
@@ -24,17 +24,13 @@ from mlm.data.pipeline import TokenIds, padding_fraction
 from mlm.errors import MlmError
 from mlm.progress import track
 from mlm.run import checkpoints, directory
-from mlm.run.export import copy_atomic, tensorboard_hint, write_model_card
+from mlm.run.directory import RunDir
+from mlm.run.export import write_model_card
+from mlm.run.log import MetricsLog, tensorboard_hint
 from mlm.run.report import write_report
 from mlm.training import distributed, precision
-from mlm.training.loop import (
-    MetricsLog,
-    build_preprocessor,
-    build_task,
-    compile_task,
-    make_deterministic,
-    train,
-)
+from mlm.training.loop import train
+from mlm.training.task import build_preprocessor, build_task, compile_task, make_deterministic
 
 
 def pretrain(
@@ -88,33 +84,29 @@ def pretrain(
     source = corpus.resolve_corpus(recipe.corpus)
     if not resume and chief:
         directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
-    log = MetricsLog(run_dir / "metrics.jsonl", quiet=quiet,
-                     tensorboard_dir=run_dir / "tensorboard", record=chief)
+    run = RunDir(run_dir)
+    log = MetricsLog(run, quiet=quiet, tensorboard=True, record=chief)
     lock = directory.run_lock(run_dir) if chief else contextlib.nullcontext()
     with directory.removed_on_failure(run_dir, fresh=not resume and chief), lock:
+        if resume and chief:
+            directory.save_run_recipe(run_dir, recipe)
+            # First: a torn last line of metrics.jsonl goes before anything is appended.
+            directory.clean_interrupted(run_dir, say=log.say)
         log.write({"split": "run", "event": "start"})  # the report sums sessions' wall time
-        log.say(tensorboard_hint(run_dir / "tensorboard"))
+        log.say(tensorboard_hint(run.tensorboard))
         if topology.device_count > 1:
             log.say(f"data-parallel over {topology.device_count} devices in "
                     f"{topology.process_count} process(es): each device takes "
                     f"{recipe.train.batch_size // topology.device_count} windows of every "
                     f"global batch of {recipe.train.batch_size}")
-        if resume and chief:
-            directory.save_run_recipe(run_dir, recipe)
-            directory.clean_interrupted(run_dir, say=log.say)
-        share_files(recipe, source=source, run_dir=run_dir, log=log, topology=topology,
-                    quiet=quiet)
+        share_files(recipe, source=source, run_dir=run_dir, log=log, topology=topology)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
         distributed.check_agreement(topology, step=start_step, run_dir=run_dir)
-        # Records after the step resumed from are written again: drop them, and
-        # their TensorBoard events with them.
-        if chief and directory.trim_metrics(log.path, step=start_step) and log.tensorboard:
-            log.tensorboard.rebuild(log.path)
+        log.trim(step=start_step)  # records after the step resumed from are written again
         arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
         with preprocessor_detached(task) as preprocessor:
-            cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
-                                    quiet=quiet or not chief)
+            cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log)
             stats = describe_data(cache, recipe=recipe, log=log)
             result = train(
                 task, preprocessor=preprocessor, recipe=recipe, arch=arch,
@@ -165,7 +157,7 @@ def continue_pretraining(
 
 
 def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
-                topology: distributed.Topology, quiet: bool) -> None:
+                topology: distributed.Topology) -> None:
     """In a multi-process run, process 0 learns the vocabulary and tokenizes first.
 
     The other processes wait, then find both in the shared run directory and
@@ -176,9 +168,9 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
         return
     if topology.is_chief:
         tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
-        tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log, quiet=quiet)
+        tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log)
     distributed.barrier(topology, "shared files")
-    distributed.check_visible(run_dir / directory.CONFIG_FILE, topology=topology)
+    distributed.check_visible(RunDir(run_dir).recipe, topology=topology)
 
 
 def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
@@ -187,7 +179,7 @@ def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog
 
     latest = checkpoints.latest_checkpoint(run_dir)
     if latest is not None:
-        return load_tokenizer(str(latest / "preset"))
+        return load_tokenizer(str(checkpoints.preset_of(latest)))
     if recipe.model.preset:
         return load_tokenizer(recipe.model.preset)
     return load_or_train_tokenizer(source, recipe=recipe, run_dir=run_dir, log=log)
@@ -205,7 +197,7 @@ def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
         make_deterministic(recipe.train.seed)
     latest = checkpoints.latest_checkpoint(run_dir, report=log.say)
     if latest is not None:
-        task = load_masked_lm(str(latest / "preset"))
+        task = load_masked_lm(str(checkpoints.preset_of(latest)))
         compile_task(task, recipe.train)
         step = checkpoints.restore_training_state(task, latest)
         log.say(f"resuming from {latest} (step {step})")
@@ -252,7 +244,7 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
 def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: MetricsLog):
     """The run's tokenizer: learned once into `run_dir/vocab`, then reloaded."""
     arch = get_architecture(recipe.model.architecture)
-    vocab_dir = run_dir / "vocab"
+    vocab_dir = RunDir(run_dir).vocab
     family = recipe.vocab.family or arch.tokenizer_family
     path = vocab.vocabulary_path(vocab_dir, family=family)
     if not path.exists():
@@ -279,7 +271,7 @@ def _with_progress(source, *, label: str, quiet: bool):
 
 
 def tokenize_corpus(
-    source, tokenizer, *, run_dir: Path, log: MetricsLog, quiet: bool
+    source, tokenizer, *, run_dir: Path, log: MetricsLog
 ) -> token_cache.TokenCache:
     """The token cache of `source`, built on first use under `run_dir/cache`.
 
@@ -296,9 +288,9 @@ def tokenize_corpus(
     cache = token_cache.load_or_build_cache(
         {split: functools.partial(documents, split) for split in token_cache.SPLITS},
         tokenizer,
-        cache_root=run_dir / "cache",
+        cache_root=RunDir(run_dir).cache,
         key=token_cache.cache_key(source.fingerprint, tokenizer),
-        progress=not quiet,
+        progress=not log.quiet,
     )
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
@@ -329,12 +321,12 @@ def describe_data(cache: token_cache.TokenCache, *, recipe: Recipe, log: Metrics
 
 def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog) -> Path:
     """Writes the final preset (with its model card) and the run report with its curves."""
-    preset = run_dir / "preset"
-    shutil.rmtree(preset, ignore_errors=True)
-    copy_atomic(checkpoints.latest_checkpoint(run_dir, report=log.say) / "preset", preset)
+    preset = RunDir(run_dir).preset
+    atomic.copy_dir(checkpoints.preset_of(checkpoints.latest_checkpoint(run_dir, report=log.say)),
+                    preset)
     write_model_card(preset, recipe=recipe.to_dict(), summary=summary)
     log.write({"split": "run", "event": "end", "step": recipe.train.steps})
-    log.say(f"preset written to {preset}; report in {write_report(run_dir)}")
+    log.say(f"preset written to {preset}; report in {write_report(run_dir, say=log.say)}")
     start, end = summary["held_out_start"], summary["held_out"]
     if end:
         before = f"{start['accuracy']:.4f} -> " if start else ""

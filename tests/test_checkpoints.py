@@ -19,10 +19,9 @@ from mlm.run.checkpoints import (
     restore_training_state,
     save_checkpoint,
     verify_checkpoint,
-    write_json_atomic,
 )
 from mlm.run.export import export_checkpoint
-from mlm.training.loop import compile_task
+from mlm.training.task import compile_task
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
 SEQUENCE_LENGTH = 16
@@ -247,14 +246,6 @@ def test_restore_optimizer_into_a_different_model_raises(saved):
         restore_optimizer(other, path)
     assert str(path) in str(excinfo.value)
     assert "does not match the model" in str(excinfo.value)
-
-
-def test_write_json_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
-    path = tmp_path / "state.json"
-    write_json_atomic(path, {"step": 1})
-    write_json_atomic(path, {"step": 2, "loss": [1.5, 0.25]})
-    assert json.loads(path.read_text()) == {"step": 2, "loss": [1.5, 0.25]}
-    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
 
 
 def test_manifest_lists_every_file_with_its_size_and_sha256(saved):

@@ -14,7 +14,7 @@ from mlm import config
 from mlm.cli import main
 from mlm.data import vocab
 from mlm.pretraining import continue_pretraining, preset_task
-from mlm.training.loop import MetricsLog
+from mlm.run.log import MetricsLog
 from tests.conftest import sample_documents
 
 pytestmark = pytest.mark.slow
@@ -114,7 +114,7 @@ def _max_difference(a, b):
 def test_starting_weights_are_the_presets(keras_hub_preset, small_corpus, held_out_corpus,
                                          tmp_path):
     recipe = _recipe(keras_hub_preset, small_corpus, held_out_corpus)
-    log = MetricsLog(tmp_path / "metrics.jsonl", quiet=True)
+    log = MetricsLog(tmp_path, quiet=True)
     task = preset_task(recipe, log=log)
     original = keras_hub.models.MaskedLM.from_preset(str(keras_hub_preset))
     assert _max_difference(task.get_weights(), original.get_weights()) == 0.0
@@ -170,7 +170,7 @@ def test_continue_from_a_huggingface_checkpoint(hf_checkpoint, small_corpus, hel
                                                tmp_path, capsys):
     path, tensors = hf_checkpoint
     recipe = _recipe(path, small_corpus, held_out_corpus)
-    task = preset_task(recipe, log=MetricsLog(tmp_path / "m.jsonl", quiet=False))
+    task = preset_task(recipe, log=MetricsLog(tmp_path, quiet=False))
     assert "no MaskedLM head, so a new head was created" in capsys.readouterr().err
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(task.backbone.token_embedding.embeddings),
@@ -226,7 +226,7 @@ def test_continue_from_a_huggingface_masked_lm_without_a_pooler(
         hf_checkpoint, small_corpus, held_out_corpus, tmp_path):
     folder, tensors = _masked_lm_folder(hf_checkpoint, tmp_path / "hf_mlm")
     task = preset_task(_recipe(folder, small_corpus, held_out_corpus),
-                       log=MetricsLog(tmp_path / "m.jsonl", quiet=True))
+                       log=MetricsLog(tmp_path, quiet=True))
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(task.backbone.token_embedding.embeddings),
         tensors["embeddings.word_embeddings.weight"],

@@ -96,7 +96,7 @@ def test_smoke_run_prints_throughput_and_mfu(tensorflow, request, jax_env):
         assert "mlm.data.pipeline stood in (no TensorFlow)" in proc.stdout
         assert "TensorFlow imported by the mlm run: no" in proc.stdout
     else:
-        assert "mlm: mlm.training.loop, keras" in proc.stdout
+        assert "mlm: mlm.training.task, keras" in proc.stdout
     hf = rows["HF BertForMaskedLM"]
     if HF_INSTALLED:
         assert float(hf[4].replace(",", "")) > 0, proc.stdout

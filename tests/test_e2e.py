@@ -142,7 +142,7 @@ def test_exported_predictions_equal_the_in_memory_model(tmp_path, small_corpus):
     from mlm.architectures import get_architecture
     from mlm.data import vocab
     from mlm.run import checkpoints
-    from mlm.training.loop import build_task, compile_task
+    from mlm.training.task import build_task, compile_task
     from tests.conftest import sample_documents
 
     recipe = config.load_recipe("bert_test")

@@ -21,6 +21,7 @@ from mlm.cli import main
 from mlm.errors import MlmError
 from mlm.hub import load_masked_lm
 from mlm.run import checkpoints
+from mlm.run.directory import RunDir
 from tests.conftest import tensorboard_scalars
 
 STEPS = 8
@@ -154,6 +155,32 @@ def test_killed_stopped_and_corrupted_run_resumes_to_the_exact_weights(tmp_path,
     assert _leftovers(run) == []
     for path in checkpoints.list_checkpoints(run).values():
         assert checkpoints.verify_checkpoint(path) is None
+
+
+@pytest.mark.slow
+def test_a_metrics_line_cut_by_a_kill_is_skipped_by_report_and_trimmed_by_resume(
+    tmp_path, small_corpus
+):
+    run = tmp_path / "run"
+    # SIGKILL with half of step 5's training record written; the newest checkpoint is step 4.
+    killed = _pretrain(run, corpus=small_corpus, fault="metrics_write:step=5:split=train")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    metrics = RunDir(run).metrics
+    torn = metrics.read_text().splitlines()[-1]
+    assert torn.startswith('{"step": 5') and not metrics.read_text().endswith("\n")
+
+    reported = subprocess.run([sys.executable, "-m", "mlm", "report", str(run)],
+                              capture_output=True, text=True, timeout=600)
+    assert reported.returncode == 0, reported.stderr[-3000:]
+    assert reported.stderr.count("cut short by an interrupted write") == 1
+    assert RunDir(run).report.is_file()
+
+    finished = _pretrain(run)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"the torn last line of {metrics.name}" in finished.stderr
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("split") == "train"] == list(range(1, STEPS + 1))
+    assert RunDir(run).read_metrics(say=pytest.fail) == records
 
 
 @pytest.mark.slow

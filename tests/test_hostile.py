@@ -274,15 +274,15 @@ def test_tokenize_pack_mask_never_crashes_and_keeps_its_invariants(tokenizer, do
 
 def test_the_run_log_reports_what_was_repaired(tmp_path, tokenizer, capsys):
     from mlm.pretraining import tokenize_corpus
-    from mlm.training.loop import MetricsLog
+    from mlm.run.log import MetricsLog
 
     path = tmp_path / "hostile.txt"
     body = "\n\n".join("a b c d e ." for _ in range(40))
     path.write_bytes(b"a\x00b \xff c\n\n" + body.encode() + b"\n")
     source = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.0,
                                          on_decode_error="replace"))
-    log = MetricsLog(tmp_path / "metrics.jsonl", quiet=False)
-    cache = tokenize_corpus(source, tokenizer, run_dir=tmp_path, log=log, quiet=True)
+    log = MetricsLog(tmp_path, quiet=False)
+    cache = tokenize_corpus(source, tokenizer, run_dir=tmp_path, log=log)
     # The text after the NUL is tokenized (TensorFlow would end the text at a NUL).
     assert cache.stats["train"]["tokens"] == (4 + 1) + 40 * (6 + 1)  # [SEP] after each
     err = capsys.readouterr().err

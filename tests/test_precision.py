@@ -172,7 +172,7 @@ def bert_task(tmp_path):
 
     from mlm.architectures import get_architecture
     from mlm.data import vocab
-    from mlm.training.loop import build_task, compile_task
+    from mlm.training.task import build_task, compile_task
     from tests.conftest import sample_documents
 
     recipe = config.load_recipe("bert_test")

@@ -86,9 +86,9 @@ def test_track_yields_every_item_and_ends_with_a_summary(capsys):
 
 
 def test_quiet_metrics_log_prints_nothing(tmp_path, capsys):
-    from mlm.training.loop import MetricsLog
+    from mlm.run.log import MetricsLog
 
-    log = MetricsLog(tmp_path / "metrics.jsonl", quiet=True)
+    log = MetricsLog(tmp_path, quiet=True)
     with log.progress("training", total=2, unit="steps") as bar:
         bar.update(1)
         log.say("step 1: held-out masked accuracy 0.5")

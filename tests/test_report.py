@@ -181,18 +181,19 @@ def test_wall_time_sums_sessions_and_skips_the_time_a_run_lay_stopped():
 
 
 def test_tensorboard_rebuild_drops_the_steps_a_resumed_run_writes_again(tmp_path):
-    from mlm.run import directory
-    from mlm.run.export import TensorBoardLog
+    from mlm.run.directory import RunDir
+    from mlm.run.log import TensorBoardLog
 
-    metrics, board = tmp_path / "metrics.jsonl", TensorBoardLog(tmp_path / "tensorboard")
+    run = RunDir(tmp_path)
+    metrics, board = run.metrics, TensorBoardLog(run.tensorboard)
     records = [{"split": "train", "step": s, "loss": 10.0 - s} for s in range(1, 7)]
     records.append({"split": "held_out", "step": 4, "loss": 5.0})
     with open(metrics, "w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
             board.write(record)
-    assert directory.trim_metrics(metrics, step=4) == 2  # killed after step 6, resumed from 4
-    board.rebuild(metrics)
+    assert run.trim_metrics(step=4) == 2  # killed after step 6, resumed from 4
+    board.rebuild(run.read_metrics())
     for step in (5, 6):  # written again by the resumed run, with other values
         board.write({"split": "train", "step": step, "loss": 1.0})
     assert tensorboard_scalars(tmp_path / "tensorboard") == [

@@ -137,7 +137,7 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path):
     partial = [
         tmp_path / "checkpoints" / ".step-6.tmp",
         tmp_path / "checkpoints" / ".step-2.old",
-        tmp_path / "cache" / ".abc123.tmp-4242",
+        tmp_path / "cache" / ".abc123.tmp",
         tmp_path / ".preset.tmp",
     ]
     for folder in kept + partial:
@@ -152,7 +152,7 @@ def test_leftovers_of_a_killed_run_are_removed(tmp_path):
 
 
 def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
-    path = tmp_path / "metrics.jsonl"
+    run = directory.RunDir(tmp_path)
     records = [
         {"step": 0, "split": "held_out", "loss": 6.0},
         {"split": "corpus", "part": "train", "nul_replaced": 1},
@@ -161,10 +161,33 @@ def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
         {"step": 3, "split": "train", "loss": 3.0},
     ]
     text = "".join(json.dumps(r) + "\n" for r in records) + '{"step": 4, "spl'  # killed
-    path.write_text(text)
-    assert directory.trim_metrics(path, step=2) == 2  # step 3 and the cut line
-    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:4]
-    assert directory.trim_metrics(path, step=2) == 0
-    assert directory.trim_metrics(path, step=0) == 3  # a restart from scratch keeps no step
-    assert [json.loads(line) for line in path.read_text().splitlines()] == [records[1]]
-    assert directory.trim_metrics(tmp_path / "absent.jsonl", step=3) == 0
+    run.metrics.write_text(text)
+    assert run.trim_metrics(step=2) == 2  # step 3 and the cut line
+    assert [json.loads(line) for line in run.metrics.read_text().splitlines()] == records[:4]
+    assert run.trim_metrics(step=2) == 0
+    assert run.trim_metrics(step=0) == 3  # a restart from scratch keeps no step
+    assert [json.loads(line) for line in run.metrics.read_text().splitlines()] == [records[1]]
+    assert directory.RunDir(tmp_path / "absent").trim_metrics(step=3) == 0
+
+
+def test_a_torn_last_metrics_line_is_skipped_and_said_once(tmp_path):
+    run = directory.RunDir(tmp_path)
+    run.append_metrics({"step": 1, "loss": 5.0})
+    with open(run.metrics, "a") as f:
+        f.write('{"step": 2, "lo')  # a write killed mid-line
+    said = []
+    assert run.read_metrics(say=said.append) == [{"step": 1, "loss": 5.0}]
+    assert len(said) == 1 and "cut short" in said[0]
+    assert run.read_metrics(say=said.append) == [{"step": 1, "loss": 5.0}]
+    directory.clean_interrupted(tmp_path, say=said.append)  # what a resume does first
+    assert "metrics.jsonl" in said[-1]
+    run.append_metrics({"step": 2, "loss": 4.0})
+    assert run.read_metrics(say=said.append) == [{"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0}]
+    assert len(said) == 3
+
+
+def test_a_bad_metrics_line_before_the_last_is_an_error(tmp_path):
+    run = directory.RunDir(tmp_path)
+    run.metrics.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(MlmError, match="line 2 is not a JSON record"):
+        run.read_metrics()

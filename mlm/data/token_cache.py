@@ -12,18 +12,19 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from mlm import atomic
 from mlm.errors import MlmError
 from mlm.progress import Progress
 
 SPLITS = ("train", "held_out")
+# In each entry: the statistics per split, written last.
+_META = "meta.json"
 _FORMAT_VERSION = 1
 
 
@@ -92,12 +93,11 @@ def load_or_build_cache(
         progress: show progress with an ETA (`mlm.progress`).
     """
     final = Path(cache_root) / key
-    if (final / "meta.json").is_file():
-        return TokenCache(path=final, stats=json.loads((final / "meta.json").read_text()))
-    tmp = Path(cache_root) / f".{key}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    cached = load_cache(final)
+    if cached is not None:
+        return cached
+    # All or nothing: a killed build leaves `.KEY.tmp`, never a complete-looking entry.
+    with atomic.writing_dir(final) as tmp:
         stats = {
             split: _tokenize_split(
                 documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
@@ -108,11 +108,16 @@ def load_or_build_cache(
         }
         if stats["train"]["documents"] == 0:
             raise MlmError("the training split has no documents; add text to the corpus.")
-        (tmp / "meta.json").write_text(json.dumps(stats, indent=2))
-        os.replace(tmp, final)  # atomic: a crash never leaves a complete-looking entry
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / _META).write_text(json.dumps(stats, indent=2))
     return TokenCache(path=final, stats=stats)
+
+
+def load_cache(entry: Path) -> TokenCache | None:
+    """The complete cache entry in folder `entry`, or None if it is not one."""
+    meta = Path(entry) / _META
+    if not meta.is_file():
+        return None
+    return TokenCache(path=Path(entry), stats=json.loads(meta.read_text()))
 
 
 def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, bar):

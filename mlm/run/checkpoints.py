@@ -11,9 +11,10 @@
 - `manifest.json`, written last: every other file with its size and SHA-256.
 
 A checkpoint is written into `.step-N.tmp/`, fsynced, then renamed to
-`step-N/`, so a crash never leaves a folder that looks complete; old ones are
-renamed to `.step-N.old/` before they are deleted, so a crash mid-delete never
-leaves a half-deleted `step-N/`. `remove_partial` clears both leftovers.
+`step-N/` (`mlm.atomic.writing_dir`), so a crash never leaves a folder that
+looks complete; old ones are renamed to `.step-N.old/` before they are
+deleted (`mlm.atomic.remove_dir`), so a crash mid-delete never leaves a
+half-deleted `step-N/`. `remove_partial` clears both leftovers.
 Resuming takes the newest checkpoint whose manifest verifies: one whose files
 changed since they were written (a bad disk, a partial copy) is reported and
 skipped for the previous one.
@@ -21,7 +22,6 @@ skipped for the previous one.
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlm import atomic
 from mlm.architectures import preprocessor_attached
 from mlm.errors import MlmError
 from mlm.faults import fault_point
@@ -44,7 +45,13 @@ _SEED_STATE_NAME = "seed_generator_state"
 
 
 def checkpoint_root(run_dir: Path) -> Path:
+    """`run_dir/checkpoints`, also `mlm.run.directory.RunDir.checkpoints`."""
     return Path(run_dir) / "checkpoints"
+
+
+def preset_of(checkpoint: Path) -> Path:
+    """The keras-hub preset folder inside `checkpoint`."""
+    return Path(checkpoint) / "preset"
 
 
 def list_checkpoints(run_dir: Path) -> dict[int, Path]:
@@ -163,32 +170,21 @@ def save_checkpoint(
     """
     _check_finite(task, step=step, run_dir=run_dir)
     root = checkpoint_root(run_dir)
-    final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        with outside_distribution():
+        # Written as `.step-N.tmp/`; replaces an earlier save of the same step
+        # (after a signal) through `.step-N.old/`.
+        with atomic.writing_dir(root / f"step-{step}") as tmp, outside_distribution():
             _write_checkpoint(task, preprocessor=preprocessor, folder=tmp, step=step, state=state)
-        if final.exists():  # a re-save of the same step (after a signal)
-            _remove(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise MlmError(
             f"could not write the checkpoint of step {step} in {root} ({_reason(e)}); "
             f"{last_checkpoint_note(run_dir)}, left intact: free disk space or fix the "
             f"folder, then resume with --resume."
         ) from e
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     fault_point("checkpoint_commit", step=step)
     for path in list(list_checkpoints(run_dir).values())[:-keep]:
-        _remove(path)
-    return final
+        atomic.remove_dir(path)
+    return root / f"step-{step}"
 
 
 def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dict) -> None:
@@ -202,7 +198,7 @@ def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dic
     try:
         # See mlm.training.precision: keras-hub loads no mixed policy.
         with preprocessor_attached(task, preprocessor), float32_for_saving(task):
-            task.save_to_preset(str(folder / "preset"))
+            task.save_to_preset(str(preset_of(folder)))
     finally:
         task.optimizer = optimizer
     fault_point("checkpoint_write", step=step)
@@ -210,22 +206,17 @@ def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dic
     np.savez(folder / "optimizer.npz", **arrays)
     seeds = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(_seed_states(task))}
     np.savez(folder / "random.npz", **seeds)
-    write_json_atomic(folder / "state.json", {"step": step, **state})
+    atomic.write_json(folder / "state.json", {"step": step, **state})
     _write_manifest(folder, step=step)  # last: marks the checkpoint complete
 
 
 def _write_manifest(folder: Path, *, step: int) -> None:
-    """Fsyncs every file and lists it with its size and SHA-256 in `manifest.json`."""
+    """Lists every file with its size and SHA-256 in `manifest.json`."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
         name = path.relative_to(folder).as_posix()
         files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    for sub in [p for p in folder.rglob("*") if p.is_dir()]:
-        _fsync_dir(sub)
-    write_json_atomic(folder / MANIFEST, {"step": step, "files": files})
-    _fsync_dir(folder)
+    atomic.write_json(folder / MANIFEST, {"step": step, "files": files})
 
 
 def restore_training_state(task, checkpoint: Path) -> int:
@@ -280,39 +271,12 @@ def _check_finite(task, *, step: int, run_dir: Path) -> None:
             )
 
 
-def _remove(path: Path) -> None:
-    """Deletes a checkpoint folder, renaming it away first so it never looks half there."""
-    doomed = path.with_name(f".{path.name}.old")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(path, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Writes JSON to `path` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Makes a rename or new entry in `path` durable (POSIX: fsync the directory)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _reason(error: OSError) -> str:

@@ -1,8 +1,10 @@
-"""The run directory: create, refuse, overwrite, resume, and clean up on failure.
+"""The run directory: its paths (`RunDir`), and create, refuse, overwrite, resume, clean up.
 
 A run directory holds everything needed to resume or reproduce the run:
 `config.json` (the resolved recipe), `vocab/`, `cache/` (token cache),
-`checkpoints/`, `metrics.jsonl`, `curves.png` and the final `preset/`.
+`checkpoints/`, `metrics.jsonl`, `step_settings.json`, `tensorboard/`, and
+once finished the final `preset/`, `report.md` and its PNG plots. `RunDir`
+names them all; nothing else spells their names.
 """
 
 import contextlib
@@ -12,16 +14,167 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from mlm import atomic
 from mlm.config import Recipe, recipe_from_dict
 from mlm.errors import MlmError
+from mlm.faults import fault_point
 from mlm.run import checkpoints
+from mlm.training import precision
 
 CONFIG_FILE = "config.json"
 
 
+class RunDir:
+    """Typed paths for the contents of a run directory, and its `metrics.jsonl`.
+
+    The one place that names the files of a run, and the only reader and
+    writer of `metrics.jsonl` (one JSON record a line, appended as training
+    goes). A write killed mid-line leaves a torn last line: readers skip it
+    and say so once; a resume trims it (`clean_interrupted`).
+
+    Example:
+    ```python
+    run = RunDir("runs/demo")
+    records = run.read_metrics(say=print)
+    run.preset / "config.json"
+    ```
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # The resolved recipe the run trains (and resumes) with.
+    @property
+    def recipe(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    # The measured precision and XLA settings of the train step (`mlm.training.precision`).
+    @property
+    def step_settings(self) -> Path:
+        return self.root / precision.RUN_FILE
+
+    @property
+    def vocab(self) -> Path:
+        return self.root / "vocab"
+
+    # Token cache entries, one folder per corpus and tokenizer (`mlm.data.token_cache`).
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    # `step-N/` folders; `mlm.run.checkpoints` owns what is inside them.
+    @property
+    def checkpoints(self) -> Path:
+        return checkpoints.checkpoint_root(self.root)
+
+    # The final keras-hub preset, copied from the newest checkpoint.
+    @property
+    def preset(self) -> Path:
+        return self.root / "preset"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    # The PNGs the report shows, written beside it.
+    @property
+    def curves_plot(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def schedule_plot(self) -> Path:
+        return self.root / "schedule.png"
+
+    # Held with flock by the one process training in the directory (`run_lock`).
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    def append_metrics(self, record: dict) -> None:
+        """Appends one record to `metrics.jsonl` as one line."""
+        line = json.dumps(record) + "\n"
+        with open(self.metrics, "a") as f:
+            # In two parts, so that the fault tests can kill a write mid-line.
+            f.write(line[: len(line) // 2])
+            f.flush()
+            fault_point("metrics_write", step=record.get("step"), split=record.get("split"))
+            f.write(line[len(line) // 2 :])
+
+    def read_metrics(self, *, say: Callable[[str], None] | None = None) -> list[dict]:
+        """The records of `metrics.jsonl` in order; a torn last line is skipped.
+
+        Args:
+            say: told, in one line, when a torn last line was skipped.
+
+        Raises:
+            MlmError: a line other than the last is not a JSON record.
+        """
+        records, torn = self._parse_metrics()
+        if torn and say is not None:
+            say(f"{self.metrics}: skipped its last line, cut short by an interrupted write")
+        return records
+
+    def trim_metrics(self, *, step: int) -> int:
+        """Drops the metrics records a resumed run will write again; returns how many.
+
+        Records up to `step` (the checkpoint resumed from) stay; later ones, and a
+        torn last line, go. At step 0 the run restarts, so every record with a
+        step goes. Records without a step (corpus reports, session starts) stay.
+        """
+        records, torn = self._parse_metrics()
+        kept = [r for r in records if "step" not in r or (step > 0 and r["step"] <= step)]
+        dropped = len(records) - len(kept) + torn
+        if dropped:
+            atomic.write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+        return dropped
+
+    def drop_torn_metrics_line(self) -> bool:
+        """Cuts a torn last line off `metrics.jsonl`, so appending starts a new line.
+
+        Returns whether there was one. Also ends a last record that lost only
+        its newline, which the next record would otherwise be glued to.
+        """
+        records, torn = self._parse_metrics()
+        unterminated = bool(records) and not self.metrics.read_bytes().endswith(b"\n")
+        if torn or unterminated:
+            atomic.write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in records))
+        return torn
+
+    def _parse_metrics(self) -> tuple[list[dict], bool]:
+        """The records, and whether a torn last line was left out."""
+        if not self.metrics.is_file():
+            return [], False
+        lines = self.metrics.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if number == len(lines):
+                    return records, True
+                raise MlmError(
+                    f"{self.metrics} line {number} is not a JSON record, but received "
+                    f"{line[:40]!r}; delete that line and run again."
+                ) from None
+        return records, False
+
+
 def load_run_recipe(run_dir: Path) -> Recipe:
     """The resolved recipe saved in an existing run directory (for `--resume`)."""
-    saved = Path(run_dir) / CONFIG_FILE
+    saved = RunDir(run_dir).recipe
     if not saved.is_file():
         raise MlmError(
             f"cannot resume: {run_dir} is not a run directory (no {CONFIG_FILE}); "
@@ -50,7 +203,7 @@ def create_run_dir(run_dir: Path, *, recipe: Recipe, overwrite: bool) -> None:
 
 
 def save_run_recipe(run_dir: Path, recipe: Recipe) -> None:
-    checkpoints.write_json_atomic(Path(run_dir) / CONFIG_FILE, recipe.to_dict())
+    atomic.write_json(RunDir(run_dir).recipe, recipe.to_dict())
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -73,49 +226,27 @@ def _check_writable(run_dir: Path) -> None:
 
 
 def clean_interrupted(run_dir: Path, *, say: Callable[[str], None]) -> None:
-    """Deletes the half-written folders a killed process left in `run_dir`.
+    """Deletes the half-written files a killed process left in `run_dir`.
 
     Partial checkpoints (`checkpoints/.step-N.tmp`, `.step-N.old`), partial
-    token caches (`cache/.KEY.tmp-PID`) and a partial final preset
-    (`.preset.tmp`). Call only while holding `run_lock`.
+    token caches (`cache/.KEY.tmp`), a partial final preset (`.preset.tmp`),
+    and a torn last line of `metrics.jsonl`. Call only while holding `run_lock`.
     """
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     removed = checkpoints.remove_partial(run_dir)
-    leftovers = [*run_dir.glob("cache/.*.tmp-*"), *run_dir.glob(".preset.tmp")]
+    leftovers = [p for p in (*_children(run.cache), *_children(run.root))
+                 if p.is_dir() and atomic.is_temporary(p)]
     for path in leftovers:
         shutil.rmtree(path, ignore_errors=True)
-    removed += leftovers
-    if removed:
-        names = ", ".join(str(p.relative_to(run_dir)) for p in removed)
-        say(f"removed what an interrupted run left half-written: {names}")
+    names = [str(p.relative_to(run.root)) for p in (*removed, *leftovers)]
+    if run.drop_torn_metrics_line():
+        names.append(f"the torn last line of {run.metrics.name}")
+    if names:
+        say(f"removed what an interrupted run left half-written: {', '.join(names)}")
 
 
-def trim_metrics(path: Path, *, step: int) -> int:
-    """Drops the metrics records a resumed run will write again; returns how many.
-
-    Records up to `step` (the checkpoint resumed from) stay; later ones, and a
-    last line cut short by a crash, go. At step 0 the run restarts, so every
-    record with a step goes. Records without a step (corpus reports) stay.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            dropped += 1
-            continue
-        if "step" not in record or (step > 0 and record["step"] <= step):
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept))
-        os.replace(tmp, path)
-    return dropped
+def _children(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 @contextlib.contextmanager
@@ -149,7 +280,7 @@ def run_lock(run_dir: Path):
     import fcntl
 
     _check_writable(run_dir)
-    path = Path(run_dir) / ".lock"
+    path = RunDir(run_dir).lock
     handle = open(path, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,58 +16,62 @@ path = mlm.write_report("runs/demo")         # runs/demo/report.md and its PNGs
 
 import datetime
 import json
-import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from mlm import atomic
 from mlm.errors import MlmError
 from mlm.progress import format_duration
 from mlm.run import checkpoints
+from mlm.run.directory import RunDir
 
-REPORT_FILE = "report.md"
-# The PNGs the report shows, written beside it.
-CURVES_FILE = "curves.png"
-SCHEDULE_FILE = "schedule.png"
 # Tokens per bincount call, so that counting a large cache stays in bounded memory.
 _COUNT_CHUNK = 1 << 24
 # Longest held-out snippet shown in a fill-mask example, in tokens.
 _EXAMPLE_TOKENS = 24
 
 
-def write_report(run_dir: str | Path, *, examples: int = 3) -> Path:
+def write_report(
+    run_dir: str | Path, *, examples: int = 3, say: Callable[[str], None] | None = None
+) -> Path:
     """Writes `run_dir/report.md` with the curves PNGs beside it.
 
     Args:
         run_dir: a run directory of `mlm pretrain` or `mlm continue`,
             finished or stopped after its first checkpoint.
         examples: fill-mask examples drawn from the held-out text.
+        say: told, in one line, of a torn last line of `metrics.jsonl`
+            (skipped).
 
     Returns:
         The path of the report.
     """
-    from mlm.run.export import plot_curves, plot_schedule
+    from mlm.run.plots import plot_curves, plot_schedule
 
-    run_dir = Path(run_dir)
-    report = build_report(run_dir, examples=examples)
-    records = read_metrics(run_dir)
-    plot_curves(records, run_dir / CURVES_FILE)
-    plot_schedule(records, run_dir / SCHEDULE_FILE)
-    path = run_dir / REPORT_FILE
-    tmp = path.with_name(f".{REPORT_FILE}.tmp")
-    tmp.write_text(render_markdown(report))
-    os.replace(tmp, path)
-    return path
+    run = RunDir(run_dir)
+    records = run.read_metrics(say=say)
+    report = build_report(run.root, examples=examples, records=records)
+    plot_curves(records, run.curves_plot)
+    plot_schedule(records, run.schedule_plot)
+    atomic.write_text(run.report, render_markdown(report))
+    return run.report
 
 
-def build_report(run_dir: str | Path, *, examples: int = 3) -> dict:
-    """The report's numbers: recipe, training, held-out table, corpus, examples."""
+def build_report(
+    run_dir: str | Path, *, examples: int = 3, records: list[dict] | None = None
+) -> dict:
+    """The report's numbers: recipe, training, held-out table, corpus, examples.
+
+    `records` are those of `metrics.jsonl`, read here when not given.
+    """
     from mlm.hub import load_masked_lm
 
     run_dir = Path(run_dir)
     recipe = _read_recipe(run_dir)
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dir) if records is None else records
     preset = _preset_of(run_dir)
     task = load_masked_lm(str(preset))
     tokenizer = task.preprocessor.tokenizer
@@ -87,11 +91,8 @@ def build_report(run_dir: str | Path, *, examples: int = 3) -> dict:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of `run_dir/metrics.jsonl`, in order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of `run_dir/metrics.jsonl`, in order (`RunDir.read_metrics`)."""
+    return RunDir(run_dir).read_metrics()
 
 
 def training_summary(records: list[dict]) -> dict:
@@ -217,13 +218,14 @@ def fill_mask_examples(task, tokens: np.ndarray, *, count: int, top_k: int = 5) 
 
 def render_markdown(report: dict) -> str:
     """The report as Markdown."""
+    run = RunDir(report["run_dir"])  # the PNGs sit beside report.md
     return "\n".join([
         *_header(report),
         "## Curves",
         "",
-        f"![masked loss and accuracy]({CURVES_FILE})",
+        f"![masked loss and accuracy]({run.curves_plot.name})",
         "",
-        f"![learning rate and throughput]({SCHEDULE_FILE})",
+        f"![learning rate and throughput]({run.schedule_plot.name})",
         "",
         *_held_out_section(report["held_out"]),
         *_corpus_section(report["corpus"]),
@@ -341,36 +343,41 @@ def _examples_section(examples: list[dict]) -> list[str]:
 
 
 def _read_recipe(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
+    path = RunDir(run_dir).recipe
     if not path.is_file():
         raise MlmError(
-            f"{run_dir} is not a run directory (no config.json); pass the --run-dir of a run."
+            f"{run_dir} is not a run directory (no {path.name}); pass the --run-dir of a run."
         )
     return json.loads(path.read_text())
 
 
 def _preset_of(run_dir: Path) -> Path:
     """The exported preset, or the newest checkpoint's for a run stopped before export."""
-    if (run_dir / "preset" / "config.json").is_file():
-        return run_dir / "preset"
+    preset = RunDir(run_dir).preset
+    if (preset / "config.json").is_file():  # keras-hub's preset config
+        return preset
     latest = checkpoints.latest_checkpoint(run_dir)
     if latest is None:
         raise MlmError(
             f"{run_dir} holds no preset and no checkpoint yet; report on it after its first "
             f"checkpoint."
         )
-    return latest / "preset"
+    return checkpoints.preset_of(latest)
 
 
 def _newest_cache(run_dir: Path):
     """The run's token cache entry; the newest if the corpus changed between sessions."""
-    from mlm.data.token_cache import TokenCache
+    from mlm.data.token_cache import load_cache
 
-    metas = sorted((run_dir / "cache").glob("*/meta.json"), key=lambda p: p.stat().st_mtime)
-    if not metas:
+    entries = [e for e in _children(RunDir(run_dir).cache) if load_cache(e) is not None]
+    if not entries:
         raise MlmError(f"{run_dir} holds no token cache (cache/*/meta.json); the run never "
                        f"tokenized its corpus.")
-    return TokenCache(path=metas[-1].parent, stats=json.loads(metas[-1].read_text()))
+    return load_cache(max(entries, key=lambda e: e.stat().st_mtime))
+
+
+def _children(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
 def _last_per_step(records: list[dict], *, split: str) -> list[dict]:

@@ -1,194 +1,29 @@
-"""Build, compile and train a keras-hub MaskedLM task."""
+"""The training loop: `train` runs the steps, evaluates, logs, checkpoints, stops on a signal."""
 
 import contextlib
-import json
 import math
 import signal
-import sys
 import threading
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 
 from mlm.architectures import Architecture
-from mlm.config import MaskingConfig, ModelConfig, Recipe, TrainConfig
-from mlm.data.pipeline import TokenIds, max_selections, padding_fraction, training_dataset
+from mlm.config import Recipe, TrainConfig
+from mlm.data.pipeline import TokenIds, padding_fraction, training_dataset
 from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
 from mlm.faults import fault_point
-from mlm.progress import Progress
+from mlm.progress import format_duration
 from mlm.run import checkpoints
-from mlm.run.export import TensorBoardLog
 from mlm.training import distributed, precision
-from mlm.training.precision import StepSettings
 
-
-@keras.saving.register_keras_serializable(package="mlm")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup from 0 to `peak`, then linear decay to 0 at `total_steps`.
-
-    Args:
-        peak: learning rate reached at the end of warmup.
-        warmup_steps: steps of linear warmup.
-        total_steps: step at which the rate reaches 0.
-    """
-
-    def __init__(self, peak, warmup_steps, total_steps):
-        self.peak = peak
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        warmup = keras.ops.cast(max(self.warmup_steps, 1), "float32")
-        decay = keras.ops.cast(max(self.total_steps - self.warmup_steps, 1), "float32")
-        rising = step / warmup
-        falling = (self.total_steps - step) / decay
-        rate = keras.ops.where(step < self.warmup_steps, rising, falling)
-        return self.peak * keras.ops.clip(rate, 0.0, 1.0)
-
-    def get_config(self):
-        return {
-            "peak": self.peak,
-            "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps,
-        }
-
-
-def make_deterministic(seed: int) -> None:
-    """Seeds Python, NumPy and the backend, and makes TensorFlow ops deterministic.
-
-    With it (`train.deterministic`), two runs of a recipe, or a run killed and
-    resumed, end with bit-identical weights on the same machine.
-    """
-    keras.utils.set_random_seed(seed)
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-
-
-def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: MaskingConfig):
-    """A fresh MaskedLM task: backbone from the recipe, preprocessor from `tokenizer`."""
-    try:
-        backbone = arch.cls("backbone")(
-            vocabulary_size=tokenizer.vocabulary_size(), **config.backbone
-        )
-    except TypeError as e:
-        raise MlmError(
-            f"bad model.backbone fields for {arch.backbone} ({e}); fix the recipe."
-        ) from None
-    preprocessor = build_preprocessor(
-        arch, tokenizer=tokenizer, sequence_length=config.sequence_length, masking=masking
-    )
-    return arch.cls("masked_lm")(backbone=backbone, preprocessor=preprocessor)
-
-
-def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, masking):
-    """The keras-hub preprocessor saved with the preset, set to the run's masking."""
-    return arch.cls("preprocessor")(
-        tokenizer=tokenizer,
-        sequence_length=sequence_length,
-        mask_selection_rate=masking.selection_rate,
-        mask_selection_length=max_selections(sequence_length, masking.selection_rate),
-        mask_token_rate=masking.mask_token_rate,
-        random_token_rate=masking.random_token_rate,
-    )
-
-
-def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = None) -> None:
-    """AdamW with warmup and linear decay, clipping, masked loss and metrics.
-
-    `settings` (precision and XLA) default to the first candidate of the
-    config's (`mlm.training.precision.candidates`): what it sets, or fp32 with XLA on
-    a CPU for "auto", which `mlm.training.precision.choose_step_settings` may change
-    before training.
-    """
-    backend = keras.backend.backend()
-    settings = settings or precision.candidates(
-        config.mixed_precision, config.jit_compile, backend=backend,
-        accelerator=precision.detect_accelerator(backend),
-    )[0]
-    precision.set_precision(task, settings.precision)
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=WarmupLinearDecay(
-            config.learning_rate, round(config.warmup_fraction * config.steps), config.steps
-        ),
-        weight_decay=config.weight_decay,
-        beta_1=config.beta_1,
-        beta_2=config.beta_2,
-        epsilon=config.epsilon,
-        global_clipnorm=config.clip_norm or None,
-    )
-    # As in BERT: no weight decay on biases and LayerNorm scales/offsets.
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    task.compile(
-        optimizer=optimizer,
-        # Mean over masked tokens only (weights are 0 on unused mask slots).
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="mean_with_sample_weight"
-        ),
-        # Held-out loss and accuracy are computed exactly in mlm.evaluate; in
-        # training only the per-batch accuracy is tracked (weighted by masks).
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                          MaskedTokens()],
-        jit_compile=settings.jit_compile,
-    )
-
-
-class MetricsLog:
-    """Appends one JSON object per line to `run_dir/metrics.jsonl`.
-
-    Each record is stamped with its wall-clock `time` (Unix seconds) and, when
-    `tensorboard_dir` is given, also written there as TensorBoard scalars.
-    With `record=False` (processes other than 0 of a distributed run) it
-    neither writes nor prints.
-    """
-
-    def __init__(self, path: Path, *, quiet: bool, tensorboard_dir: Path | None = None,
-                 record: bool = True):
-        self.path = Path(path)
-        self.quiet = quiet or not record
-        self.record = record
-        self.tensorboard = TensorBoardLog(tensorboard_dir) if tensorboard_dir and record else None
-        self._bar = None  # the live progress line, which messages must not garble
-
-    def write(self, record: dict) -> None:
-        if not self.record:
-            return
-        record = {**record, "time": record.get("time", time.time())}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            self.tensorboard.write(record)
-
-    def say(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.say(message)
-        elif not self.quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    @contextlib.contextmanager
-    def progress(self, label: str, **kwargs):
-        """A `mlm.progress.Progress` line (silent when quiet) that `say` prints above."""
-        self._bar = Progress(label, enabled=not self.quiet, **kwargs)
-        try:
-            yield self._bar
-        except BaseException:
-            self._bar.clear()
-            raise
-        else:
-            self._bar.finish()
-        finally:
-            self._bar = None
-
-    def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+if TYPE_CHECKING:  # the caller passes the log in; training does not import it
+    from mlm.run.log import MetricsLog
 
 
 def train(
@@ -202,7 +37,7 @@ def train(
     ids: TokenIds,
     run_dir: Path,
     start_step: int,
-    log: MetricsLog,
+    log: "MetricsLog",
     topology: distributed.Topology | None = None,
     settings_cache: Path | None = None,
 ) -> dict:
@@ -319,25 +154,6 @@ def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology) -
         f"mlm pretrain --run-dir {run_dir} --resume",
         signum=signum,
     )
-
-
-@keras.saving.register_keras_serializable(package="mlm")
-class MaskedTokens(keras.metrics.Metric):
-    """The sum of the sample weights: masked tokens trained on (weights are 0 on unused
-    mask slots). Read with the other metrics, so counting costs no host round trip."""
-
-    def __init__(self, name="masked_tokens", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32",
-                                       name="total")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        count = keras.ops.sum(keras.ops.cast(sample_weight, "float32")) \
-            if sample_weight is not None else keras.ops.cast(keras.ops.size(y_true), "float32")
-        self.total.assign_add(count)
-
-    def result(self):
-        return keras.ops.convert_to_tensor(self.total)  # a tensor, not the variable (JAX)
 
 
 def steps_per_execution(cfg: TrainConfig, *, start_step: int) -> tuple[int, int]:
@@ -502,12 +318,5 @@ def _log_train(log, record: dict, *, steps: int, start_step: int, run_start: flo
     log.say(
         f"step {step}/{steps}: loss {record['loss']:.4f}, masked accuracy "
         f"{record['accuracy']:.4f}, lr {record['learning_rate']:.2e}, "
-        f"{record['tokens_per_second']:,.0f} tokens/s, ETA {_duration(eta)}"
+        f"{record['tokens_per_second']:,.0f} tokens/s, ETA {format_duration(eta)}"
     )
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -28,7 +28,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-# The record of the choice inside a run directory.
+from mlm import atomic
+
+# The record of the choice inside a run directory (`mlm.run.directory.RunDir.step_settings`).
 RUN_FILE = "step_settings.json"
 # Bounds of the probe: at most this fraction of the run's estimated time and
 # at most this many seconds in all.
@@ -342,11 +344,8 @@ def read_record(path: Path, *, source: str) -> ProbeResult | None:
 
 def write_record(path: Path, result: ProbeResult) -> None:
     """Saves `result` at `path` atomically; a cache that cannot be written is skipped."""
-    from mlm.run.checkpoints import write_json_atomic
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, result.to_dict())
+        atomic.write_json(path, result.to_dict())
     except OSError:
         pass
 

@@ -1,0 +1,111 @@
+"""Build and compile the keras-hub MaskedLM task that `mlm.training.loop.train` trains."""
+
+import keras
+
+from mlm.architectures import Architecture
+from mlm.config import MaskingConfig, ModelConfig, TrainConfig
+from mlm.data.pipeline import max_selections
+from mlm.errors import MlmError
+from mlm.training import precision
+from mlm.training.precision import StepSettings
+from mlm.training.schedule import WarmupLinearDecay
+
+
+def make_deterministic(seed: int) -> None:
+    """Seeds Python, NumPy and the backend, and makes TensorFlow ops deterministic.
+
+    With it (`train.deterministic`), two runs of a recipe, or a run killed and
+    resumed, end with bit-identical weights on the same machine.
+    """
+    keras.utils.set_random_seed(seed)
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: MaskingConfig):
+    """A fresh MaskedLM task: backbone from the recipe, preprocessor from `tokenizer`."""
+    try:
+        backbone = arch.cls("backbone")(
+            vocabulary_size=tokenizer.vocabulary_size(), **config.backbone
+        )
+    except TypeError as e:
+        raise MlmError(
+            f"bad model.backbone fields for {arch.backbone} ({e}); fix the recipe."
+        ) from None
+    preprocessor = build_preprocessor(
+        arch, tokenizer=tokenizer, sequence_length=config.sequence_length, masking=masking
+    )
+    return arch.cls("masked_lm")(backbone=backbone, preprocessor=preprocessor)
+
+
+def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, masking):
+    """The keras-hub preprocessor saved with the preset, set to the run's masking."""
+    return arch.cls("preprocessor")(
+        tokenizer=tokenizer,
+        sequence_length=sequence_length,
+        mask_selection_rate=masking.selection_rate,
+        mask_selection_length=max_selections(sequence_length, masking.selection_rate),
+        mask_token_rate=masking.mask_token_rate,
+        random_token_rate=masking.random_token_rate,
+    )
+
+
+def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = None) -> None:
+    """AdamW with warmup and linear decay, clipping, masked loss and metrics.
+
+    `settings` (precision and XLA) default to the first candidate of the
+    config's (`mlm.training.precision.candidates`): what it sets, or fp32 with XLA on
+    a CPU for "auto", which `mlm.training.precision.choose_step_settings` may change
+    before training.
+    """
+    backend = keras.backend.backend()
+    settings = settings or precision.candidates(
+        config.mixed_precision, config.jit_compile, backend=backend,
+        accelerator=precision.detect_accelerator(backend),
+    )[0]
+    precision.set_precision(task, settings.precision)
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=WarmupLinearDecay(
+            config.learning_rate, round(config.warmup_fraction * config.steps), config.steps
+        ),
+        weight_decay=config.weight_decay,
+        beta_1=config.beta_1,
+        beta_2=config.beta_2,
+        epsilon=config.epsilon,
+        global_clipnorm=config.clip_norm or None,
+    )
+    # As in BERT: no weight decay on biases and LayerNorm scales/offsets.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    task.compile(
+        optimizer=optimizer,
+        # Mean over masked tokens only (weights are 0 on unused mask slots).
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="mean_with_sample_weight"
+        ),
+        # Held-out loss and accuracy are computed exactly in mlm.evaluate; in
+        # training only the per-batch accuracy is tracked (weighted by masks).
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                          MaskedTokens()],
+        jit_compile=settings.jit_compile,
+    )
+
+
+@keras.saving.register_keras_serializable(package="mlm")
+class MaskedTokens(keras.metrics.Metric):
+    """The sum of the sample weights: masked tokens trained on (weights are 0 on unused
+    mask slots). Read with the other metrics, so counting costs no host round trip."""
+
+    def __init__(self, name="masked_tokens", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.total = self.add_variable(shape=(), initializer="zeros", dtype="float32",
+                                       name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        count = keras.ops.sum(keras.ops.cast(sample_weight, "float32")) \
+            if sample_weight is not None else keras.ops.cast(keras.ops.size(y_true), "float32")
+        self.total.assign_add(count)
+
+    def result(self):
+        return keras.ops.convert_to_tensor(self.total)  # a tensor, not the variable (JAX)
