@@ -2,7 +2,8 @@
 
 From a keras-hub tokenizer: `tokenizer.json` (built with `tokenizers`, giving
 the keras-hub tokenizer's ids, see `mlm.data.vocab.hf_tokenizer`), the
-family's own vocabulary files (`vocab.txt`; `vocab.json` + `merges.txt`),
+family's own vocabulary files (`vocab.txt`; `vocab.json` + `merges.txt`; the
+sentencepiece model),
 `tokenizer_config.json` and `special_tokens_map.json`. Needs no transformers.
 """
 
@@ -23,7 +24,7 @@ def write_tokenizer(tokenizer, *, family: str, tokenizer_class: str, folder: Pat
 
     Args:
         tokenizer: a keras-hub tokenizer of a MaskedLM preset.
-        family: its vocabulary family ("wordpiece" or "byte_bpe").
+        family: its vocabulary family ("wordpiece", "byte_bpe" or "sentencepiece").
         tokenizer_class: `tokenizer_config.json`'s class, e.g. "BertTokenizer".
         folder: the export folder (being written).
         max_length: the model's longest input, in tokens.
@@ -34,7 +35,8 @@ def write_tokenizer(tokenizer, *, family: str, tokenizer_class: str, folder: Pat
             f"supported: {', '.join(sorted(_WRITERS))}."
         )
     roles = _special_tokens(tokenizer, family=family)
-    fast, extra = _WRITERS[family](tokenizer, folder=folder, roles=roles)
+    options = {"tokenizer_class": tokenizer_class} if family == "sentencepiece" else {}
+    fast, extra = _WRITERS[family](tokenizer, folder=folder, roles=roles, **options)
     fast.save(str(folder / "tokenizer.json"))
     special = {f"{role}_token": token for role, token in roles.items()}
     atomic.write_json(folder / "special_tokens_map.json", special)
@@ -51,13 +53,25 @@ def _special_tokens(tokenizer, *, family: str) -> dict[str, str]:
     def token(token_id):
         return str(tokenizer.id_to_token(int(token_id)))
 
-    unknown = {"wordpiece": "[UNK]", "byte_bpe": "<unk>"}[family]
+    if family == "sentencepiece":
+        model = _model_proto(tokenizer)
+        unknown = model.pieces[model.trainer_spec.unk_id].piece
+    else:
+        unknown = {"wordpiece": "[UNK]", "byte_bpe": "<unk>"}[family]
     start, end = token(tokenizer.start_token_id), token(tokenizer.end_token_id)
     roles = {"cls": start, "sep": end, "pad": token(tokenizer.pad_token_id),
              "mask": token(tokenizer.mask_token_id), "unk": unknown}
-    if family == "byte_bpe":
+    if family != "wordpiece":
         roles.update(bos=start, eos=end)
     return roles
+
+
+def _model_proto(tokenizer):
+    from sentencepiece import sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(bytes(tokenizer.proto))
+    return model
 
 
 def _wordpiece(tokenizer, *, folder: Path, roles: dict):
@@ -110,4 +124,52 @@ def _add_special(fast, roles: dict, *, lstrip) -> None:
     ])
 
 
-_WRITERS = {"wordpiece": _wordpiece, "byte_bpe": _byte_bpe}
+# The sentencepiece model's file name, as transformers' and keras-hub's
+# converters look it up, by `tokenizer_config.json`'s class.
+SENTENCEPIECE_FILES = {
+    "XLMRobertaTokenizer": "sentencepiece.bpe.model",
+    "AlbertTokenizer": "spiece.model",
+    "DebertaV2Tokenizer": "spm.model",
+}
+# keras-hub's XLMRobertaTokenizer (fairseq): these take ids 0-3, the model's
+# pieces move up by one (its unknown piece, id 0, becomes "<unk>"), and "<mask>"
+# follows the last piece.
+_FAIRSEQ_PREFIX = ("<s>", "<pad>", "</s>", "<unk>")
+
+
+def _sentencepiece(tokenizer, *, folder: Path, roles: dict, tokenizer_class: str):
+    atomic.write_bytes(folder / SENTENCEPIECE_FILES[tokenizer_class], bytes(tokenizer.proto))
+    model = _model_proto(tokenizer)
+    pieces = [(p.piece, p.score) for p in model.pieces]
+    unk_id = model.trainer_spec.unk_id
+    if tokenizer_class == "XLMRobertaTokenizer":
+        if [piece for piece, _ in pieces[:3]] != ["<unk>", "<s>", "</s>"]:
+            raise MlmError(
+                f"the XLM-RoBERTa sentencepiece model must start with <unk>, <s>, </s> (as mlm "
+                f"learns it), but starts with {[piece for piece, _ in pieces[:3]]}."
+            )
+        # Piece i > 2 takes id i + 1; pieces 0-2 ("<unk>", "<s>", "</s>") are the prefix's.
+        pieces = [(t, 0.0) for t in _FAIRSEQ_PREFIX] + pieces[3:] + [("<mask>", 0.0)]
+        unk_id = _FAIRSEQ_PREFIX.index("<unk>")
+    fast = tokenizers.Tokenizer(tokenizers.models.Unigram(
+        pieces, unk_id=unk_id, byte_fallback=model.trainer_spec.byte_fallback))
+    # sentencepiece's normalization: its compiled rules (NFKC, with case
+    # folding for an uncased model), then no leading, trailing or repeated spaces.
+    fast.normalizer = tokenizers.normalizers.Sequence([
+        tokenizers.normalizers.Precompiled(model.normalizer_spec.precompiled_charsmap),
+        tokenizers.normalizers.Strip(),
+        tokenizers.normalizers.Replace(tokenizers.Regex(" {2,}"), " "),
+    ])
+    fast.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="always")
+    fast.decoder = tokenizers.decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    _add_special(fast, roles, lstrip=(roles["mask"],))
+    cls, sep = roles["cls"], roles["sep"]
+    fast.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, fast.token_to_id(cls)), (sep, fast.token_to_id(sep))],
+    )
+    return fast, {"do_lower_case": False, "keep_accents": True}
+
+
+_WRITERS = {"wordpiece": _wordpiece, "byte_bpe": _byte_bpe, "sentencepiece": _sentencepiece}
