@@ -27,6 +27,8 @@ class HeadNames:
 
 
 HEADS = {
+    "albert": HeadNames("predictions.dense", "predictions.LayerNorm", "predictions.decoder",
+                        "predictions.bias"),
     "bert": HeadNames("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
                       "cls.predictions.decoder", "cls.predictions.bias"),
     "roberta": HeadNames("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",

@@ -178,17 +178,21 @@ _DISTIL_BERT_LAYER = {
 
 def _put_encoder_layers(tensors: dict, backbone, *, prefix: str, names: dict) -> None:
     for i in range(backbone.num_layers):
-        block = backbone.get_layer(f"transformer_layer_{i}")
-        attention = block._self_attention_layer
-        p = f"{prefix}{i}."
-        _put_linear(tensors, p + names["query"], attention.query_dense)
-        _put_linear(tensors, p + names["key"], attention.key_dense)
-        _put_linear(tensors, p + names["value"], attention.value_dense)
-        _put_linear(tensors, p + names["output"], attention.output_dense)
-        _put_norm(tensors, p + names["attention_norm"], block._self_attention_layer_norm)
-        _put_linear(tensors, p + names["intermediate"], block._feedforward_intermediate_dense)
-        _put_linear(tensors, p + names["ffn_output"], block._feedforward_output_dense)
-        _put_norm(tensors, p + names["ffn_norm"], block._feedforward_layer_norm)
+        _put_encoder_layer(tensors, backbone.get_layer(f"transformer_layer_{i}"),
+                           prefix=f"{prefix}{i}.", names=names)
+
+
+def _put_encoder_layer(tensors: dict, block, *, prefix: str, names: dict) -> None:
+    """One keras-hub `TransformerEncoder` (post-norm) under torch names `prefix + names[...]`."""
+    attention, p = block._self_attention_layer, prefix
+    _put_linear(tensors, p + names["query"], attention.query_dense)
+    _put_linear(tensors, p + names["key"], attention.key_dense)
+    _put_linear(tensors, p + names["value"], attention.value_dense)
+    _put_linear(tensors, p + names["output"], attention.output_dense)
+    _put_norm(tensors, p + names["attention_norm"], block._self_attention_layer_norm)
+    _put_linear(tensors, p + names["intermediate"], block._feedforward_intermediate_dense)
+    _put_linear(tensors, p + names["ffn_output"], block._feedforward_output_dense)
+    _put_norm(tensors, p + names["ffn_norm"], block._feedforward_layer_norm)
 
 
 def _put_head(tensors: dict, task, *, model_type: str) -> None:
@@ -308,12 +312,62 @@ def _distil_bert_config(task) -> dict:
     }
 
 
+_ALBERT_LAYER = {
+    "query": "attention.query", "key": "attention.key", "value": "attention.value",
+    "output": "attention.dense", "attention_norm": "attention.LayerNorm",
+    "intermediate": "ffn", "ffn_output": "ffn_output", "ffn_norm": "full_layer_layer_norm",
+}
+
+
+def _albert_weights(task) -> dict:
+    backbone, tensors = task.backbone, {}
+    tensors["albert.embeddings.word_embeddings.weight"] = _np(backbone.token_embedding.embeddings)
+    tensors["albert.embeddings.position_embeddings.weight"] = _np(
+        backbone.position_embedding.position_embeddings)
+    tensors["albert.embeddings.token_type_embeddings.weight"] = _np(
+        backbone.segment_embedding.embeddings)
+    _put_norm(tensors, "albert.embeddings.LayerNorm", backbone.embeddings_layer_norm)
+    _put_linear(tensors, "albert.encoder.embedding_hidden_mapping_in",
+                backbone.embeddings_projection)
+    # Layers are shared: group g's inner layers are reused by its share of the depth.
+    for g in range(backbone.num_groups):
+        for i in range(backbone.num_inner_repetitions):
+            _put_encoder_layer(
+                tensors, backbone.get_layer(f"group_{g}_inner_layer_{i}"),
+                prefix=f"albert.encoder.albert_layer_groups.{g}.albert_layers.{i}.",
+                names=_ALBERT_LAYER)
+    _put_linear(tensors, "albert.pooler", backbone.pooled_dense)  # see `_bert_weights`
+    _put_head(tensors, task, model_type="albert")
+    return tensors
+
+
+def _albert_config(task) -> dict:
+    backbone, tokenizer = task.backbone, task.preprocessor.tokenizer
+    return {
+        **_encoder_sizes(backbone),
+        "embedding_size": backbone.embedding_dim,
+        "num_hidden_groups": backbone.num_groups,
+        "inner_group_num": backbone.num_inner_repetitions,
+        "max_position_embeddings": backbone.max_sequence_length,
+        "type_vocab_size": backbone.num_segments,
+        # keras-hub's ALBERT uses the tanh approximation of gelu, head included.
+        "hidden_act": "gelu_new",
+        "layer_norm_eps": 1e-12,
+        "classifier_dropout_prob": float(backbone.dropout),
+        "pad_token_id": int(tokenizer.pad_token_id),
+        "bos_token_id": int(tokenizer.start_token_id),
+        "eos_token_id": int(tokenizer.end_token_id),
+    }
+
+
 TARGETS = {
     "bert": _Target("bert", "BertForMaskedLM", "BertTokenizer", _bert_config, _bert_weights),
     "roberta": _Target("roberta", "RobertaForMaskedLM", "RobertaTokenizer", _roberta_config,
                        _roberta_weights),
     "xlm_roberta": _Target("xlm-roberta", "XLMRobertaForMaskedLM", "XLMRobertaTokenizer",
                            _roberta_config, _roberta_weights),
+    "albert": _Target("albert", "AlbertForMaskedLM", "AlbertTokenizer", _albert_config,
+                      _albert_weights),
     "distil_bert": _Target("distilbert", "DistilBertForMaskedLM", "DistilBertTokenizer",
                            _distil_bert_config, _distil_bert_weights),
 }
