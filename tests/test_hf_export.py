@@ -266,7 +266,7 @@ def test_unsupported_architecture_is_named(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_corrupt_checkpoint_and_headless_preset_are_refused(exports, tmp_path):
+def test_run_checkpoints_export_and_corrupt_or_headless_ones_are_refused(exports, tmp_path):
     import shutil
 
     preset, _, _ = exports["bert"]
@@ -280,6 +280,9 @@ def test_corrupt_checkpoint_and_headless_preset_are_refused(exports, tmp_path):
         name: {"size": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
         for name, p in files.items()}}
     (step / "manifest.json").write_text(json.dumps(manifest))
+    proc = _cli(str(run), "--step", "3", "--format", "transformers", "--out", str(tmp_path / "ok"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "ok" / "model.safetensors").is_file()
     weights = step / "preset" / "model.weights.h5"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -295,3 +298,16 @@ def test_corrupt_checkpoint_and_headless_preset_are_refused(exports, tmp_path):
     proc = _cli(str(headless), "--format", "transformers", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "no MaskedLM head" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_writing_needs_neither_torch_nor_transformers(exports, tmp_path):
+    preset, _, _ = exports["roberta"]
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from mlm.run.hf_export import export_transformers\n"
+        f"export_transformers({str(preset)!r}, out={str(tmp_path / 'out')!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
