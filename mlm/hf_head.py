@@ -21,7 +21,8 @@ class HeadNames:
     # The Linear after the encoder (then gelu), and the layer norm after it.
     dense: str
     norm: str
-    # The tied decoder (its weight is the token embedding) and its output bias.
+    # The tied decoder (its weight is the token embedding; "": none written) and its
+    # output bias.
     decoder: str
     bias: str
 
@@ -35,6 +36,10 @@ HEADS = {
                          "lm_head.bias"),
     "xlm-roberta": HeadNames("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",
                              "lm_head.bias"),
+    # Not the legacy head (`"legacy": false`): the decoder is the token embedding
+    # itself, no parameter of its own. keras-hub has no DeBERTa converter back.
+    "deberta-v2": HeadNames("lm_predictions.lm_head.dense", "lm_predictions.lm_head.LayerNorm",
+                            "", "lm_predictions.lm_head.bias"),
     "distilbert": HeadNames("vocab_transform", "vocab_layer_norm", "vocab_projector",
                             "vocab_projector.bias"),
 }

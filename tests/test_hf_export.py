@@ -26,12 +26,15 @@ NAMES = sorted(TARGETS)
 TOLERANCE = 1e-4
 # transformers' BERT applies the encoder's activation in the masked-LM head too
 # (keras-hub: tanh-approximated gelu in the encoder, exact gelu in the head), and
-# its BERT, DistilBERT and ALBERT heads normalise with the encoder's eps 1e-12
-# where keras-hub's `MaskedLMHead` has 1e-5. No config.json expresses keras-hub's
-# head, so the logits of these three differ by 1e-4 to 5e-4 on these perturbed
-# weights (BERT: gelu about 3.4e-4, eps about 1.1e-4); RoBERTa and XLM-RoBERTa,
-# whose heads match, agree to float32 noise (1e-6).
-HEAD_TOLERANCE = {"bert": 1e-3, "distil_bert": 1e-3, "albert": 1e-3}
+# its BERT, DistilBERT, ALBERT and DeBERTaV2 heads normalise with the encoder's
+# eps (1e-12; DeBERTa 1e-7) where keras-hub's `MaskedLMHead` has 1e-5. No
+# config.json expresses keras-hub's head, so the logits of these four differ by
+# 1e-4 to 5e-4 on these perturbed weights (BERT: gelu about 3.4e-4, eps about
+# 1.1e-4; the others: with the head's eps set to 1e-5 in torch, under 1e-6);
+# RoBERTa and XLM-RoBERTa, whose heads match, agree to float32 noise (1e-6).
+HEAD_TOLERANCE = {"bert": 1e-3, "distil_bert": 1e-3, "albert": 1e-3, "deberta_v3": 1e-3}
+# keras-hub 0.32 converts no DeBERTa checkpoint from transformers.
+NO_CONVERTER_BACK = ("deberta_v3",)
 # Held-out text: documents the tiny vocabularies were not learned from.
 HELD_OUT = sample_documents(4, start=1100)
 assert len(HELD_OUT) == 4
@@ -40,7 +43,7 @@ FILL_TEXTS = ("In the beginning God created the {mask}.",
 
 _TINY_BACKBONE = {
     "num_layers": 1, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64,
-    "max_sequence_length": 64, "head_size": 16,
+    "max_sequence_length": 64, "head_size": 16, "bucket_size": 16,
 }
 # Arguments some backbones need besides those; ALBERT shares its one layer twice.
 _EXTRA_BACKBONE = {"albert": {"embedding_dim": 16, "num_layers": 2}}
@@ -222,6 +225,8 @@ def test_fill_mask_pipeline_gives_mlm_top5(exports, name):
 def test_round_trip_through_keras_hub_converter(exports, name):
     from mlm.hub import load_masked_lm
 
+    if name in NO_CONVERTER_BACK:
+        pytest.skip(f"keras-hub has no converter from transformers for {name}")
     preset, out, _ = exports[name]
     task, back = _keras_task(preset), load_masked_lm(str(out))
     for text in HELD_OUT[:2]:

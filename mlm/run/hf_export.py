@@ -200,8 +200,10 @@ def _put_head(tensors: dict, task, *, model_type: str) -> None:
     names, head = HEADS[model_type], task.masked_lm_head
     _put_linear(tensors, names.dense, head._intermediate_dense)
     _put_norm(tensors, names.norm, head._intermediate_layer_norm)
-    tensors[f"{names.decoder}.weight"] = _np(task.backbone.token_embedding.embeddings)
-    tensors[f"{names.decoder}.bias"] = tensors[names.bias] = _np(head._bias)
+    tensors[names.bias] = _np(head._bias)
+    if names.decoder:
+        tensors[f"{names.decoder}.weight"] = _np(task.backbone.token_embedding.embeddings)
+        tensors[f"{names.decoder}.bias"] = tensors[names.bias]
 
 
 def _bert_weights(task) -> dict:
@@ -360,6 +362,52 @@ def _albert_config(task) -> dict:
     }
 
 
+def _deberta_v3_weights(task) -> dict:
+    backbone, tensors = task.backbone, {}
+    tensors["deberta.embeddings.word_embeddings.weight"] = _np(
+        backbone.token_embedding.embeddings)
+    _put_norm(tensors, "deberta.embeddings.LayerNorm", backbone.embeddings_layer_norm)
+    relative = backbone.get_layer("rel_embedding")
+    tensors["deberta.encoder.rel_embeddings.weight"] = _np(relative.rel_embeddings)
+    _put_norm(tensors, "deberta.encoder.LayerNorm", relative.layer_norm)
+    for i in range(backbone.num_layers):
+        block = backbone.get_layer(f"disentangled_attention_encoder_layer_{i}")
+        attention, p = block._self_attention_layer, f"deberta.encoder.layer.{i}."
+        _put_linear(tensors, p + "attention.self.query_proj", attention._query_dense)
+        _put_linear(tensors, p + "attention.self.key_proj", attention._key_dense)
+        _put_linear(tensors, p + "attention.self.value_proj", attention._value_dense)
+        _put_linear(tensors, p + "attention.output.dense", attention._output_dense)
+        _put_norm(tensors, p + "attention.output.LayerNorm", block._self_attention_layer_norm)
+        _put_linear(tensors, p + "intermediate.dense", block._feedforward_intermediate_dense)
+        _put_linear(tensors, p + "output.dense", block._feedforward_output_dense)
+        _put_norm(tensors, p + "output.LayerNorm", block._feedforward_layer_norm)
+    _put_head(tensors, task, model_type="deberta-v2")
+    return tensors
+
+
+def _deberta_v3_config(task) -> dict:
+    backbone = task.backbone
+    return {
+        **_encoder_sizes(backbone),
+        "max_position_embeddings": backbone.max_sequence_length,
+        # DeBERTaV3's disentangled attention: log-bucketed relative positions,
+        # content-to-position and position-to-content terms with shared keys,
+        # a normalised relative embedding, no absolute positions or segments.
+        "relative_attention": True,
+        "position_buckets": backbone.bucket_size,
+        "max_relative_positions": -1,
+        "pos_att_type": ["p2c", "c2p"],
+        "share_att_key": True,
+        "norm_rel_ebd": "layer_norm",
+        "position_biased_input": False,
+        "type_vocab_size": 0,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-7,
+        "pad_token_id": int(task.preprocessor.tokenizer.pad_token_id),
+        "legacy": False,
+    }
+
+
 TARGETS = {
     "bert": _Target("bert", "BertForMaskedLM", "BertTokenizer", _bert_config, _bert_weights),
     "roberta": _Target("roberta", "RobertaForMaskedLM", "RobertaTokenizer", _roberta_config,
@@ -368,6 +416,8 @@ TARGETS = {
                            _roberta_config, _roberta_weights),
     "albert": _Target("albert", "AlbertForMaskedLM", "AlbertTokenizer", _albert_config,
                       _albert_weights),
+    "deberta_v3": _Target("deberta-v2", "DebertaV2ForMaskedLM", "PreTrainedTokenizerFast",
+                          _deberta_v3_config, _deberta_v3_weights),
     "distil_bert": _Target("distilbert", "DistilBertForMaskedLM", "DistilBertTokenizer",
                            _distil_bert_config, _distil_bert_weights),
 }

@@ -130,6 +130,9 @@ SENTENCEPIECE_FILES = {
     "XLMRobertaTokenizer": "sentencepiece.bpe.model",
     "AlbertTokenizer": "spiece.model",
     "DebertaV2Tokenizer": "spm.model",
+    # DeBERTa's: transformers 5's DebertaV2Tokenizer rebuilds its normalizer
+    # (no case folding) instead of reading tokenizer.json, so the generic class.
+    "PreTrainedTokenizerFast": "spm.model",
 }
 # keras-hub's XLMRobertaTokenizer (fairseq): these take ids 0-3, the model's
 # pieces move up by one (its unknown piece, id 0, becomes "<unk>"), and "<mask>"
