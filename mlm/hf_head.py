@@ -40,6 +40,8 @@ HEADS = {
     # itself, no parameter of its own. keras-hub has no DeBERTa converter back.
     "deberta-v2": HeadNames("lm_predictions.lm_head.dense", "lm_predictions.lm_head.LayerNorm",
                             "", "lm_predictions.lm_head.bias"),
+    "fnet": HeadNames("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                      "cls.predictions.decoder", "cls.predictions.bias"),
     "distilbert": HeadNames("vocab_transform", "vocab_layer_norm", "vocab_projector",
                             "vocab_projector.bias"),
 }

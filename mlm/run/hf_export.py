@@ -408,6 +408,48 @@ def _deberta_v3_config(task) -> dict:
     }
 
 
+def _f_net_weights(task) -> dict:
+    backbone, tensors = task.backbone, {}
+    tensors["fnet.embeddings.word_embeddings.weight"] = _np(backbone.token_embedding.embeddings)
+    tensors["fnet.embeddings.position_embeddings.weight"] = _np(
+        backbone.position_embedding.position_embeddings)
+    tensors["fnet.embeddings.token_type_embeddings.weight"] = _np(
+        backbone.segment_embedding.embeddings)
+    _put_norm(tensors, "fnet.embeddings.LayerNorm", backbone.embeddings_layer_norm)
+    _put_linear(tensors, "fnet.embeddings.projection", backbone.embedding_projection)
+    for i in range(backbone.num_layers):
+        block, p = backbone.get_layer(f"f_net_layer_{i}"), f"fnet.encoder.layer.{i}."
+        # The Fourier mixing has no weights, only the layer norm after it.
+        _put_norm(tensors, p + "fourier.output.LayerNorm", block._mixing_layer_norm)
+        _put_linear(tensors, p + "intermediate.dense", block._intermediate_dense)
+        _put_linear(tensors, p + "output.dense", block._output_dense)
+        _put_norm(tensors, p + "output.LayerNorm", block._output_layer_norm)
+    _put_linear(tensors, "fnet.pooler.dense", backbone.pooled_dense)
+    _put_head(tensors, task, model_type="fnet")
+    return tensors
+
+
+def _f_net_config(task) -> dict:
+    backbone, tokenizer = task.backbone, task.preprocessor.tokenizer
+    return {
+        "vocab_size": backbone.vocabulary_size,
+        "hidden_size": backbone.hidden_dim,
+        "num_hidden_layers": backbone.num_layers,
+        "intermediate_size": backbone.intermediate_dim,
+        "hidden_dropout_prob": float(backbone.dropout),
+        "max_position_embeddings": backbone.max_sequence_length,
+        "type_vocab_size": backbone.num_segments,
+        # keras-hub's FNet uses the tanh approximation of gelu in the encoder.
+        "hidden_act": "gelu_new",
+        "layer_norm_eps": 1e-12,
+        # torch.fft.fftn over (sequence, hidden), real part: keras-hub's `ops.fft2`.
+        "use_tpu_fourier_optimizations": False,
+        "pad_token_id": int(tokenizer.pad_token_id),
+        "bos_token_id": int(tokenizer.start_token_id),
+        "eos_token_id": int(tokenizer.end_token_id),
+    }
+
+
 TARGETS = {
     "bert": _Target("bert", "BertForMaskedLM", "BertTokenizer", _bert_config, _bert_weights),
     "roberta": _Target("roberta", "RobertaForMaskedLM", "RobertaTokenizer", _roberta_config,
@@ -418,6 +460,8 @@ TARGETS = {
                       _albert_weights),
     "deberta_v3": _Target("deberta-v2", "DebertaV2ForMaskedLM", "PreTrainedTokenizerFast",
                           _deberta_v3_config, _deberta_v3_weights),
+    "f_net": _Target("fnet", "FNetForMaskedLM", "PreTrainedTokenizerFast", _f_net_config,
+                     _f_net_weights),
     "distil_bert": _Target("distilbert", "DistilBertForMaskedLM", "DistilBertTokenizer",
                            _distil_bert_config, _distil_bert_weights),
 }
