@@ -106,8 +106,9 @@ def _target_of(task):
     row = architecture_of_backbone(task.backbone)
     if row.name not in TARGETS:
         raise MlmError(
-            f"architecture {row.name} cannot be exported to transformers (it has no matching "
-            f"masked-LM class); supported: {', '.join(sorted(TARGETS))}."
+            f"architecture {row.name} cannot be exported to transformers (no transformers "
+            f"masked-LM class computes what keras-hub's {row.backbone} does); "
+            f"supported: {', '.join(sorted(TARGETS))}."
         )
     return row, TARGETS[row.name]
 

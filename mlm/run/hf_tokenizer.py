@@ -80,7 +80,7 @@ def _wordpiece(tokenizer, *, folder: Path, roles: dict):
     lines = [str(t) for t in tokenizer.vocabulary]
     atomic.write_text(folder / "vocab.txt", "\n".join(lines) + "\n")
     with tempfile.TemporaryDirectory(prefix="mlm_hf_vocab_") as tmp:
-        path = Path(tmp) / vocab.WORDPIECE_VOCABULARY_FILE
+        (path,) = vocab.vocabulary_files(Path(tmp), family="wordpiece")
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         fast = vocab.hf_tokenizer(path, family="wordpiece", lowercase=bool(tokenizer.lowercase))
     _add_special(fast, roles, lstrip=())
@@ -102,9 +102,9 @@ def _byte_bpe(tokenizer, *, folder: Path, roles: dict):
     atomic.write_text(folder / "vocab.json", json.dumps(vocabulary, ensure_ascii=False))
     atomic.write_text(folder / "merges.txt", merges)
     with tempfile.TemporaryDirectory(prefix="mlm_hf_vocab_") as tmp:
-        path = Path(tmp) / vocab.BYTE_BPE_VOCABULARY_FILE
+        path, merges_path = vocab.vocabulary_files(Path(tmp), family="byte_bpe")
         path.write_text(json.dumps(vocabulary), encoding="utf-8")
-        (Path(tmp) / vocab.BYTE_BPE_MERGES_FILE).write_text(merges, encoding="utf-8")
+        merges_path.write_text(merges, encoding="utf-8")
         fast = vocab.hf_tokenizer(path, family="byte_bpe", lowercase=False)
     # As RoBERTa's "<mask>": it takes the space before it, "the <mask>" is "the" + mask.
     _add_special(fast, roles, lstrip=(roles["mask"],))
