@@ -22,6 +22,7 @@ _EXPORTS = {
     "fill_mask": "mlm.predict",
     "load_masked_lm": "mlm.hub",
     "export_checkpoint": "mlm.run.export",
+    "export_transformers": "mlm.run.hf_export",
     "train_vocabulary": "mlm.data.vocab",
     "write_report": "mlm.run.report",
     "build_report": "mlm.run.report",

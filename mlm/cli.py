@@ -48,9 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
 
     p = sub.add_parser("export", help="copy a checkpoint of a run to a preset folder")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory (or, with --format transformers, a preset)")
     p.add_argument("--step", type=int, default=None, help="default: the newest checkpoint")
     p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=("keras-hub", "transformers"), default="keras-hub",
+                   help="a keras-hub preset, or a HuggingFace transformers folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--format transformers: replace an existing --out")
 
     p = sub.add_parser("vocab", help="learn a vocabulary from a corpus")
     p.add_argument("--corpus", nargs="+", default=None, metavar="PATH")
@@ -314,6 +318,13 @@ def _predict(args) -> None:
 
 def _export(args) -> None:
     _import_tensorflow_quietly()
+    if args.format == "transformers":
+        from mlm.run.hf_export import export_transformers
+
+        out = export_transformers(Path(args.run_dir), out=Path(args.out), step=args.step,
+                                  overwrite=args.overwrite)
+        print(f"transformers checkpoint written to {out}")
+        return
     from mlm.run.export import export_checkpoint
 
     out = export_checkpoint(Path(args.run_dir), out=Path(args.out), step=args.step)

@@ -24,7 +24,12 @@ def load_masked_lm(preset: str):
     """
     import keras_hub
 
-    return _load(keras_hub.models.MaskedLM.from_preset, preset)
+    from mlm.hf_head import port_masked_lm_head
+
+    task = _load(keras_hub.models.MaskedLM.from_preset, preset)
+    # keras-hub's converters port a HuggingFace folder's backbone, not its head.
+    port_masked_lm_head(task, preset)
+    return task
 
 
 def load_tokenizer(preset: str):
@@ -177,6 +182,10 @@ def preset_has_masked_lm_head(preset: str) -> bool:
     """Whether `preset` carries a MaskedLM task (head weights), not just a backbone."""
     import keras_hub
 
+    from mlm.hf_head import head_tensors
+
+    if Path(preset).is_dir() and head_tensors(preset) is not None:
+        return True  # a HuggingFace `*ForMaskedLM` folder (see `load_masked_lm`)
     # keras-hub's own test of the same question in `KerasPresetLoader.load_task`.
     from keras_hub.src.utils.preset_utils import (
         TASK_CONFIG_FILE,
