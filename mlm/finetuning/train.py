@@ -40,7 +40,8 @@ from mlm.finetuning.config import (
 from mlm.finetuning.metrics import classification_metrics
 from mlm.finetuning.report import write_finetune_report
 from mlm.progress import Progress
-from mlm.training.loop import WarmupLinearDecay
+from mlm.run.directory import RunDir
+from mlm.training.schedule import WarmupLinearDecay
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
@@ -183,11 +184,14 @@ def fit_epochs(model, *, splits: Splits, config: FinetuneConfig, run_dir: Path,
     steps_per_epoch = math.ceil(len(y) / config.batch_size)
     compile_classifier(model, config, total_steps=steps_per_epoch * config.epochs)
     start, best, history = 0, None, []
+    run = RunDir(run_dir)  # the one reader and writer of metrics.jsonl
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         start, best = restore_checkpoint(model, latest)
-        history = [r for r in _read_metrics(run_dir) if r["epoch"] <= start]
         say(f"resuming after epoch {start} from {latest}")
+    # Epochs after the checkpoint resumed from are written again (all, without one).
+    run.trim_metrics(step=start * steps_per_epoch)
+    history = [r for r in run.read_metrics(say=say) if "epoch" in r]
     with preprocessor_detached(model):
         for epoch in range(start + 1, config.epochs + 1):
             began = time.monotonic()
@@ -211,8 +215,7 @@ def fit_epochs(model, *, splits: Splits, config: FinetuneConfig, run_dir: Path,
             if best is None or validation["macro_f1"] > best["validation"]["macro_f1"]:
                 best = {"epoch": epoch, "validation": validation}
             save_checkpoint(model, run_dir=run_dir, epoch=epoch, best=best)
-            atomic.write_text(run_dir / "metrics.jsonl",
-                              "".join(json.dumps(r) + "\n" for r in history))
+            run.append_metrics(record)
             say(f"epoch {epoch}/{config.epochs}: train loss {record['train_loss']:.4f}, "
                 f"validation accuracy {record['val_accuracy']:.4f}, macro-F1 "
                 f"{record['val_macro_f1']:.4f}, loss {record['val_loss']:.4f}")
@@ -364,13 +367,6 @@ def _read_run(run_dir: Path) -> dict:
     if not path.is_file():
         raise MlmError(f"nothing to resume in {run_dir}: it has no finetune.json.")
     return json.loads(path.read_text())
-
-
-def _read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @contextlib.contextmanager
