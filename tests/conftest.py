@@ -117,10 +117,10 @@ def run_mlm(*args, in_process=False, env=None, check=False) -> tuple[int, str, s
     if in_process:
         from mlm.cli import main
 
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             code = main(args)
-        code, out, err = code, out.getvalue(), err.getvalue()
+        out, err = stdout.getvalue(), stderr.getvalue()
     else:
         proc = subprocess.run([sys.executable, "-m", "mlm", *args], env=env,
                               capture_output=True, text=True, timeout=600)
