@@ -1,8 +1,11 @@
 """The Python API: `import mlm` is cheap and exposes the commands as functions."""
 
+import pytest
+
 from tests.conftest import run_python
 
 
+@pytest.mark.slow
 def test_import_mlm_loads_no_tensorflow_and_exposes_the_api():
     program = (
         "import sys, mlm\n"
@@ -31,6 +34,7 @@ def test_unknown_attribute_is_an_attribute_error():
         raise AssertionError("expected AttributeError")
 
 
+@pytest.mark.slow
 def test_api_functions_stay_functions_after_their_modules_are_imported():
     # The run story lives in `mlm.pretraining`, not `mlm.pretrain`: a submodule
     # named like an API function would replace it on the package once imported.

@@ -120,6 +120,7 @@ def test_export_of_a_run_without_checkpoints(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_real_process_exits_2_without_traceback(tmp_path):
     code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", tmp_path / "missing",
                            "--run-dir", tmp_path / "run")

@@ -185,6 +185,7 @@ def bert_task(tmp_path):
     return task, batch, preprocessor
 
 
+@pytest.mark.slow
 def test_real_probe_leaves_the_task_as_it_found_it(tmp_path, bert_task):
     task, batch, _ = bert_task
     before = [np.array(v.numpy()) for v in task.variables]
@@ -214,6 +215,7 @@ def test_unknown_precision_or_jit_value_is_a_clear_error():
     assert config.apply_overrides(recipe, ["train.jit_compile=true"]).train.jit_compile is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("policy", "compute", "tolerance"),
                          [("mixed_bfloat16", "bfloat16", 0.1), ("mixed_float16", "float16", 0.01)])
 def test_mixed_precision_trains_and_saves_a_float32_preset(tmp_path, bert_task, policy, compute,

@@ -13,7 +13,8 @@ from mlm.progress import format_duration
 from mlm.run.report import wall_time
 from tests.conftest import read_metrics, run_mlm, small_recipe, tensorboard_scalars
 
-pytestmark = pytest.mark.slow
+# Not marked slow: the one run here is the fast loop's end-to-end run of the test
+# recipe (pretraining, the loop, evaluation, export, the report, fill-mask).
 
 
 @pytest.fixture(scope="module")
