@@ -1,12 +1,18 @@
-"""Shared fixtures: small slices of the shipped sample corpus."""
+"""Shared fixtures and helpers: slices of the shipped sample corpus, a shrunk recipe,
+a tiny task, running the CLI, reading a run's metrics, and comparing weights."""
 
+import contextlib
 import gzip
 import importlib.resources
+import io
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -40,6 +46,144 @@ def held_out_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("held") / "kjv_held.txt"
     path.write_text("\n\n".join(sample_documents(10, start=1000)) + "\n", encoding="utf-8")
     return path
+
+
+def corpus_overrides(corpus, held_out=None) -> list[str]:
+    """`--set` overrides that point a recipe at the `corpus` file (and `held_out`)."""
+    overrides = [f"corpus.paths={json.dumps([str(corpus)])}"]
+    if held_out is not None:
+        overrides.append(f"corpus.held_out_paths={json.dumps([str(held_out)])}")
+    return overrides
+
+
+def small_recipe(corpus=None, held_out=None, *, name="bert_test", overrides=()):
+    """The `name` recipe on `corpus` (and `held_out`) with `overrides` applied after."""
+    from mlm.config import apply_overrides, load_recipe
+
+    on_corpus = corpus_overrides(corpus, held_out) if corpus is not None else []
+    return apply_overrides(load_recipe(name), [*on_corpus, *overrides])
+
+
+# The tiny task's vocabulary and text: every word known, so its assertions are exact.
+TINY_VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on",
+                   "mat", "."]
+TINY_TEXT = ["the cat sat on the mat ."] * 2
+
+
+def tiny_task(*, vocabulary=TINY_VOCABULARY, overrides=(), seed=0, steps=0, texts=TINY_TEXT):
+    """A compiled `bert_test` BertMaskedLM trained `steps` steps on `texts`.
+
+    Built as `mlm.pretrain` builds it (recipe -> `build_task` -> `compile_task`),
+    with its preprocessor detached as in training.
+
+    Args:
+        vocabulary: the WordPiece vocabulary, a list of tokens or a file's path.
+        overrides: `--set` overrides of the `bert_test` recipe (model, masking, train).
+        seed: the Keras seed set before the weights are drawn.
+        steps: optimizer steps taken, each on the one batch `preprocessor(texts)`.
+        texts: the documents of that batch.
+
+    Returns:
+        `(task, preprocessor)`.
+    """
+    import keras
+    import keras_hub
+
+    from mlm.architectures import get_architecture
+    from mlm.training.task import build_task, compile_task
+
+    recipe = small_recipe(overrides=overrides)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
+    keras.utils.set_random_seed(seed)
+    task = build_task(recipe.model, arch=get_architecture("bert"), tokenizer=tokenizer,
+                      masking=recipe.masking)
+    compile_task(task, recipe.train)
+    preprocessor, task.preprocessor = task.preprocessor, None
+    if steps:
+        x, y, w = preprocessor(texts)
+        for _ in range(steps):
+            task.train_on_batch(x, y, sample_weight=w)
+    return task, preprocessor
+
+
+def run_mlm(*args, in_process=False, env=None, check=False) -> tuple[int, str, str]:
+    """Runs `mlm *args`: `(exit status, stdout, stderr)`.
+
+    In a fresh `python -m mlm` process (`env` its environment), or with
+    `in_process=True` through `mlm.cli.main` in this one, which is faster.
+    `check=True` fails the test, with the end of stderr, unless the status is 0.
+    """
+    args = [str(a) for a in args]
+    if in_process:
+        from mlm.cli import main
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            code = main(args)
+        out, err = stdout.getvalue(), stderr.getvalue()
+    else:
+        proc = subprocess.run([sys.executable, "-m", "mlm", *args], env=env,
+                              capture_output=True, text=True, timeout=600)
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    if check and code != 0:
+        raise AssertionError(f"mlm {' '.join(args)} exited {code}:\n{err[-3000:]}")
+    return code, out, err
+
+
+def run_python(code: str, *, env=None) -> str:
+    """Runs `code` (dedented) in a fresh interpreter; fails unless it exits 0; its stdout."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of `run_dir/metrics.jsonl`, in order, through the run directory's reader;
+    a torn line fails the test."""
+    from mlm.run.directory import RunDir
+
+    return RunDir(run_dir).read_metrics(say=pytest.fail)
+
+
+def saved_arrays(folder) -> dict[str, np.ndarray]:
+    """Every array in the `*.weights.h5` and `*.npz` files under `folder`, by file and name.
+
+    A preset folder gives its weights; a checkpoint folder also its optimizer
+    state and dropout seeds.
+    """
+    import h5py
+
+    folder, arrays = Path(folder), {}
+    for path in sorted(folder.rglob("*.weights.h5")):
+        prefix = path.relative_to(folder).as_posix()
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj, prefix=prefix: arrays.__setitem__(
+                f"{prefix}/{name}", obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    for path in sorted(folder.rglob("*.npz")):
+        prefix = path.relative_to(folder).as_posix()
+        with np.load(path) as npz:
+            arrays.update({f"{prefix}/{key}": npz[key] for key in npz.files})
+    return arrays
+
+
+def max_weight_difference(a, b) -> float:
+    """Largest absolute difference, in float64, between two models' weights.
+
+    `a` and `b` are Keras models, preset or checkpoint folders (`saved_arrays`),
+    or dicts of arrays; both must hold the same arrays.
+    """
+    def arrays(source):
+        if isinstance(source, (str, Path)):
+            return saved_arrays(source)
+        if hasattr(source, "get_weights"):
+            return dict(enumerate(source.get_weights()))
+        return source
+
+    a, b = arrays(a), arrays(b)
+    assert a and sorted(a) == sorted(b), (sorted(a), sorted(b))
+    return max(float(np.max(np.abs(np.asarray(a[k], np.float64) - np.asarray(b[k], np.float64))))
+               for k in a)
 
 
 def tensorboard_scalars(logdir) -> list[tuple[str, int, str, float]]:
@@ -101,15 +245,12 @@ def jax_run(tmp_path_factory, jax_env, small_corpus, held_out_corpus):
     The same process writes its preset's logits to `run_dir/../jax_logits.npy`.
     """
     run_dir = tmp_path_factory.mktemp("jax") / "run"
+    overrides = [*JAX_RUN_OVERRIDES, *corpus_overrides(small_corpus, held_out_corpus)]
     code = f"""
 import mlm
-recipe = mlm.apply_overrides(mlm.load_recipe("bert_test"), [
-    *{list(JAX_RUN_OVERRIDES)!r},
-    'corpus.paths=["{small_corpus}"]', 'corpus.held_out_paths=["{held_out_corpus}"]'])
+recipe = mlm.apply_overrides(mlm.load_recipe("bert_test"), {overrides!r})
 mlm.pretrain(recipe, run_dir="{run_dir}", quiet=True)
 PRESET, OUT = "{run_dir / 'preset'}", "{run_dir.parent / 'jax_logits.npy'}"
 """ + LOGITS_CODE
-    proc = subprocess.run([sys.executable, "-c", code], env={**jax_env, "KERAS_BACKEND": "jax"},
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_python(code, env={**jax_env, "KERAS_BACKEND": "jax"})
     return run_dir

@@ -1,9 +1,11 @@
 """The Python API: `import mlm` is cheap and exposes the commands as functions."""
 
-import subprocess
-import sys
+import pytest
+
+from tests.conftest import run_python
 
 
+@pytest.mark.slow
 def test_import_mlm_loads_no_tensorflow_and_exposes_the_api():
     program = (
         "import sys, mlm\n"
@@ -18,10 +20,7 @@ def test_import_mlm_loads_no_tensorflow_and_exposes_the_api():
         "    m.name != '__main__' and importlib.import_module('mlm.' + m.name)\n"
         "print(all(callable(getattr(mlm, n)) for n in names))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["False", "True", "True", "True", "True"]
+    assert run_python(program).split() == ["False", "True", "True", "True", "True"]
 
 
 def test_unknown_attribute_is_an_attribute_error():
@@ -35,6 +34,7 @@ def test_unknown_attribute_is_an_attribute_error():
         raise AssertionError("expected AttributeError")
 
 
+@pytest.mark.slow
 def test_api_functions_stay_functions_after_their_modules_are_imported():
     # The run story lives in `mlm.pretraining`, not `mlm.pretrain`: a submodule
     # named like an API function would replace it on the package once imported.
@@ -46,7 +46,4 @@ def test_api_functions_stay_functions_after_their_modules_are_imported():
         "print(first is mlm.pretrain, isinstance(mlm.pretrain, types.FunctionType))\n"
         "print(mlm.run.report.write_report is mlm.write_report)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["True", "True", "True"]
+    assert run_python(program).split() == ["True", "True", "True"]

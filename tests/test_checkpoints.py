@@ -3,12 +3,10 @@
 import errno
 import json
 
-import keras
 import keras_hub
 import numpy as np
 import pytest
 
-from mlm.config import TrainConfig
 from mlm.errors import MlmError
 from mlm.run.checkpoints import (
     find_checkpoint,
@@ -22,39 +20,27 @@ from mlm.run.checkpoints import (
 )
 from mlm.run.export import export_checkpoint
 from mlm.training.task import compile_task
+from tests.conftest import TINY_TEXT, TINY_VOCABULARY, small_recipe, tiny_task
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
 SEQUENCE_LENGTH = 16
-TEXT = ["the cat sat on the mat ."] * 2
+# One layer, dropout 0.1 (keras-hub's default) so that the dropout seeds are state
+# to restore, and every token selected for masking.
+OVERRIDES = ["model.sequence_length=16",
+             "model.backbone.intermediate_dim=32", "model.backbone.dropout=0.1",
+             "masking.selection_rate=1.0"]
 
 
-def _task(*, hidden_dim=16, seed=0):
-    """A compiled one-layer BertMaskedLM (dropout 0.1, keras-hub's default), detached
-    from its preprocessor as in training."""
-    keras.utils.set_random_seed(seed)
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True)
-    preprocessor = keras_hub.models.BertMaskedLMPreprocessor(
-        tokenizer, sequence_length=SEQUENCE_LENGTH, mask_selection_rate=1.0,
-        mask_selection_length=4,
-    )
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCAB), num_layers=1, num_heads=2, hidden_dim=hidden_dim,
-        intermediate_dim=2 * hidden_dim, max_sequence_length=SEQUENCE_LENGTH,
-    )
-    task = keras_hub.models.BertMaskedLM(backbone, preprocessor=preprocessor)
-    compile_task(task, TrainConfig(jit_compile=False))
-    task.preprocessor = None
-    return task, preprocessor
+def _task(*, hidden_dim=16, steps=0):
+    """(task, preprocessor): a compiled one-layer BertMaskedLM, detached from its
+    preprocessor as in training."""
+    return tiny_task(overrides=[*OVERRIDES, f"model.backbone.hidden_dim={hidden_dim}"],
+                     steps=steps)
 
 
 @pytest.fixture(scope="module")
 def trained():
     """(task, preprocessor) after two optimizer steps."""
-    task, preprocessor = _task()
-    x, y, w = preprocessor(TEXT)
-    for _ in range(2):
-        task.train_on_batch(x, y, sample_weight=w)
-    return task, preprocessor
+    return _task(steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +90,7 @@ def test_checkpoint_preset_loads_with_preprocessor_and_exact_weights(trained, sa
     assert isinstance(loaded, keras_hub.models.BertMaskedLM)
     assert isinstance(loaded.preprocessor, keras_hub.models.BertMaskedLMPreprocessor)
     assert loaded.preprocessor.sequence_length == SEQUENCE_LENGTH
-    assert loaded.preprocessor.tokenizer.get_vocabulary() == VOCAB
+    assert loaded.preprocessor.tokenizer.get_vocabulary() == TINY_VOCABULARY
     expected, actual = task.get_weights(), loaded.get_weights()
     assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):
@@ -212,7 +198,7 @@ def test_restored_training_state_continues_bit_for_bit(trained, saved):
     task, preprocessor = trained
     _, path = saved
     fresh = keras_hub.models.MaskedLM.from_preset(str(path / "preset"))
-    compile_task(fresh, TrainConfig(jit_compile=False))
+    compile_task(fresh, small_recipe().train)
     fresh.preprocessor = None
     # The preset alone does not hold the dropout seeds: a load draws new ones.
     assert len(_seed_states(task)) == 4
@@ -231,7 +217,7 @@ def test_restored_training_state_continues_bit_for_bit(trained, saved):
     for a, e in zip(_seed_states(fresh), _seed_states(task), strict=True):
         np.testing.assert_array_equal(a, e)
 
-    x, y, w = preprocessor(TEXT)
+    x, y, w = preprocessor(TINY_TEXT)
     fresh.train_on_batch(x, y, sample_weight=w)
     task.train_on_batch(x, y, sample_weight=w)
     assert int(fresh.optimizer.iterations.numpy()) == 3

@@ -1,17 +1,13 @@
 """Bad input: one line naming the problem and the fix, exit 2, nothing left behind."""
 
-import subprocess
-import sys
+import functools
 
 import pytest
 
-from mlm.cli import main
+from tests.conftest import run_mlm
 
-
-def run_main(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+# `mlm.cli.main` in this process: (exit status, stdout, stderr).
+run_main = functools.partial(run_mlm, in_process=True)
 
 
 def assert_one_line_error(code, err, *needles):
@@ -33,151 +29,149 @@ def pretrain_args(run_dir, *extra):
     return ("pretrain", "--recipe", "bert_test", "--run-dir", run_dir, *extra)
 
 
-def test_missing_corpus_path(capsys, run_dir, tmp_path):
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", tmp_path / "nope.txt"))
+def test_missing_corpus_path(run_dir, tmp_path):
+    code, _, err = run_main(*pretrain_args(run_dir, "--corpus", tmp_path / "nope.txt"))
     assert_one_line_error(code, err, "nope.txt")
     assert not run_dir.exists()
 
 
-def test_empty_corpus(capsys, run_dir, tmp_path):
+def test_empty_corpus(run_dir, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n   \n")
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", empty))
+    code, _, err = run_main(*pretrain_args(run_dir, "--corpus", empty))
     assert_one_line_error(code, err, "empty.txt")
     assert not run_dir.exists()
 
 
-def test_binary_corpus(capsys, run_dir, tmp_path):
+def test_binary_corpus(run_dir, tmp_path):
     binary = tmp_path / "model.txt"
     binary.write_bytes(bytes(range(256)) * 100)
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", binary))
+    code, _, err = run_main(*pretrain_args(run_dir, "--corpus", binary))
     assert_one_line_error(code, err, "model.txt")
     assert not run_dir.exists()
 
 
-def test_non_utf8_corpus(capsys, run_dir, tmp_path):
+def test_non_utf8_corpus(run_dir, tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("Caf\u00e9 cr\u00e8me and more text here.\n".encode("latin-1"))
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", latin1))
+    code, _, err = run_main(*pretrain_args(run_dir, "--corpus", latin1))
     assert_one_line_error(code, err, "latin1.txt", "UTF-8")
     assert not run_dir.exists()
 
 
-def test_corpus_too_small_for_one_batch_leaves_nothing_behind(capsys, run_dir, tmp_path):
+def test_corpus_too_small_for_one_batch_leaves_nothing_behind(run_dir, tmp_path):
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("In the beginning God created the heaven and the earth.\n\nAmen.\n")
     held = tmp_path / "held.txt"
     held.write_text("And the earth was without form, and void.\n")
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--corpus", tiny, "--held-out", held))
+    code, _, err = run_main(*pretrain_args(run_dir, "--corpus", tiny, "--held-out", held))
     assert_one_line_error(code, err, "too small for one batch", "batch_size=8")
     assert not run_dir.exists()
 
 
-def test_unknown_recipe(capsys, run_dir):
-    code, _, err = run_main(capsys, "pretrain", "--recipe", "bert_huge", "--run-dir", run_dir)
+def test_unknown_recipe(run_dir):
+    code, _, err = run_main("pretrain", "--recipe", "bert_huge", "--run-dir", run_dir)
     assert_one_line_error(code, err, "unknown recipe 'bert_huge'", "bert_tiny_en_uncased")
 
 
-def test_unknown_field(capsys, run_dir):
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--set", "train.stepz=3"))
+def test_unknown_field(run_dir):
+    code, _, err = run_main(*pretrain_args(run_dir, "--set", "train.stepz=3"))
     assert_one_line_error(code, err, "train.stepz", "steps")
 
 
-def test_out_of_range_option(capsys, run_dir):
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--set", "masking.selection_rate=1.5"))
+def test_out_of_range_option(run_dir):
+    code, _, err = run_main(*pretrain_args(run_dir, "--set", "masking.selection_rate=1.5"))
     assert_one_line_error(code, err, "selection_rate=1.5")
 
 
-def test_sequence_length_above_the_backbone_maximum(capsys, run_dir):
-    code, _, err = run_main(capsys, *pretrain_args(run_dir, "--sequence-length", "600"))
+def test_sequence_length_above_the_backbone_maximum(run_dir):
+    code, _, err = run_main(*pretrain_args(run_dir, "--sequence-length", "600"))
     assert_one_line_error(code, err, "max_sequence_length=512", "sequence_length=600")
 
 
-def test_existing_run_dir_needs_resume_or_overwrite(capsys, run_dir):
+def test_existing_run_dir_needs_resume_or_overwrite(run_dir):
     run_dir.mkdir()
     (run_dir / "something").write_text("keep me")
-    code, _, err = run_main(capsys, *pretrain_args(run_dir))
+    code, _, err = run_main(*pretrain_args(run_dir))
     assert_one_line_error(code, err, "--resume", "--overwrite")
     assert (run_dir / "something").read_text() == "keep me"
 
 
-def test_resume_of_a_folder_that_is_no_run(capsys, run_dir):
+def test_resume_of_a_folder_that_is_no_run(run_dir):
     run_dir.mkdir()
-    code, _, err = run_main(capsys, "pretrain", "--run-dir", run_dir, "--resume")
+    code, _, err = run_main("pretrain", "--run-dir", run_dir, "--resume")
     assert_one_line_error(code, err, "cannot resume")
 
 
-def test_predict_on_a_folder_that_is_no_preset(capsys, tmp_path):
-    code, _, err = run_main(capsys, "predict", tmp_path, "The [MASK] sat.")
+def test_predict_on_a_folder_that_is_no_preset(tmp_path):
+    code, _, err = run_main("predict", tmp_path, "The [MASK] sat.")
     assert_one_line_error(code, err, "not a keras-hub preset")
 
 
-def test_builtin_preset_offline_says_no_network(capsys):
-    code, _, err = run_main(capsys, "predict", "bert_tiny_en_uncased", "The [MASK] sat.")
+def test_builtin_preset_offline_says_no_network():
+    code, _, err = run_main("predict", "bert_tiny_en_uncased", "The [MASK] sat.")
     assert_one_line_error(code, err, "could not download preset bert_tiny_en_uncased",
                           "local directory")
 
 
-def test_export_of_a_run_without_checkpoints(capsys, tmp_path):
-    code, _, err = run_main(capsys, "export", tmp_path, "--out", tmp_path / "out")
+def test_export_of_a_run_without_checkpoints(tmp_path):
+    code, _, err = run_main("export", tmp_path, "--out", tmp_path / "out")
     assert_one_line_error(code, err, "no complete checkpoint")
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_real_process_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "mlm", "pretrain", "--recipe", "bert_test", "--corpus",
-         str(tmp_path / "missing"), "--run-dir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("mlm: error: ")
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", tmp_path / "missing",
+                           "--run-dir", tmp_path / "run")
+    assert code == 2
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("mlm: error: ")
     assert not (tmp_path / "run").exists()
 
 
-def test_recipes_lists_the_shipped_recipes(capsys):
-    code, out, _ = run_main(capsys, "recipes")
+def test_recipes_lists_the_shipped_recipes():
+    code, out, _ = run_main("recipes")
     assert code == 0
     assert {"bert_tiny_en_uncased", "bert_small_en_uncased", "bert_test"} <= set(out.split())
 
 
-def test_vocab_command_writes_a_vocabulary_file(capsys, small_corpus, tmp_path):
+def test_vocab_command_writes_a_vocabulary_file(small_corpus, tmp_path):
     out = tmp_path / "bert_vocab"
-    code, stdout, _ = run_main(capsys, "vocab", "--corpus", small_corpus, "--size", "300",
+    code, stdout, _ = run_main("vocab", "--corpus", small_corpus, "--size", "300",
                                "--out", out)
     assert code == 0 and str(out) in stdout
     lines = (out / "vocabulary.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 300
     assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--architecture", "bpe",
+    code, _, err = run_main("vocab", "--corpus", small_corpus, "--architecture", "bpe",
                             "--out", tmp_path / "other")
     assert_one_line_error(code, err, "unknown architecture 'bpe'", "roberta")
     assert not (tmp_path / "other").exists()
-    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--out", out)
+    code, _, err = run_main("vocab", "--corpus", small_corpus, "--out", out)
     assert_one_line_error(code, err, "exists", "empty folder")
 
 
-def test_vocab_command_writes_every_file_of_a_family(capsys, small_corpus, tmp_path):
+def test_vocab_command_writes_every_file_of_a_family(small_corpus, tmp_path):
     out = tmp_path / "roberta_vocab"
-    code, stdout, _ = run_main(capsys, "vocab", "--corpus", small_corpus, "--size", "400",
+    code, stdout, _ = run_main("vocab", "--corpus", small_corpus, "--size", "400",
                                "--architecture", "roberta", "--cased", "--out", out)
     assert code == 0, stdout
     assert sorted(p.name for p in out.iterdir()) == ["merges.txt", "vocabulary.json"]
     assert "byte_bpe vocabulary for roberta" in stdout
 
 
-def test_vocab_command_byte_fallback(capsys, small_corpus, tmp_path):
+def test_vocab_command_byte_fallback(small_corpus, tmp_path):
     import sentencepiece
 
     out = tmp_path / "albert_vocab"
-    code, stdout, _ = run_main(capsys, "vocab", "--corpus", small_corpus, "--size", "400",
+    code, stdout, _ = run_main("vocab", "--corpus", small_corpus, "--size", "400",
                                "--architecture", "albert", "--byte-fallback", "--out", out)
     assert code == 0, stdout
     model = sentencepiece.SentencePieceProcessor(model_file=str(out / "vocabulary.spm"))
     pieces = [model.id_to_piece(i) for i in range(model.get_piece_size())]
     assert [p for p in pieces if p.startswith("<0x")] == [f"<0x{b:02X}>" for b in range(256)]
-    code, _, err = run_main(capsys, "vocab", "--corpus", small_corpus, "--byte-fallback",
+    code, _, err = run_main("vocab", "--corpus", small_corpus, "--byte-fallback",
                             "--out", tmp_path / "bert_vocab")
     assert_one_line_error(code, err, "byte_fallback needs the sentencepiece family",
                           "remove byte_fallback")

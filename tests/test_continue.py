@@ -1,9 +1,6 @@
 """Continued pretraining from a keras-hub preset or a HuggingFace checkpoint."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import keras
 import keras_hub
@@ -11,11 +8,16 @@ import numpy as np
 import pytest
 
 from mlm import config
-from mlm.cli import main
 from mlm.data import vocab
 from mlm.pretraining import continue_pretraining, preset_task
 from mlm.run.log import MetricsLog
-from tests.conftest import sample_documents
+from tests.conftest import (
+    corpus_overrides,
+    max_weight_difference,
+    run_mlm,
+    run_python,
+    sample_documents,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -102,13 +104,8 @@ def _recipe(preset, corpus, held_out, *extra):
     return config.apply_overrides(
         config.load_recipe("continue_pretraining"),
         [*TRAIN, f"model.preset={json.dumps(str(preset))}",
-         f"corpus.paths={json.dumps([str(corpus)])}",
-         f"corpus.held_out_paths={json.dumps([str(held_out)])}", *extra],
+         *corpus_overrides(corpus, held_out), *extra],
     )
-
-
-def _max_difference(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
 def test_starting_weights_are_the_presets(keras_hub_preset, small_corpus, held_out_corpus,
@@ -117,7 +114,7 @@ def test_starting_weights_are_the_presets(keras_hub_preset, small_corpus, held_o
     log = MetricsLog(tmp_path, quiet=True)
     task = preset_task(recipe, log=log)
     original = keras_hub.models.MaskedLM.from_preset(str(keras_hub_preset))
-    assert _max_difference(task.get_weights(), original.get_weights()) == 0.0
+    assert max_weight_difference(task, original) == 0.0
     # The run's sequence length and masking, not the preset's 64.
     assert task.preprocessor.sequence_length == 32
 
@@ -140,7 +137,7 @@ def test_continue_from_a_keras_hub_preset(keras_hub_preset, small_corpus, held_o
     assert (exported / asset).read_bytes() == (keras_hub_preset / asset).read_bytes()
     result = keras_hub.models.MaskedLM.from_preset(str(exported))
     original = keras_hub.models.MaskedLM.from_preset(str(keras_hub_preset))
-    assert _max_difference(result.backbone.get_weights(), original.backbone.get_weights()) > 0
+    assert max_weight_difference(result.backbone, original.backbone) > 0
     assert json.loads((run_dir / "config.json").read_text())["model"]["preset"] == str(
         keras_hub_preset)
 
@@ -148,11 +145,11 @@ def test_continue_from_a_keras_hub_preset(keras_hub_preset, small_corpus, held_o
 def test_continued_preset_loads_without_mlm(keras_hub_preset, small_corpus, held_out_corpus,
                                            tmp_path):
     run_dir = tmp_path / "run"
-    code = main(["continue", "--preset", str(keras_hub_preset), "--corpus", str(small_corpus),
-                 "--held-out", str(held_out_corpus), "--run-dir", str(run_dir), "--quiet",
-                 "--set", *TRAIN])
+    code, _, _ = run_mlm("continue", "--preset", keras_hub_preset, "--corpus", small_corpus,
+                         "--held-out", held_out_corpus, "--run-dir", run_dir, "--quiet",
+                         "--set", *TRAIN, in_process=True)
     assert code == 0
-    program = textwrap.dedent(f"""
+    out = run_python(f"""
         import sys, keras_hub
         d = "{run_dir / 'preset'}"
         print(type(keras_hub.models.MaskedLM.from_preset(d)).__name__)
@@ -160,10 +157,7 @@ def test_continued_preset_loads_without_mlm(keras_hub_preset, small_corpus, held
         print(type(keras_hub.models.Backbone.from_preset(d)).__name__)
         print("mlm" in sys.modules)
     """)
-    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["BertMaskedLM", "BertTextClassifier", "BertBackbone", "False"]
+    assert out.split() == ["BertMaskedLM", "BertTextClassifier", "BertBackbone", "False"]
 
 
 def test_continue_from_a_huggingface_checkpoint(hf_checkpoint, small_corpus, held_out_corpus,
@@ -183,23 +177,23 @@ def test_continue_from_a_huggingface_checkpoint(hf_checkpoint, small_corpus, hel
 
 
 def test_sequence_length_above_the_presets_maximum(hf_checkpoint, small_corpus, held_out_corpus,
-                                                  tmp_path, capsys):
+                                                  tmp_path):
     path, _ = hf_checkpoint
     run_dir = tmp_path / "run"
-    code = main(["continue", "--preset", str(path), "--corpus", str(small_corpus),
-                 "--held-out", str(held_out_corpus), "--run-dir", str(run_dir),
-                 "--sequence-length", "128"])
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    code, _, err = run_mlm("continue", "--preset", path, "--corpus", small_corpus,
+                           "--held-out", held_out_corpus, "--run-dir", run_dir,
+                           "--sequence-length", "128", in_process=True)
+    err = err.strip().splitlines()[-1]
     assert code == 2
     assert "max_sequence_length=64" in err and "sequence_length=128" in err
     assert not run_dir.exists()
 
 
-def test_builtin_handle_offline_is_a_one_line_error(small_corpus, tmp_path, capsys):
+def test_builtin_handle_offline_is_a_one_line_error(small_corpus, tmp_path):
     run_dir = tmp_path / "run"
-    code = main(["continue", "--preset", "bert_tiny_en_uncased", "--corpus", str(small_corpus),
-                 "--run-dir", str(run_dir)])
-    lines = capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_mlm("continue", "--preset", "bert_tiny_en_uncased", "--corpus",
+                           small_corpus, "--run-dir", run_dir, in_process=True)
+    lines = err.strip().splitlines()
     assert code == 2
     assert lines[-1].startswith("mlm: error: could not download preset bert_tiny_en_uncased")
     assert "local directory" in lines[-1]
@@ -238,12 +232,12 @@ def test_continue_from_a_huggingface_masked_lm_without_a_pooler(
 
 
 def test_a_checkpoint_keras_hub_cannot_convert_is_a_one_line_error(
-        hf_checkpoint, small_corpus, tmp_path, capsys):
+        hf_checkpoint, small_corpus, tmp_path):
     folder, _ = _masked_lm_folder(hf_checkpoint, tmp_path / "broken",
                                   drop=("encoder.layer.0.output.",))
-    code = main(["continue", "--preset", str(folder), "--corpus", str(small_corpus),
-                 "--run-dir", str(tmp_path / "run")])
-    lines = capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_mlm("continue", "--preset", folder, "--corpus", small_corpus,
+                           "--run-dir", tmp_path / "run", in_process=True)
+    lines = err.strip().splitlines()
     assert code == 2 and "Traceback" not in "\n".join(lines)
     assert lines[-1].startswith(f"mlm: error: cannot convert the checkpoint in {folder}")
     assert "output.dense.weight" in lines[-1]

@@ -1,6 +1,5 @@
 """Data-parallel training over processes on JAX's distributed runtime (loopback)."""
 
-import json
 import socket
 import subprocess
 import sys
@@ -8,14 +7,19 @@ import time
 
 import numpy as np
 import pytest
-from conftest import JAX_RUN_OVERRIDES
 
 from mlm.architectures import get_architecture
-from mlm.cli import main
 from mlm.config import MaskingConfig
 from mlm.data.pipeline import TokenIds, batch_schedule, process_slice, training_dataset
 from mlm.errors import MlmError
 from mlm.training.distributed import Topology, peer_failures
+from tests.conftest import (
+    JAX_RUN_OVERRIDES,
+    max_weight_difference,
+    read_metrics,
+    run_mlm,
+    saved_arrays,
+)
 
 IDS = TokenIds(vocabulary_size=1000, start_id=2, end_id=3, pad_id=0, mask_id=4,
                special_ids=(0, 2, 3, 4))
@@ -71,22 +75,21 @@ def test_batch_must_split_over_processes_and_devices():
     Topology(process_count=2, device_count=4).check_batch_size(8)
 
 
-def test_multi_process_options_need_the_jax_backend(capsys, tmp_path, monkeypatch):
+def test_multi_process_options_need_the_jax_backend(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")  # restored after the test
-    code = main(["pretrain", "--recipe", "bert_test", "--run-dir", str(tmp_path / "r"),
-                 "--backend", "tensorflow", "--coordinator", "127.0.0.1:1234"])
-    err = capsys.readouterr().err
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--run-dir", tmp_path / "r",
+                           "--backend", "tensorflow", "--coordinator", "127.0.0.1:1234",
+                           in_process=True)
     assert code == 2 and err.strip().splitlines() == [
         "mlm: error: multi-process training runs on the JAX backend, but received "
         "backend='tensorflow'; pass --backend jax."
     ]
-    code = main(["pretrain", "--recipe", "bert_test", "--run-dir", str(tmp_path / "r"),
-                 "--num-processes", "2", "--process-id", "-1"])
-    assert code == 2 and "--process-id must be at least 0, but received -1" in (
-        capsys.readouterr().err)
-    code = main(["pretrain", "--recipe", "bert_test", "--run-dir", str(tmp_path / "r"),
-                 "--num-processes", "2", "--process-id", "2"])
-    assert code == 2 and capsys.readouterr().err.strip().splitlines() == [
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--run-dir", tmp_path / "r",
+                           "--num-processes", "2", "--process-id", "-1", in_process=True)
+    assert code == 2 and "--process-id must be at least 0, but received -1" in err
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--run-dir", tmp_path / "r",
+                           "--num-processes", "2", "--process-id", "2", in_process=True)
+    assert code == 2 and err.strip().splitlines() == [
         "mlm: error: --process-id must be below --num-processes (2), but received 2; number "
         "the processes 0 to 1."
     ]
@@ -140,17 +143,6 @@ def _wait_all(procs, *, timeout):
                 p.kill()
 
 
-def _weights(preset):
-    import h5py
-
-    out = {}
-    for name in ("model.weights.h5", "task.weights.h5"):
-        with h5py.File(preset / name, "r") as f:
-            f.visititems(lambda key, obj, name=name: out.__setitem__(f"{name}/{key}", obj[()])
-                         if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
 @pytest.mark.slow
 def test_killed_worker_stops_the_run_which_resumes_to_the_one_process_weights(
     tmp_path, jax_run, jax_env, small_corpus, held_out_corpus
@@ -189,15 +181,13 @@ def test_killed_worker_stops_the_run_which_resumes_to_the_one_process_weights(
     # processes or 8 on one: only the order of float32 additions differs (the
     # gradient all-reduce adds two partial sums). Measured: 6e-8 apart after 40
     # steps, while the last 5 of them alone moved weights by 7e-4.
-    two, one = _weights(run_dir / "preset"), _weights(jax_run / "preset")
+    two, one = saved_arrays(run_dir / "preset"), saved_arrays(jax_run / "preset")
     assert two.keys() == one.keys() and len(two) > 20
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
     # Process 0 alone wrote the run directory; the logged losses match one process.
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    reference = [json.loads(line) for line in (jax_run / "metrics.jsonl").read_text().splitlines()]
-    last = {r["step"]: r["loss"] for r in records if r["split"] == "train"}
-    for r in reference:
+    last = {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"}
+    for r in read_metrics(jax_run):
         if r["split"] == "train" and r["step"] in last:
             assert last[r["step"]] == pytest.approx(r["loss"], abs=1e-4)
     assert 24 in last
@@ -212,18 +202,16 @@ def test_one_process_over_two_devices_trains_as_one_device(
     flags = jax_env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2"
     env = {**jax_env, "XLA_FLAGS": flags}
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mlm", "pretrain", "--backend", "jax", "--recipe", "bert_test",
-           "--set", *JAX_RUN_OVERRIDES, "--corpus", str(small_corpus),
-           "--held-out", str(held_out_corpus), "--run-dir", str(run_dir)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, err = run_mlm("pretrain", "--backend", "jax", "--recipe", "bert_test",
+                        "--set", *JAX_RUN_OVERRIDES, "--corpus", small_corpus,
+                        "--held-out", held_out_corpus, "--run-dir", run_dir, env=env, check=True)
     assert "data-parallel over 2 devices in 1 process(es): each device takes 4 windows of " \
-        "every global batch of 8" in proc.stderr
+        "every global batch of 8" in err
     # The batch of 8 split 4 + 4 over the devices: the same data and masks as one
     # device, only the order of float32 additions differs (as with two processes).
-    two, one = _weights(run_dir / "preset"), _weights(jax_run / "preset")
+    two, one = saved_arrays(run_dir / "preset"), saved_arrays(jax_run / "preset")
     assert two.keys() == one.keys() and len(two) > 20
-    moved = max(np.abs(two[key] - one[key]).max() for key in one)
+    moved = max_weight_difference(two, one)
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
     print(f"max weight difference, 2 devices against 1: {moved:.2e}")

@@ -11,18 +11,22 @@ import signal
 import subprocess
 import sys
 
-import h5py
 import keras
 import keras_hub
 import numpy as np
 import pytest
 
-from mlm.cli import main
 from mlm.errors import MlmError
 from mlm.hub import load_masked_lm
 from mlm.run import checkpoints
 from mlm.run.directory import RunDir
-from tests.conftest import tensorboard_scalars
+from tests.conftest import (
+    max_weight_difference,
+    read_metrics,
+    run_mlm,
+    saved_arrays,
+    tensorboard_scalars,
+)
 
 STEPS = 8
 # Dropout on, so that the dropout seeds must be restored too; a checkpoint
@@ -31,55 +35,34 @@ SETTINGS = ["model.backbone.dropout=0.1", "train.checkpoint_every=2", "train.log
             "train.eval_every=100", "train.keep_checkpoints=2"]
 
 
-def _command(run_dir, *, corpus=None, fault=None):
-    """`mlm pretrain` and its environment: a new run when `corpus` is given, else --resume."""
+def _arguments(run_dir, *, corpus=None, fault=None):
+    """`mlm pretrain`'s arguments and environment: a new run when `corpus` is given, else
+    --resume."""
     env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
     if fault:
         env["MLM_FAULT"] = fault
-    command = [sys.executable, "-m", "mlm", "pretrain", "--run-dir", str(run_dir),
-               "--steps", str(STEPS)]
+    args = ["pretrain", "--run-dir", str(run_dir), "--steps", str(STEPS)]
     if corpus is None:
-        command.append("--resume")
+        args.append("--resume")
     else:
-        command += ["--recipe", "bert_test", "--corpus", str(corpus), "--deterministic",
-                    "--set", *SETTINGS]
-    return command, env
+        args += ["--recipe", "bert_test", "--corpus", str(corpus), "--deterministic",
+                 "--set", *SETTINGS]
+    return args, env
 
 
 def _pretrain(run_dir, *, corpus=None, fault=None):
-    command, env = _command(run_dir, corpus=corpus, fault=fault)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    args, env = _arguments(run_dir, corpus=corpus, fault=fault)
+    return run_mlm(*args, env=env)
 
 
-def _h5_arrays(path):
-    arrays = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(
-            lambda name, obj: arrays.__setitem__(name, obj[()])
-            if isinstance(obj, h5py.Dataset) else None
-        )
-    return arrays
-
-
-def _max_difference(run_a, run_b) -> float:
-    """Largest absolute difference between the final weights and training state of two runs."""
-    pairs = []
-    for name in ("model.weights.h5", "task.weights.h5"):
-        a, b = _h5_arrays(run_a / "preset" / name), _h5_arrays(run_b / "preset" / name)
-        assert sorted(a) == sorted(b) and a
-        pairs += [(a[k], b[k]) for k in a]
-    for name in ("optimizer.npz", "random.npz"):
-        with np.load(run_a / "checkpoints" / f"step-{STEPS}" / name) as a, \
-                np.load(run_b / "checkpoints" / f"step-{STEPS}" / name) as b:
-            assert a.files == b.files
-            pairs += [(a[k], b[k]) for k in a.files]
-    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
-               for x, y in pairs)
+def _final_state(run_dir):
+    """The final preset's weights; the last checkpoint's weights, optimizer state and seeds."""
+    return (saved_arrays(run_dir / "preset")
+            | saved_arrays(run_dir / "checkpoints" / f"step-{STEPS}"))
 
 
 def _train_records(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["loss"], r["accuracy"]) for r in map(json.loads, lines)
+    return [(r["step"], r["loss"], r["accuracy"]) for r in read_metrics(run_dir)
             if r.get("split") == "train"]
 
 
@@ -98,26 +81,27 @@ def _leftovers(run_dir):
 def test_killed_stopped_and_corrupted_run_resumes_to_the_exact_weights(tmp_path, small_corpus):
     reference, run = tmp_path / "reference", tmp_path / "run"
     # The uninterrupted run, beside the faulty ones (the machine may have a spare core).
-    command, env = _command(reference, corpus=small_corpus)
+    args, env = _arguments(reference, corpus=small_corpus)
     with open(tmp_path / "reference.log", "w") as log:
-        uninterrupted = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        uninterrupted = subprocess.Popen([sys.executable, "-m", "mlm", *args], env=env,
+                                         stdout=log, stderr=log)
 
     # 1. SIGKILL mid-tokenization: the vocabulary is learned, the token cache half-written.
-    killed = _pretrain(run, corpus=small_corpus, fault="read_document:split=held_out:index=3")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    code, _, err = _pretrain(run, corpus=small_corpus, fault="read_document:split=held_out:index=3")
+    assert code == -signal.SIGKILL, err[-3000:]
     assert not checkpoints.list_checkpoints(run)
     assert [p.startswith("cache/.") for p in _leftovers(run)] == [True]
 
     # 2. SIGKILL mid-step 3: the lock of the killed process does not block the resume.
-    killed = _pretrain(run, fault="train_step:step=3")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert "removed what an interrupted run left half-written: cache/." in killed.stderr
+    code, _, err = _pretrain(run, fault="train_step:step=3")
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert "removed what an interrupted run left half-written: cache/." in err
     assert list(checkpoints.list_checkpoints(run)) == [2]
 
     # 3. SIGKILL mid-checkpoint-write at step 6: the preset is written, the rest not.
-    killed = _pretrain(run, fault="checkpoint_write:step=6")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert f"resuming from {run / 'checkpoints' / 'step-2'} (step 2)" in killed.stderr
+    code, _, err = _pretrain(run, fault="checkpoint_write:step=6")
+    assert code == -signal.SIGKILL, err[-3000:]
+    assert f"resuming from {run / 'checkpoints' / 'step-2'} (step 2)" in err
     assert list(checkpoints.list_checkpoints(run)) == [2, 4]
     assert _leftovers(run) == ["checkpoints/.step-6.tmp"]
 
@@ -126,27 +110,27 @@ def test_killed_stopped_and_corrupted_run_resumes_to_the_exact_weights(tmp_path,
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
-    stopped = _pretrain(run, fault="train_step:step=5:action=term")
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    code, _, err = _pretrain(run, fault="train_step:step=5:action=term")
+    assert code == 128 + signal.SIGTERM, err[-3000:]
     assert (
         f"checkpoint {run / 'checkpoints' / 'step-4'} is corrupt (preset/model.weights.h5 "
         f"does not match its SHA-256 in the manifest); skipping it"
-    ) in stopped.stderr
-    assert f"resuming from {run / 'checkpoints' / 'step-2'} (step 2)" in stopped.stderr
+    ) in err
+    assert f"resuming from {run / 'checkpoints' / 'step-2'} (step 2)" in err
     assert f"mlm: stopped by SIGTERM at step 5 of {STEPS}; resume with: mlm pretrain " \
-           f"--run-dir {run} --resume" in stopped.stderr
+           f"--run-dir {run} --resume" in err
     assert list(checkpoints.list_checkpoints(run)) == [4, 5]
 
     # 5. Resume to the end.
-    finished = _pretrain(run)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert f"resuming from {run / 'checkpoints' / 'step-5'} (step 5)" in finished.stderr
-    assert "Traceback" not in finished.stderr
+    code, _, err = _pretrain(run)
+    assert code == 0, err[-3000:]
+    assert f"resuming from {run / 'checkpoints' / 'step-5'} (step 5)" in err
+    assert "Traceback" not in err
 
     assert uninterrupted.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()[-3000:]
     # Bit for bit: weights, optimizer and dropout seeds; the same batches and
     # masks step by step (equal losses), one record per step, nothing left over.
-    assert _max_difference(reference, run) == 0.0
+    assert max_weight_difference(_final_state(reference), _final_state(run)) == 0.0
     assert _train_records(run) == _train_records(reference)
     assert [r[0] for r in _train_records(run)] == list(range(1, STEPS + 1))
     # TensorBoard too: one loss per step, none left from before the kills.
@@ -163,33 +147,32 @@ def test_a_metrics_line_cut_by_a_kill_is_skipped_by_report_and_trimmed_by_resume
 ):
     run = tmp_path / "run"
     # SIGKILL with half of step 5's training record written; the newest checkpoint is step 4.
-    killed = _pretrain(run, corpus=small_corpus, fault="metrics_write:step=5:split=train")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    code, _, err = _pretrain(run, corpus=small_corpus, fault="metrics_write:step=5:split=train")
+    assert code == -signal.SIGKILL, err[-3000:]
     metrics = RunDir(run).metrics
     torn = metrics.read_text().splitlines()[-1]
     assert torn.startswith('{"step": 5') and not metrics.read_text().endswith("\n")
 
-    reported = subprocess.run([sys.executable, "-m", "mlm", "report", str(run)],
-                              capture_output=True, text=True, timeout=600)
-    assert reported.returncode == 0, reported.stderr[-3000:]
-    assert reported.stderr.count("cut short by an interrupted write") == 1
+    code, _, err = run_mlm("report", str(run))
+    assert code == 0, err[-3000:]
+    assert err.count("cut short by an interrupted write") == 1
     assert RunDir(run).report.is_file()
 
-    finished = _pretrain(run)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert f"the torn last line of {metrics.name}" in finished.stderr
+    code, _, err = _pretrain(run)
+    assert code == 0, err[-3000:]
+    assert f"the torn last line of {metrics.name}" in err
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in records if r.get("split") == "train"] == list(range(1, STEPS + 1))
     assert RunDir(run).read_metrics(say=pytest.fail) == records
 
 
 @pytest.mark.slow
-def test_a_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path, capsys, small_corpus):
+def test_a_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path, small_corpus):
     run_dir = tmp_path / "run"
-    code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
-                 "--run-dir", str(run_dir), "--steps", "8", "--learning-rate", "1e30",
-                 "--set", "train.checkpoint_every=2", "train.eval_every=100"])
-    err = capsys.readouterr().err
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                           "--run-dir", run_dir, "--steps", "8", "--learning-rate", "1e30",
+                           "--set", "train.checkpoint_every=2", "train.eval_every=100",
+                           in_process=True)
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     match = re.fullmatch(
@@ -210,14 +193,14 @@ def test_a_nan_loss_stops_with_the_step_and_the_last_checkpoint(tmp_path, capsys
 
 @pytest.mark.slow
 def test_a_full_disk_mid_checkpoint_keeps_the_previous_one(
-    tmp_path, capsys, monkeypatch, small_corpus
+    tmp_path, monkeypatch, small_corpus
 ):
     run_dir = tmp_path / "run"
     monkeypatch.setenv("MLM_FAULT", "checkpoint_write:step=4:action=enospc")
-    code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
-                 "--run-dir", str(run_dir), "--steps", "6",
-                 "--set", "train.checkpoint_every=2", "train.eval_every=100"])
-    err = capsys.readouterr().err
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                           "--run-dir", run_dir, "--steps", "6",
+                           "--set", "train.checkpoint_every=2", "train.eval_every=100",
+                           in_process=True)
     assert code == 2 and "Traceback" not in err
     previous = run_dir / "checkpoints" / "step-2"
     assert err.strip().splitlines()[-1] == (
@@ -317,9 +300,8 @@ def test_a_preset_that_would_run_code_is_refused(
     assert not marker.exists()
 
 
-def test_the_clean_preset_loads_and_predict_refuses_a_doctored_one(preset, tmp_path, capsys):
+def test_the_clean_preset_loads_and_predict_refuses_a_doctored_one(preset, tmp_path):
     assert isinstance(load_masked_lm(str(preset)), keras_hub.models.BertMaskedLM)
     doctored = _doctored(preset, tmp_path, _set_backbone(_lambda_layer(tmp_path / "ran")))
-    code = main(["predict", str(doctored), "the [MASK] sat"])
-    err = capsys.readouterr().err
+    code, _, err = run_mlm("predict", doctored, "the [MASK] sat", in_process=True)
     assert code == 2 and err.startswith(f"mlm: error: refused to load preset {doctored}")

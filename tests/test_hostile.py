@@ -231,6 +231,7 @@ def tokenizer():
     return keras_hub.models.BertTokenizer(vocabulary=_VOCAB, lowercase=True)
 
 
+@pytest.mark.slow
 @VERY_FEW
 @given(documents=st.lists(st.one_of(_ANY_TEXT, _WORDS), min_size=4, max_size=16))
 def test_tokenize_pack_mask_never_crashes_and_keeps_its_invariants(tokenizer, documents):

@@ -1,15 +1,11 @@
 """The JAX backend: backend choice, and presets that load on either backend."""
 
-import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from conftest import LOGITS_CODE
 
 from mlm.errors import MlmError
 from mlm.training import distributed
+from tests.conftest import LOGITS_CODE, read_metrics, run_python
 
 
 def test_backend_defaults_to_tensorflow_and_follows_keras_backend(monkeypatch):
@@ -36,12 +32,9 @@ def test_backend_cannot_change_once_keras_is_imported(monkeypatch):
 
 @pytest.mark.slow
 def test_preset_trained_on_jax_gives_the_same_logits_on_tensorflow(jax_run, jax_env, tmp_path):
-    records = [json.loads(line) for line in (jax_run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["split"] == "held_out"] == [0, 24]
+    assert [r["step"] for r in read_metrics(jax_run) if r["split"] == "held_out"] == [0, 24]
     code = f'PRESET, OUT = "{jax_run / "preset"}", "{tmp_path / "tf.npy"}"' + LOGITS_CODE
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**jax_env, "KERAS_BACKEND": "tensorflow"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_python(code, env={**jax_env, "KERAS_BACKEND": "tensorflow"})
     on_jax, on_tf = np.load(jax_run.parent / "jax_logits.npy"), np.load(tmp_path / "tf.npy")
     assert on_jax.shape == (2, 5, 600)
     # Same float32 weights; the backends' kernels (matmul, gelu, layer norm) round

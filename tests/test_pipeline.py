@@ -257,8 +257,11 @@ _HEAVY_MASKING = MaskingConfig(selection_rate=0.5, mask_token_rate=0.5, random_t
 
 @pytest.mark.parametrize(
     ("start_step", "process_index", "process_count", "masking"),
-    [(0, 0, 1, MaskingConfig()), (137, 0, 1, MaskingConfig()), (0, 1, 2, MaskingConfig()),
-     (290, 0, 2, MaskingConfig()), (3, 0, 1, _HEAVY_MASKING)],
+    [pytest.param(0, 0, 1, MaskingConfig(), marks=pytest.mark.slow),
+     pytest.param(137, 0, 1, MaskingConfig(), marks=pytest.mark.slow),
+     pytest.param(0, 1, 2, MaskingConfig(), marks=pytest.mark.slow),
+     (290, 0, 2, MaskingConfig()),  # the fast loop's case: an epoch boundary, 2 processes
+     pytest.param(3, 0, 1, _HEAVY_MASKING, marks=pytest.mark.slow)],
 )
 def test_training_batches_match_the_per_window_reference(
     start_step, process_index, process_count, masking

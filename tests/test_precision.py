@@ -16,7 +16,13 @@ from mlm import config
 from mlm.errors import MlmError
 from mlm.training import precision
 from mlm.training.precision import Accelerator, StepSettings
-from tests.test_e2e import run_cli, run_python
+from tests.conftest import (
+    max_weight_difference,
+    run_mlm,
+    run_python,
+    sample_documents,
+    tiny_task,
+)
 
 CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma {extra}\n"
 CPU = Accelerator("cpu", False, "test cpu")
@@ -168,28 +174,18 @@ def test_choice_is_recorded_then_reused_on_resume_and_from_the_cache(tmp_path, b
 @pytest.fixture
 def bert_task(tmp_path):
     """A compiled test-recipe task, one preprocessed batch of 8 windows, the preprocessor."""
-    import keras
-
-    from mlm.architectures import get_architecture
     from mlm.data import vocab
-    from mlm.training.task import build_task, compile_task
-    from tests.conftest import sample_documents
 
-    recipe = config.load_recipe("bert_test")
-    vocab_path = vocab.train_vocabulary(
+    vocabulary = vocab.train_vocabulary(
         sample_documents(20), family="wordpiece", size=300, lowercase=True, min_frequency=2,
         out_dir=tmp_path / "vocab",
     )
-    tokenizer = vocab.build_tokenizer(vocab_path, family="wordpiece", lowercase=True)
-    keras.utils.set_random_seed(1)
-    task = build_task(recipe.model, arch=get_architecture("bert"), tokenizer=tokenizer,
-                      masking=recipe.masking)
-    compile_task(task, recipe.train)
-    preprocessor, task.preprocessor = task.preprocessor, None
+    task, preprocessor = tiny_task(vocabulary=str(vocabulary), seed=1)
     batch = preprocessor(sample_documents(8, start=30))
     return task, batch, preprocessor
 
 
+@pytest.mark.slow
 def test_real_probe_leaves_the_task_as_it_found_it(tmp_path, bert_task):
     task, batch, _ = bert_task
     before = [np.array(v.numpy()) for v in task.variables]
@@ -219,6 +215,7 @@ def test_unknown_precision_or_jit_value_is_a_clear_error():
     assert config.apply_overrides(recipe, ["train.jit_compile=true"]).train.jit_compile is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("policy", "compute", "tolerance"),
                          [("mixed_bfloat16", "bfloat16", 0.1), ("mixed_float16", "float16", 0.01)])
 def test_mixed_precision_trains_and_saves_a_float32_preset(tmp_path, bert_task, policy, compute,
@@ -256,9 +253,9 @@ def test_mixed_precision_trains_and_saves_a_float32_preset(tmp_path, bert_task, 
 @pytest.fixture(scope="module")
 def bf16_run(tmp_path_factory, small_corpus, held_out_corpus):
     run_dir = tmp_path_factory.mktemp("runs") / "bf16"
-    run_cli("pretrain", "--recipe", "bert_test", "--corpus", small_corpus, "--held-out",
+    run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus, "--held-out",
             held_out_corpus, "--run-dir", run_dir, "--deterministic",
-            "--set", "train.mixed_precision=mixed_bfloat16")
+            "--set", "train.mixed_precision=mixed_bfloat16", check=True)
     return run_dir
 
 
@@ -286,21 +283,17 @@ def test_a_bf16_run_resumes_exactly_evaluates_predicts_and_continues(
     shutil.copytree(bf16_run, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step-6")
     shutil.rmtree(resumed / "preset")
-    proc = run_cli("pretrain", "--run-dir", resumed, "--resume")
-    assert "train step: bf16 no XLA" in proc.stderr
-    out = run_python(f"""
-        import keras_hub, numpy as np
-        a = keras_hub.models.MaskedLM.from_preset("{resumed / 'preset'}")
-        b = keras_hub.models.MaskedLM.from_preset("{bf16_run / 'preset'}")
-        print(max(float(np.max(np.abs(x - y))) for x, y in zip(a.get_weights(), b.get_weights())))
-    """)
-    assert float(out) == 0.0
-    assert run_cli("evaluate", bf16_run / "preset", "--corpus", held_out_corpus).stdout.startswith(
-        "masked accuracy ")
-    assert "mask 1:" in run_cli("predict", bf16_run / "preset", "Let there be [MASK].").stdout
-    proc = run_cli("continue", "--preset", bf16_run / "preset", "--corpus", small_corpus,
-                   "--held-out", held_out_corpus, "--run-dir", tmp_path / "continued",
-                   "--steps", "2", "--set", "train.mixed_precision=mixed_bfloat16",
-                   "--set", "train.jit_compile=false", "--set", "train.eval_batches=1")
-    assert "held-out masked accuracy" in proc.stdout
+    _, _, err = run_mlm("pretrain", "--run-dir", resumed, "--resume", check=True)
+    assert "train step: bf16 no XLA" in err
+    assert max_weight_difference(resumed / "preset", bf16_run / "preset") == 0.0
+    _, out, _ = run_mlm("evaluate", bf16_run / "preset", "--corpus", held_out_corpus, check=True)
+    assert out.startswith("masked accuracy ")
+    _, out, _ = run_mlm("predict", bf16_run / "preset", "Let there be [MASK].", check=True)
+    assert "mask 1:" in out
+    _, out, _ = run_mlm("continue", "--preset", bf16_run / "preset", "--corpus", small_corpus,
+                        "--held-out", held_out_corpus, "--run-dir", tmp_path / "continued",
+                        "--steps", "2", "--set", "train.mixed_precision=mixed_bfloat16",
+                        "--set", "train.jit_compile=false", "--set", "train.eval_batches=1",
+                        check=True)
+    assert "held-out masked accuracy" in out
     assert (tmp_path / "continued" / "preset" / "task.weights.h5").is_file()

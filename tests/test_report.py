@@ -11,9 +11,10 @@ import pytest
 
 from mlm.progress import format_duration
 from mlm.run.report import wall_time
-from tests.conftest import tensorboard_scalars
+from tests.conftest import read_metrics, run_mlm, small_recipe, tensorboard_scalars
 
-pytestmark = pytest.mark.slow
+# Not marked slow: the one run here is the fast loop's end-to-end run of the test
+# recipe (pretraining, the loop, evaluation, export, the report, fill-mask).
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +23,10 @@ def run(tmp_path_factory, small_corpus, held_out_corpus):
     import mlm
 
     run_dir = tmp_path_factory.mktemp("report") / "run"
-    recipe = mlm.apply_overrides(mlm.load_recipe("bert_test"), [
-        f"corpus.paths={json.dumps([str(small_corpus)])}",
-        f"corpus.held_out_paths={json.dumps([str(held_out_corpus)])}",
-    ])
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mlm.pretrain(recipe, run_dir=run_dir)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return run_dir, records, out.getvalue(), err.getvalue()
+        mlm.pretrain(small_recipe(small_corpus, held_out_corpus), run_dir=run_dir)
+    return run_dir, read_metrics(run_dir), out.getvalue(), err.getvalue()
 
 
 def test_report_numbers_come_from_metrics_jsonl(run):
@@ -129,16 +125,14 @@ def test_tensorboard_scalars_equal_metrics_jsonl(run):
     assert found == expected
 
 
-def test_mlm_report_rebuilds_the_same_report(run, tmp_path, capsys):
-    from mlm.cli import main
-
+def test_mlm_report_rebuilds_the_same_report(run, tmp_path):
     run_dir, _, _, _ = run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     for name in ("report.md", "curves.png", "schedule.png"):
         (copy / name).unlink()
-    assert main(["report", str(copy)]) == 0
-    assert capsys.readouterr().out == f"report written to {copy / 'report.md'}\n"
+    code, out, _ = run_mlm("report", copy, in_process=True)
+    assert code == 0 and out == f"report written to {copy / 'report.md'}\n"
     rebuilt = (copy / "report.md").read_text()
     original = (run_dir / "report.md").read_text()
     # Identical but for where the run lies.
@@ -146,11 +140,9 @@ def test_mlm_report_rebuilds_the_same_report(run, tmp_path, capsys):
     assert (copy / "curves.png").stat().st_size > 0 and (copy / "schedule.png").stat().st_size > 0
 
 
-def test_report_on_a_folder_that_is_no_run_is_a_one_line_error(tmp_path, capsys):
-    from mlm.cli import main
-
-    assert main(["report", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
+def test_report_on_a_folder_that_is_no_run_is_a_one_line_error(tmp_path):
+    code, _, err = run_mlm("report", tmp_path, in_process=True)
+    assert code == 2
     assert err.startswith("mlm: error: ") and err.count("\n") == 1
     assert not (tmp_path / "report.md").exists()
 

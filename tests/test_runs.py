@@ -13,22 +13,22 @@ import time
 
 import pytest
 
-from mlm.cli import main
 from mlm.errors import MlmError
 from mlm.run import checkpoints, directory
+from tests.conftest import run_mlm
 
 
 @pytest.mark.slow
-def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path, capsys, small_corpus):
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path, small_corpus):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with directory.run_lock(run_dir):
         with pytest.raises(MlmError, match="in use by process"):
             with directory.run_lock(run_dir):
                 pass
-        code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
-                     "--run-dir", str(run_dir), "--overwrite"])
-        assert code == 2 and "is in use by process" in capsys.readouterr().err
+        code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                               "--run-dir", run_dir, "--overwrite", in_process=True)
+        assert code == 2 and "is in use by process" in err
     # Released on exit: the next holder gets it.
     with directory.run_lock(run_dir):
         pass
@@ -79,41 +79,35 @@ def test_sigint_stops_after_the_step_with_a_checkpoint_and_resumes(
     assert f"mlm pretrain --run-dir {run_dir} --resume" in rest
     stopped_at = max(checkpoints.list_checkpoints(run_dir))
     assert stopped_at >= 3
-    resumed = subprocess.run(
-        [sys.executable, "-m", "mlm", "pretrain", "--run-dir", str(run_dir), "--resume",
-         "--steps", str(stopped_at + 2)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming from {run_dir / 'checkpoints' / f'step-{stopped_at}'}" in resumed.stderr
+    _, _, err = run_mlm("pretrain", "--run-dir", run_dir, "--resume",
+                        "--steps", stopped_at + 2, check=True)
+    assert f"resuming from {run_dir / 'checkpoints' / f'step-{stopped_at}'}" in err
     assert max(checkpoints.list_checkpoints(run_dir)) == stopped_at + 2
 
 
-def test_an_unwritable_run_directory_is_refused_before_anything(tmp_path, capsys, small_corpus):
+def test_an_unwritable_run_directory_is_refused_before_anything(tmp_path, small_corpus):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     with pytest.raises(MlmError, match=f"cannot write to {blocker}"):
         directory.run_lock(blocker).__enter__()
-    code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
-                 "--run-dir", str(blocker / "run")])
-    err = capsys.readouterr().err
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                           "--run-dir", blocker / "run", in_process=True)
     assert code == 2 and f"mlm: error: cannot write to {blocker} (Not a directory)" in err
 
 
 @pytest.mark.skipif(os.access("/sys", os.W_OK) and not os.path.ismount("/sys"),
                     reason="needs a folder that cannot be written, even by root")
-def test_a_read_only_filesystem_is_refused_before_training(capsys, small_corpus):
+def test_a_read_only_filesystem_is_refused_before_training(small_corpus):
     if not os.path.isdir("/sys/kernel"):
         pytest.skip("no /sys")
-    code = main(["pretrain", "--recipe", "bert_test", "--corpus", str(small_corpus),
-                 "--run-dir", "/sys/kernel/mlm-run"])
-    err = capsys.readouterr().err
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                           "--run-dir", "/sys/kernel/mlm-run", in_process=True)
     assert code == 2 and "mlm: error: cannot write to /sys/kernel" in err
     assert not os.path.exists("/sys/kernel/mlm-run")
 
 
 def test_resume_checks_the_run_directory_can_be_written_before_training(
-    tmp_path, capsys, monkeypatch
+    tmp_path, monkeypatch
 ):
     from mlm.config import load_recipe
 
@@ -126,8 +120,8 @@ def test_resume_checks_the_run_directory_can_be_written_before_training(
         raise MlmError(f"cannot write to {folder} (Read-only file system); choose another.")
 
     monkeypatch.setattr(directory, "_check_writable", unwritable)
-    code = main(["pretrain", "--run-dir", str(run_dir), "--resume"])
-    assert code == 2 and "Read-only file system" in capsys.readouterr().err
+    code, _, err = run_mlm("pretrain", "--run-dir", run_dir, "--resume", in_process=True)
+    assert code == 2 and "Read-only file system" in err
     assert checked == [run_dir]
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
 

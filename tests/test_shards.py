@@ -66,6 +66,7 @@ def test_stats_count_documents_tokens_and_unknown_tokens(tokenizer, tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_vocabulary_of_65536_entries_fits_uint16(tmp_path):
     vocab = VOCAB + [f"w{i}" for i in range(65536 - len(VOCAB) - 1)] + ["zebra"]
     cache = _build(_tokenizer(vocab), tmp_path, train=["zebra the"])
@@ -74,6 +75,7 @@ def test_vocabulary_of_65536_entries_fits_uint16(tmp_path):
     assert cache.tokens("train").dtype == np.uint16
 
 
+@pytest.mark.slow
 def test_vocabulary_above_65536_entries_is_written_as_uint32(tmp_path):
     vocab = VOCAB + [f"w{i}" for i in range(65537 - len(VOCAB) - 1)] + ["zebra"]
     cache = _build(_tokenizer(vocab), tmp_path, train=["zebra the"], held_out=["zebra"])
@@ -118,6 +120,7 @@ def test_cache_key_is_the_same_for_identical_unnamed_tokenizers():
     assert cache_key("corpus-a", first) == cache_key("corpus-a", second)
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_no_entry_and_a_later_build_succeeds(tokenizer, tmp_path):
     def failing_documents():
         yield "the cat sat."

@@ -2,14 +2,13 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from mlm.config import TrainConfig
 from mlm.training.loop import steps_per_execution
-from tests.test_faults import STEPS, _max_difference, _train_records
+from tests.conftest import max_weight_difference, run_mlm
+from tests.test_faults import STEPS, _final_state, _train_records
 
 
 @pytest.mark.parametrize(
@@ -40,32 +39,31 @@ def _pretrain(run_dir, corpus, *extra, fault=None, resume=False):
     env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
     if fault:
         env["MLM_FAULT"] = fault
-    command = [sys.executable, "-m", "mlm", "pretrain", "--run-dir", str(run_dir),
-               "--steps", str(STEPS)]
+    args = ["pretrain", "--run-dir", run_dir, "--steps", STEPS]
     if resume:
-        command.append("--resume")
+        args.append("--resume")
     else:
-        command += ["--recipe", "bert_test", "--corpus", str(corpus), "--deterministic",
-                    "--set", *SETTINGS, *extra]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        args += ["--recipe", "bert_test", "--corpus", corpus, "--deterministic",
+                 "--set", *SETTINGS, *extra]
+    return run_mlm(*args, env=env)
 
 
 @pytest.mark.slow
 def test_four_steps_a_call_train_exactly_as_one_and_stop_after_the_call(tmp_path, small_corpus):
     one, four, stopped = tmp_path / "one", tmp_path / "four", tmp_path / "stopped"
     for run_dir, stride in ((one, 1), (four, 16)):
-        proc = _pretrain(run_dir, small_corpus, f"train.steps_per_execution={stride}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        code, _, err = _pretrain(run_dir, small_corpus, f"train.steps_per_execution={stride}")
+        assert code == 0, err[-3000:]
     # The same weights, optimizer state, dropout seeds and logged losses, bit for bit.
-    assert _max_difference(one, four) == 0.0
+    assert max_weight_difference(_final_state(one), _final_state(four)) == 0.0
     assert _train_records(one) == _train_records(four)
     assert [step for step, _, _ in _train_records(four)] == [4, 8]
     # SIGTERM during step 2 of the call of steps 1-4: the call finishes, step 4 is
     # checkpointed, and the resumed run ends as the uninterrupted one.
-    proc = _pretrain(stopped, small_corpus, fault="train_step:step=2:action=term")
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
-    assert "stopped after step 4" in proc.stderr
+    code, _, err = _pretrain(stopped, small_corpus, fault="train_step:step=2:action=term")
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped after step 4" in err
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["step-4"]
-    proc = _pretrain(stopped, small_corpus, resume=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert _max_difference(stopped, four) == 0.0
+    code, _, err = _pretrain(stopped, small_corpus, resume=True)
+    assert code == 0, err[-3000:]
+    assert max_weight_difference(_final_state(stopped), _final_state(four)) == 0.0
