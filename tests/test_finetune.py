@@ -225,6 +225,7 @@ def test_classify_gives_each_text_a_label_and_probability(finetuned):
     assert float(probability) == pytest.approx(max(rows[0]["probabilities"]), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_resume_trains_only_the_epochs_left(encoder, labelled, tmp_path):
     train, dev = labelled
     run_dir = tmp_path / "cls"
@@ -247,6 +248,7 @@ def test_resume_trains_only_the_epochs_left(encoder, labelled, tmp_path):
     assert epochs[1]["val_loss"] == pytest.approx(first[1]["val_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_sentence_pairs_train_and_classify(encoder, tmp_path):
     # Label: does the second sentence follow the first in its chapter?
     lines = sentences(60, start=100)
