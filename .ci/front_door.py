@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "MLM_FAULT")}
     env.update(MLM_CACHE_DIR=str(work / "cache"), TF_CPP_MIN_LOG_LEVEL="2")
     corpus, held_out = write_corpus(work)
+    labelled = write_labelled(work)
     run = work / "runs" / "demo"
     checks = [
         ("mlm recipes", ["recipes"], None),
@@ -118,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
          ["continue", "--preset", work / "hf_bert", "--corpus", corpus, "--held-out", held_out,
           "--run-dir", work / "runs" / "from_hf", "--steps", "2", "--sequence-length", "32",
           *FAST], None),
+        ("mlm finetune", ["finetune", run / "preset", "--train", labelled, "--run-dir",
+                          work / "runs" / "cls", "--epochs", "1"], None),
+        ("mlm classify", ["classify", work / "runs" / "cls" / "preset",
+                          "And the LORD spake unto Moses"], None),
+        ("mlm export --format transformers (no torch)",
+         ["export", run, "--format", "transformers", "--out", work / "hf_export"], None),
         ("mlm pretrain --backend jax (needs [jax])",
          ["pretrain", "--recipe", "bert_test", "--corpus", corpus, "--run-dir",
           work / "runs" / "jax", "--backend", "jax"], 'pip install "mlm[jax]"'),
@@ -150,6 +157,22 @@ def write_corpus(work: Path) -> tuple[Path, Path]:
     corpus.write_text("\n\n".join(docs[:60]) + "\n", encoding="utf-8")
     held_out.write_text("\n\n".join(docs[1000:1010]) + "\n", encoding="utf-8")
     return corpus, held_out
+
+
+def write_labelled(work: Path) -> Path:
+    """A CSV of 30 Old Testament and 30 New Testament sentences, labelled "old" and "new"."""
+    import csv
+
+    with gzip.open(ROOT / "mlm" / "data" / "kjv.txt.gz", "rt", encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    path = work / "labelled.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for label, chapters in (("old", lines[:5]), ("new", lines[-5:])):
+            sentences = [s for chapter in chapters for s in chapter.split(". ")]
+            writer.writerows((sentence, label) for sentence in sentences[:30])
+    return path
 
 
 def check(name: str, command: list, expected_error: str | None, *, cwd: Path, env: dict) -> bool:
