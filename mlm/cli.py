@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-batches", type=int, default=0, help="0: every window")
     p.add_argument("--seed", type=int, default=0, help="seed of the fixed evaluation masks")
+    p.add_argument("--selection-rate", type=float, metavar="RATE",
+                   help="fraction of tokens to mask (default: the preset's own rate)")
 
     p = sub.add_parser("predict", help="top-k fillers for each [MASK] in a text")
     p.add_argument("preset")
@@ -297,6 +299,7 @@ def _evaluate(args) -> None:
     result = evaluate_preset(
         args.preset, paths=args.corpus, text_column=args.text_column,
         batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed,
+        selection_rate=args.selection_rate,
     )
     print(
         f"masked accuracy {result['accuracy']:.4f}, masked loss {result['loss']:.4f}, "

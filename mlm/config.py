@@ -94,6 +94,16 @@ class MaskingConfig:
     mask_token_rate: float = 0.8
     # ... this fraction a random non-special token, the rest stay unchanged.
     random_token_rate: float = 0.1
+    # Selection rate of the held-out evaluations; 0 means `selection_rate`.
+    # Recipes that train at a higher rate (ModernBERT and MosaicBERT train at
+    # 30% and evaluate at 15%) keep held-out numbers comparable across runs.
+    eval_selection_rate: float = 0.0
+
+    def for_evaluation(self) -> "MaskingConfig":
+        """The masking of held-out evaluations: `eval_selection_rate` if set."""
+        if not self.eval_selection_rate:
+            return self
+        return dataclasses.replace(self, selection_rate=self.eval_selection_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,6 +382,8 @@ def validate(recipe: Recipe) -> None:
     unit = (0.0, 1.0)
     checks = [
         ("masking.selection_rate", m.selection_rate, 0.0 < m.selection_rate <= 1.0, "in (0, 1]"),
+        ("masking.eval_selection_rate", m.eval_selection_rate,
+         0.0 <= m.eval_selection_rate <= 1.0, "in [0, 1] (0: the training rate)"),
         ("masking.mask_token_rate", m.mask_token_rate, _within(m.mask_token_rate, unit),
          "in [0, 1]"),
         ("masking.random_token_rate", m.random_token_rate,

@@ -72,11 +72,15 @@ def evaluate_preset(
     batch_size: int = 32,
     max_batches: int = 0,
     seed: int = 0,
+    selection_rate: float | None = None,
 ) -> dict:
     """Masked-token metrics of a saved preset on every document of `paths`.
 
     The preset's own tokenizer and sequence length are used; masks are fixed
     by `seed`, so two presets evaluated on the same files see the same masks.
+    `selection_rate` replaces the preset's masking rate (e.g. 0.15 for a model
+    trained at 0.3, as its run's held-out evaluations with
+    `masking.eval_selection_rate=0.15` did).
     """
     import tempfile
     from pathlib import Path
@@ -88,6 +92,10 @@ def evaluate_preset(
 
     if batch_size < 1:
         raise MlmError(f"--batch-size must be at least 1, but received batch_size={batch_size}.")
+    if selection_rate is not None and not 0.0 < selection_rate <= 1.0:
+        raise MlmError(
+            f"--selection-rate must be in (0, 1], but received selection_rate={selection_rate}."
+        )
     task = load_masked_lm(preset)
     source = corpus.resolve_corpus(
         CorpusConfig(paths=tuple(paths), text_column=text_column, held_out_fraction=0.0)
@@ -101,7 +109,7 @@ def evaluate_preset(
         return evaluate_tokens(
             task, cache.tokens("train"), sequence_length=preprocessor.sequence_length,
             masking=MaskingConfig(
-                selection_rate=preprocessor.mask_selection_rate,
+                selection_rate=selection_rate or preprocessor.mask_selection_rate,
                 mask_token_rate=preprocessor.mask_token_rate,
                 random_token_rate=preprocessor.random_token_rate,
             ),

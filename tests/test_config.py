@@ -326,3 +326,13 @@ def test_distributed_options_are_validated_with_the_recipe_checks(fields, messag
     with pytest.raises(MlmError, match=message):
         validate_distributed(DistributedConfig(**fields))
     validate_distributed(DistributedConfig(num_processes=2, process_id=1))
+
+
+def test_evaluation_masking_rate_defaults_to_the_training_rate():
+    from mlm.config import MaskingConfig, apply_overrides, load_recipe
+
+    assert MaskingConfig(selection_rate=0.3).for_evaluation().selection_rate == 0.3
+    both = MaskingConfig(selection_rate=0.3, eval_selection_rate=0.15)
+    assert both.for_evaluation() == MaskingConfig(selection_rate=0.15, eval_selection_rate=0.15)
+    with pytest.raises(MlmError, match="eval_selection_rate' must be in \\[0, 1\\]"):
+        apply_overrides(load_recipe("bert_test"), ["masking.eval_selection_rate=1.5"])

@@ -67,3 +67,36 @@ def test_four_steps_a_call_train_exactly_as_one_and_stop_after_the_call(tmp_path
     code, _, err = _pretrain(stopped, small_corpus, resume=True)
     assert code == 0, err[-3000:]
     assert max_weight_difference(_final_state(stopped), _final_state(four)) == 0.0
+
+
+@pytest.mark.slow
+def test_held_out_evaluations_mask_at_the_evaluation_rate(tmp_path, small_corpus):
+    from tests.conftest import read_metrics
+
+    per_window = {}
+    for eval_rate in (0.0, 0.15):  # 0: evaluate at the training rate
+        run = tmp_path / f"eval_{eval_rate}"
+        code, _, err = run_mlm(
+            "pretrain", "--run-dir", run, "--steps", "2", "--recipe", "bert_test",
+            "--corpus", small_corpus, "--set", "masking.selection_rate=0.3",
+            f"masking.eval_selection_rate={eval_rate}")
+        assert code == 0, err[-3000:]
+        held_out = [r for r in read_metrics(run) if r.get("split") == "held_out"]
+        assert held_out, "no held-out evaluation was recorded"
+        per_window[eval_rate] = [r["masked_tokens"] / r["windows"] for r in held_out]
+    # bert_test windows hold 30 maskable tokens (the last one fewer): round(0.3 * 30) = 9
+    # selected at the training rate, round(0.15 * 30) = 4 or 5 at the evaluation rate.
+    assert all(8.0 <= m <= 9.0 for m in per_window[0.0]), per_window
+    assert all(4.0 <= m <= 5.0 for m in per_window[0.15]), per_window
+
+    # `mlm evaluate` masks at the preset's own (training) rate unless told otherwise.
+    from mlm.evaluate import evaluate_preset
+
+    preset = str(tmp_path / "eval_0.15" / "preset")
+    counts = {rate: evaluate_preset(preset, paths=[str(small_corpus)], batch_size=8,
+                                    max_batches=1, selection_rate=rate)["masked_tokens"]
+              for rate in (None, 0.15)}
+    assert 8 * 8 <= counts[None] <= 8 * 9 and 8 * 4 <= counts[0.15] <= 8 * 5, counts
+    code, _, err = run_mlm("evaluate", preset, "--corpus", small_corpus,
+                           "--selection-rate", "1.5")
+    assert code == 2 and "--selection-rate must be in (0, 1]" in err, err[-2000:]

@@ -74,7 +74,8 @@ def train(
 
     def evaluate(step):
         result = evaluate_tokens(
-            task, held_out_tokens, sequence_length=model.sequence_length, masking=recipe.masking,
+            task, held_out_tokens, sequence_length=model.sequence_length,
+            masking=recipe.masking.for_evaluation(),
             ids=ids, batch_size=cfg.batch_size, seed=cfg.seed, max_batches=cfg.eval_batches,
             arch=arch,
         )
