@@ -223,14 +223,17 @@ def available_recipes() -> list[str]:
     )
 
 
-def load_recipe(name_or_path: str) -> Recipe:
-    """Loads a recipe by name (from `presets/`) or from a JSON file path."""
+def read_recipe_json(name_or_path: str, *, choices: str) -> tuple[Any, str]:
+    """The parsed JSON of `presets/NAME.json` or of a JSON file path, and the recipe's name.
+
+    `choices` names the shipped recipes in the message for a missing one.
+    """
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise MlmError(
                 f"recipe file not found: {name_or_path}; pass an existing "
-                f"JSON file or one of: {', '.join(available_recipes())}."
+                f"JSON file or one of: {choices}."
             )
         text, name = path.read_text(), path.stem
     else:
@@ -238,13 +241,26 @@ def load_recipe(name_or_path: str) -> Recipe:
         if not resource.is_file():
             raise MlmError(
                 f"unknown recipe '{name_or_path}'; choose one of: "
-                f"{', '.join(available_recipes())}, or pass a JSON file path."
+                f"{choices}, or pass a JSON file path."
             )
         text, name = resource.read_text(), name_or_path
     try:
-        data = json.loads(text)
+        return json.loads(text), name
     except json.JSONDecodeError as e:
         raise MlmError(f"recipe {name_or_path} is not valid JSON ({e}); fix the file.") from None
+
+
+def override_value(raw: str) -> Any:
+    """An override's value: parsed as JSON when it parses (`3`, `true`, `["a"]`), else text."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """Loads a recipe by name (from `presets/`) or from a JSON file path."""
+    data, name = read_recipe_json(name_or_path, choices=", ".join(available_recipes()))
     if isinstance(data, dict):
         data.setdefault("name", name)
     return recipe_from_dict(data)
@@ -337,10 +353,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
                 f"cannot parse override '{item}'; write section.field=value, "
                 f"e.g. train.steps=100, with a section among {', '.join(SECTIONS)}."
             )
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        value = override_value(raw)
         target = data
         for part in parts[:-1]:
             if not isinstance(target.get(part), dict):

@@ -6,11 +6,8 @@ of them. The resolved recipe is written into every fine-tuning run folder.
 """
 
 import dataclasses
-import importlib.resources
-import json
-from pathlib import Path
 
-from mlm.config import coerce_field
+from mlm.config import coerce_field, override_value, read_recipe_json
 from mlm.errors import MlmError
 
 
@@ -63,22 +60,7 @@ RECIPE = "finetune"
 
 def load_finetune_config(name_or_path: str = RECIPE, overrides=()) -> FinetuneConfig:
     """Loads the recipe `presets/NAME.json` (or a JSON file) and applies `field=value` overrides."""
-    path = Path(name_or_path)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise MlmError(f"fine-tuning recipe not found: {name_or_path}; pass a JSON file.")
-        text = path.read_text()
-    else:
-        resource = importlib.resources.files("mlm.presets") / f"{name_or_path}.json"
-        if not resource.is_file():
-            raise MlmError(
-                f"unknown fine-tuning recipe '{name_or_path}'; use '{RECIPE}' or a JSON file."
-            )
-        text = resource.read_text()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MlmError(f"recipe {name_or_path} is not valid JSON ({e}); fix the file.") from None
+    data, _ = read_recipe_json(name_or_path, choices=RECIPE)
     if not isinstance(data, dict):
         raise MlmError(f"a recipe must be a JSON object, but received {type(data).__name__}.")
     return apply_finetune_overrides(config_from_dict(data), overrides)
@@ -106,12 +88,7 @@ def apply_finetune_overrides(config: FinetuneConfig, overrides) -> FinetuneConfi
         key, sep, raw = item.partition("=")
         if not sep:
             raise MlmError(f"an override is FIELD=VALUE, but received {item!r}.")
-        key = key.strip().removeprefix("finetune.")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        data[key] = value
+        data[key.strip().removeprefix("finetune.")] = override_value(raw)
     return config_from_dict(data)
 
 
