@@ -40,6 +40,7 @@ from mlm.finetuning.config import (
 from mlm.finetuning.metrics import classification_metrics
 from mlm.finetuning.report import write_finetune_report
 from mlm.progress import Progress
+from mlm.run.checkpoints import optimizer_left_out, seed_states
 from mlm.run.directory import RunDir
 from mlm.training.schedule import WarmupLinearDecay
 
@@ -278,7 +279,7 @@ def save_checkpoint(model, *, run_dir: Path, epoch: int, best: dict) -> None:
     with atomic.writing_dir(checkpoint_dir(run_dir, epoch)) as tmp:
         _save_arrays(tmp / "weights.npz", model.get_weights())
         _save_arrays(tmp / "optimizer.npz", [v.numpy() for v in model.optimizer.variables])
-        _save_arrays(tmp / "random.npz", [v.numpy() for v in _seed_states(model)])
+        _save_arrays(tmp / "random.npz", [v.numpy() for v in seed_states(model)])
         (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "best": best}))
     for old, path in list_checkpoints(run_dir).items():
         if old not in (epoch, best["epoch"]):
@@ -293,35 +294,19 @@ def restore_checkpoint(model, path: Path) -> tuple[int, dict]:
     for variable, value in zip(model.optimizer.variables, _load_arrays(path / "optimizer.npz"),
                                strict=True):
         variable.assign(value)
-    for variable, value in zip(_seed_states(model), _load_arrays(path / "random.npz"),
+    for variable, value in zip(seed_states(model), _load_arrays(path / "random.npz"),
                                strict=True):
         variable.assign(value)
     return state["epoch"], state["best"]
-
-
-def _seed_states(model) -> list:
-    """The state of every `keras.random.SeedGenerator` (dropout), which weights omit.
-
-    Restored on resume so the resumed epochs draw the dropout masks an
-    uninterrupted run would. Matched by position, as in `mlm.run.checkpoints`.
-    """
-    return [v for v in model.variables if v.name == "seed_generator_state"]
 
 
 def save_best(model, *, run_dir: Path, epoch: int, names: tuple[str, ...]) -> Path:
     """Writes the classifier of the best epoch to `run_dir/preset` with its labels."""
     model.set_weights(_load_arrays(checkpoint_dir(run_dir, epoch) / "weights.npz"))
     preset = Path(run_dir) / "preset"
-    # Keras saves a compiled model's optimizer into task.weights.h5. Swap in the
-    # fresh Adam of keras-hub's default `TextClassifier.compile()`, as
-    # `mlm.run.checkpoints` does, so the preset ships no training state.
-    optimizer, model.optimizer = model.optimizer, keras.optimizers.Adam(5e-5)
-    try:
-        with atomic.writing_dir(preset) as tmp:
-            model.save_to_preset(str(tmp))
-            (tmp / LABELS_FILE).write_text(json.dumps(list(names), indent=2) + "\n")
-    finally:
-        model.optimizer = optimizer
+    with optimizer_left_out(model), atomic.writing_dir(preset) as tmp:
+        model.save_to_preset(str(tmp))
+        (tmp / LABELS_FILE).write_text(json.dumps(list(names), indent=2) + "\n")
     return preset
 
 

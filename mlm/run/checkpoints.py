@@ -20,6 +20,7 @@ changed since they were written (a bad disk, a partial copy) is reported and
 skipped for the previous one.
 """
 
+import contextlib
 import hashlib
 import json
 import re
@@ -187,24 +188,34 @@ def save_checkpoint(
     return root / f"step-{step}"
 
 
-def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dict) -> None:
+@contextlib.contextmanager
+def optimizer_left_out(model):
+    """Runs the block (a `save_to_preset`) with a fresh Adam in place of the model's optimizer.
+
+    Keras saves a compiled model's optimizer into `task.weights.h5`. The fresh Adam
+    is the one keras-hub's default `compile()` creates, so the preset is what
+    keras-hub itself writes: no training state shipped, no load warnings.
+    """
     import keras
 
-    # Keras saves a compiled model's optimizer into task.weights.h5. Swap in the
-    # fresh Adam that keras-hub's default `MaskedLM.compile()` creates, so the preset
-    # is what keras-hub itself writes: no training state shipped, no load warnings.
-    optimizer = task.optimizer
-    task.optimizer = keras.optimizers.Adam(5e-5)
+    optimizer = model.optimizer
+    model.optimizer = keras.optimizers.Adam(5e-5)
     try:
-        # See mlm.training.precision: keras-hub loads no mixed policy.
-        with preprocessor_attached(task, preprocessor), float32_for_saving(task):
-            task.save_to_preset(str(preset_of(folder)))
+        yield
     finally:
-        task.optimizer = optimizer
+        model.optimizer = optimizer
+
+
+def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dict) -> None:
+    optimizer = task.optimizer
+    # See mlm.training.precision: keras-hub loads no mixed policy.
+    with optimizer_left_out(task), preprocessor_attached(task, preprocessor), \
+            float32_for_saving(task):
+        task.save_to_preset(str(preset_of(folder)))
     fault_point("checkpoint_write", step=step)
     arrays = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)}
     np.savez(folder / "optimizer.npz", **arrays)
-    seeds = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(_seed_states(task))}
+    seeds = {f"v{i}": np.asarray(v.numpy()) for i, v in enumerate(seed_states(task))}
     np.savez(folder / "random.npz", **seeds)
     atomic.write_json(folder / "state.json", {"step": step, **state})
     _write_manifest(folder, step=step)  # last: marks the checkpoint complete
@@ -240,11 +251,16 @@ def restore_random_state(task, checkpoint: Path) -> None:
     Matched by position: layer names are numbered per process
     (`seed_generator_4`), but the model's structure fixes the order.
     """
-    _assign(_seed_states(task), checkpoint / "random.npz", checkpoint=checkpoint)
+    _assign(seed_states(task), checkpoint / "random.npz", checkpoint=checkpoint)
 
 
-def _seed_states(task) -> list:
-    return [v for v in task.variables if v.name == _SEED_STATE_NAME]
+def seed_states(model) -> list:
+    """The state of every `keras.random.SeedGenerator` (dropout), which weights omit.
+
+    Saved and restored so that resumed steps draw the dropout masks an
+    uninterrupted run would; matched by position.
+    """
+    return [v for v in model.variables if v.name == _SEED_STATE_NAME]
 
 
 def _assign(variables: list, path: Path, *, checkpoint: Path) -> None:
