@@ -98,12 +98,32 @@ class MaskingConfig:
     # Recipes that train at a higher rate (ModernBERT and MosaicBERT train at
     # 30% and evaluate at 15%) keep held-out numbers comparable across runs.
     eval_selection_rate: float = 0.0
+    # What is selected: "token" (single subword tokens, BERT's original
+    # recipe), "word" (whole words: every piece of a chosen word, Google BERT's
+    # `do_whole_word_mask`) or "span" (runs of whole words with geometric
+    # lengths, SpanBERT). Words come from the tokenizer family's marks:
+    # WordPiece "##" continuations, SentencePiece "▁" and byte-level BPE "Ġ"
+    # word starts.
+    unit: str = "token"
+    # Span masking: P(span of l words) is proportional to span_p * (1 - span_p)^(l-1),
+    # l = 1..max_span (SpanBERT: 0.2 and 10).
+    span_p: float = 0.2
+    max_span: int = 10
+    # Word segmentation of text without spaces before word and span masking:
+    # "" (none) or "jieba" (Chinese; pip install "mlm[chinese]"): the words it
+    # finds are masked whole, the Chinese-BERT-wwm recipe.
+    segmenter: str = ""
+    # The unit of held-out evaluations: "token" by default, so that runs trained
+    # with different units (and, with `eval_selection_rate`, rates) are scored on
+    # the same task.
+    eval_unit: str = "token"
 
     def for_evaluation(self) -> "MaskingConfig":
-        """The masking of held-out evaluations: `eval_selection_rate` if set."""
-        if not self.eval_selection_rate:
-            return self
-        return dataclasses.replace(self, selection_rate=self.eval_selection_rate)
+        """The masking of held-out evaluations: `eval_selection_rate` and `eval_unit`."""
+        return dataclasses.replace(
+            self, selection_rate=self.eval_selection_rate or self.selection_rate,
+            unit=self.eval_unit,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +200,9 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+# Values of `masking.unit` and `masking.segmenter`.
+MASKING_UNITS = ("token", "word", "span")
+SEGMENTERS = ("", "jieba")
 # Values of `train.mixed_precision`.
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
@@ -368,6 +391,10 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     return recipe_from_dict(data)
 
 
+def _choices(values: tuple[str, ...]) -> str:
+    return " or ".join(repr(v) for v in values)
+
+
 def _within(value: float, bounds: tuple[float, float]) -> bool:
     return bounds[0] <= value <= bounds[1]
 
@@ -402,6 +429,13 @@ def validate(recipe: Recipe) -> None:
         ("masking.random_token_rate", m.random_token_rate,
          _within(m.random_token_rate, (0.0, 1.0 - m.mask_token_rate + 1e-9)),
          "in [0, 1 - masking.mask_token_rate]"),
+        ("masking.unit", repr(m.unit), m.unit in MASKING_UNITS, _choices(MASKING_UNITS)),
+        ("masking.eval_unit", repr(m.eval_unit), m.eval_unit in MASKING_UNITS,
+         _choices(MASKING_UNITS)),
+        ("masking.span_p", m.span_p, 0.0 < m.span_p <= 1.0, "in (0, 1]"),
+        ("masking.max_span", m.max_span, m.max_span >= 1, "at least 1"),
+        ("masking.segmenter", repr(m.segmenter), m.segmenter in SEGMENTERS,
+         "'' (none) or 'jieba'"),
         ("corpus.held_out_fraction", c.held_out_fraction, 0.0 <= c.held_out_fraction < 1.0,
          "in [0, 1)"),
         ("corpus.on_decode_error", repr(c.on_decode_error),
@@ -442,6 +476,11 @@ def validate(recipe: Recipe) -> None:
             raise MlmError(
                 f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}."
             )
+    if m.segmenter and m.unit == "token":
+        raise MlmError(
+            "'masking.segmenter' segments words for word or span masking, but "
+            "masking.unit='token'; set masking.unit=word (or span), or remove the segmenter."
+        )
     _validate_architecture(recipe)
     max_len = recipe.model.backbone.get("max_sequence_length")
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):

@@ -14,6 +14,7 @@ import keras
 
 from mlm import atomic
 from mlm.architectures import (
+    Architecture,
     architecture_of_backbone,
     get_architecture,
     preprocessor_detached,
@@ -111,7 +112,8 @@ def pretrain(
             result = train(
                 task, preprocessor=preprocessor, recipe=recipe, arch=arch,
                 train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
-                ids=TokenIds.from_tokenizer(preprocessor.tokenizer), run_dir=run_dir,
+                ids=token_ids(preprocessor.tokenizer, recipe=recipe, arch=arch),
+                run_dir=run_dir,
                 start_step=start_step, log=log, topology=topology,
                 settings_cache=settings_cache,
             )
@@ -120,6 +122,13 @@ def pretrain(
         with distributed.outside_distribution():  # the report loads the preset
             summary["preset"] = str(finish_run(run_dir, recipe=recipe, summary=summary, log=log))
     return summary
+
+
+def token_ids(tokenizer, *, recipe: Recipe, arch: Architecture) -> TokenIds:
+    """The pipeline's ids; the word-start flags too where word or span masking needs them."""
+    whole_words = {recipe.masking.unit, recipe.masking.eval_unit} != {"token"}
+    return TokenIds.from_tokenizer(
+        tokenizer, family=arch.tokenizer_family if whole_words else None)
 
 
 def continue_pretraining(
