@@ -37,11 +37,13 @@ class CorpusConfig:
     # file and offset) or "replace" (each such byte becomes U+FFFD; the count
     # is reported in the run log).
     on_decode_error: str = "error"
-    # How `.txt` files split into documents: "paragraphs" (blank lines separate
-    # documents, as in BERT's pretraining data) or "lines" (every line is a
-    # document, HF's `line_by_line`: dictionaries, dumps of JSON records, most
-    # web corpora). Other formats are one document per record either way.
-    text_documents: str = "paragraphs"
+    # What ends a document in `.txt`/`.txt.gz` files: "blank_line" (blank lines
+    # separate documents, as in BERT's pretraining data), "line" (every line is
+    # a document, HF's `line_by_line` without its padding: lines are still
+    # packed into windows; dictionaries, dumps of JSON records, most web
+    # corpora) or "file" (each file is one document). Other formats are one
+    # document per record either way.
+    document_boundary: str = "blank_line"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +202,8 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+# Values of `corpus.document_boundary`.
+DOCUMENT_BOUNDARIES = ("blank_line", "line", "file")
 # Values of `masking.unit` and `masking.segmenter`.
 MASKING_UNITS = ("token", "word", "span")
 SEGMENTERS = ("", "jieba")
@@ -440,8 +444,8 @@ def validate(recipe: Recipe) -> None:
          "in [0, 1)"),
         ("corpus.on_decode_error", repr(c.on_decode_error),
          c.on_decode_error in ("error", "replace"), "'error' or 'replace'"),
-        ("corpus.text_documents", repr(c.text_documents),
-         c.text_documents in ("paragraphs", "lines"), "'paragraphs' or 'lines'"),
+        ("corpus.document_boundary", repr(c.document_boundary),
+         c.document_boundary in DOCUMENT_BOUNDARIES, _choices(DOCUMENT_BOUNDARIES)),
         ("vocab.size", v.size, v.size >= 100, "at least 100"),
         ("vocab.min_frequency", v.min_frequency, v.min_frequency >= 1, "at least 1"),
         ("model.sequence_length", recipe.model.sequence_length,

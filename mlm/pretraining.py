@@ -87,6 +87,8 @@ def pretrain(
         directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     run = RunDir(run_dir)
     log = MetricsLog(run, quiet=quiet, tensorboard=True, record=chief)
+    for hint in source.hints if chief else ():
+        log.say(hint)
     lock = directory.run_lock(run_dir) if chief else contextlib.nullcontext()
     with directory.removed_on_failure(run_dir, fresh=not resume and chief), lock:
         if resume and chief:

@@ -317,11 +317,11 @@ def test_unreachable_hub_dataset_fails_fast():
 def test_one_document_per_line_when_asked(tmp_path):
     path = tmp_path / "a.txt"
     path.write_text(TEXT, newline="")
-    assert documents([path], text_documents="lines") == [
+    assert documents([path], document_boundary="line") == [
         "first doc", "second line", "second doc", "third doc", "fourth doc"]
     gz = tmp_path / "b.txt.gz"
     gz.write_bytes(gzip.compress(b"no newline at the end\nlast"))
-    assert documents([gz], text_documents="lines") == ["no newline at the end", "last"]
+    assert documents([gz], document_boundary="line") == ["no newline at the end", "last"]
 
 
 def test_a_line_longer_than_one_read_is_still_one_document(tmp_path, monkeypatch):
@@ -330,7 +330,7 @@ def test_a_line_longer_than_one_read_is_still_one_document(tmp_path, monkeypatch
     monkeypatch.setattr(corpus, "MAX_DOCUMENT_CHARS", 8)  # readline(8) splits every line
     path = tmp_path / "a.txt"
     path.write_text("short\nabcdefghijkl\n\nend\n")
-    got = documents([path], text_documents="lines")
+    got = documents([path], document_boundary="line")
     # The 12-character line is cut at the limit, as a long paragraph is; no line is merged
     # with the next one.
     assert got == ["short", "abcdefgh", "ijkl", "end"]
@@ -341,7 +341,7 @@ def test_lines_mode_holds_out_lines_and_changes_the_cache_key(tmp_path):
     path.write_text("".join(f"entry {i}: a definition of word {i}\n" for i in range(400)))
     as_paragraphs = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.1))
     as_lines = resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.1,
-                                           text_documents="lines"))
+                                           document_boundary="line"))
     assert count_documents(as_paragraphs, split="train") == 1
     assert list(iter_documents(as_paragraphs, split="held_out")) == []  # the one is in train
     held_out = list(iter_documents(as_lines, split="held_out"))
@@ -350,8 +350,38 @@ def test_lines_mode_holds_out_lines_and_changes_the_cache_key(tmp_path):
     assert as_lines.fingerprint != as_paragraphs.fingerprint
 
 
-def test_unknown_text_documents_value_is_a_recipe_error():
+def test_unknown_document_boundary_value_is_a_recipe_error():
     from mlm.config import apply_overrides, load_recipe
 
-    with pytest.raises(MlmError, match="corpus.text_documents' must be 'paragraphs' or 'lines'"):
-        apply_overrides(load_recipe("bert_test"), ["corpus.text_documents=words"])
+    with pytest.raises(MlmError, match="document_boundary' must be 'blank_line' or 'line' or "):
+        apply_overrides(load_recipe("bert_test"), ["corpus.document_boundary=words"])
+
+
+def test_one_document_per_file_when_asked(tmp_path):
+    (tmp_path / "a.txt").write_text("first paragraph\n\nsecond paragraph\n")
+    (tmp_path / "b.txt.gz").write_bytes(gzip.compress(b"\n\nonly one\n\n"))
+    (tmp_path / "c.txt").write_text("last file, no newline")
+    got = documents([tmp_path / n for n in ("a.txt", "b.txt.gz", "c.txt")],
+                    document_boundary="file")
+    assert [d.strip() for d in got] == [
+        "first paragraph\n\nsecond paragraph", "only one", "last file, no newline"]
+    as_paragraphs = documents([tmp_path / "a.txt"])
+    assert as_paragraphs == ["first paragraph", "second paragraph"]
+
+
+def test_a_large_text_file_without_blank_lines_gets_a_hint(tmp_path):
+    from mlm.data.corpus import UNBROKEN_HINT_BYTES
+
+    lines = tmp_path / "lines.txt"
+    line = "entry: a definition of a word, one per line\n"
+    lines.write_text(line * (UNBROKEN_HINT_BYTES // len(line) + 10))
+    small = tmp_path / "small.txt"
+    small.write_text(line * 10)
+    paragraphs = tmp_path / "paragraphs.txt"
+    paragraphs.write_text((line * 40 + "\n") * (UNBROKEN_HINT_BYTES // (40 * len(line)) + 2))
+    (hint,) = resolve_corpus(CorpusConfig(paths=(str(lines), str(small)))).hints
+    assert "has no blank line in 1.0 MB" in hint and str(lines) in hint
+    assert "corpus.document_boundary=line" in hint and "\n" not in hint
+    assert resolve_corpus(CorpusConfig(paths=(str(lines),),
+                                       document_boundary="line")).hints == ()
+    assert resolve_corpus(CorpusConfig(paths=(str(paragraphs), str(small)))).hints == ()

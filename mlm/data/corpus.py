@@ -8,7 +8,8 @@ documents of one split with memory that does not grow with the corpus.
 
 Formats:
 - `.txt`, `.txt.gz`: blank lines (empty or whitespace only) separate documents;
-  with `text_documents="lines"`, every non-blank line is a document.
+  with `document_boundary="line"` every non-blank line is a document, with
+  `"file"` the whole file is one.
 - `.jsonl` (one JSON object per line), `.json` (JSON Lines, or an array of
   objects, which is read whole), `.csv` (with a header row), `.parquet`: one
   document per row, taken from `text_column`.
@@ -79,6 +80,11 @@ _FORMAT_VERSION = 2
 # Longest document handed on; longer ones are cut into pieces at whitespace,
 # and text files are read this many characters at a time at most.
 MAX_DOCUMENT_CHARS = 1 << 20
+# A text file larger than this without a blank line gets a hint: it reads as
+# one document, and was probably meant as one document per line.
+UNBROKEN_HINT_BYTES = 1 << 20
+# A blank line: a newline, optional whitespace, a newline.
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 # With on_decode_error="replace", each undecodable byte is read as this
 # noncharacter, which `_clean` turns into U+FFFD and counts. Unlike the lone
 # surrogates of Python's "surrogateescape" it is valid UTF-8, which pandas'
@@ -118,8 +124,10 @@ class Corpus:
             held-out files.
         on_decode_error: `"error"` or `"replace"`: what bytes that are not
             UTF-8 do.
-        text_documents: `"paragraphs"` or `"lines"`: what a document is in
-            a `.txt` file.
+        document_boundary: `"blank_line"`, `"line"` or `"file"`: what ends a
+            document in a `.txt` file.
+        hints: One-line hints for the user about the sources (a large text
+            file without blank lines, which reads as one document).
         fingerprint: Hex digest of the content and of the settings that
             change the documents; the key of the token cache.
     """
@@ -131,8 +139,9 @@ class Corpus:
     text_column: str = "text"
     held_out_fraction: float = 0.02
     on_decode_error: str = "error"
-    text_documents: str = "paragraphs"
+    document_boundary: str = "blank_line"
     fingerprint: str = ""
+    hints: tuple[str, ...] = ()
 
 
 def resolve_corpus(config: CorpusConfig) -> Corpus:
@@ -168,13 +177,15 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
     if hub_name:
         _check_hub(hub_name, split=config.hub_split, text_column=config.text_column)
     errors = _codec_errors(config.on_decode_error)
+    unbroken = []  # text files over 1 MB without a blank line
     sources = {
         "train": _scan_files(
-            train_files, text_column=config.text_column, field="corpus.paths", errors=errors
+            train_files, text_column=config.text_column, field="corpus.paths", errors=errors,
+            unbroken=unbroken,
         ),
         "held_out": _scan_files(
             held_out_files, text_column=config.text_column, field="corpus.held_out_paths",
-            errors=errors,
+            errors=errors, unbroken=unbroken,
         ),
         "hub": [hub_name, config.hub_split] if hub_name else None,
     }
@@ -184,9 +195,16 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
         "held_out_fraction": fraction,
         "on_decode_error": config.on_decode_error,
     }
-    if config.text_documents != "paragraphs":
+    if config.document_boundary != "blank_line":
         # Only when set, so that the token caches of earlier runs keep their keys.
-        settings["text_documents"] = config.text_documents
+        settings["document_boundary"] = config.document_boundary
+    hints = ()
+    if unbroken and config.document_boundary == "blank_line":
+        path, size = unbroken[0]
+        more = f" (and {len(unbroken) - 1} more)" if len(unbroken) > 1 else ""
+        hints = (f"hint: '{path}'{more} has no blank line in {size / 1e6:.1f} MB, so it reads "
+                 f"as one document; if it holds one document per line, set "
+                 f"corpus.document_boundary=line",)
     return Corpus(
         train_files=train_files,
         held_out_files=held_out_files,
@@ -195,8 +213,9 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
         text_column=config.text_column,
         held_out_fraction=config.held_out_fraction,
         on_decode_error=config.on_decode_error,
-        text_documents=config.text_documents,
+        document_boundary=config.document_boundary,
         fingerprint=_fingerprint(sources, settings=settings),
+        hints=hints,
     )
 
 
@@ -367,13 +386,20 @@ def _check_disjoint(train_files: tuple[str, ...], held_out_files: tuple[str, ...
 
 
 def _scan_files(
-    files: tuple[str, ...], *, text_column: str, field: str, errors: str
+    files: tuple[str, ...], *, text_column: str, field: str, errors: str,
+    unbroken: list | None = None,
 ) -> list[list[str]]:
-    """Validates files; returns `[format, content digest]` for each."""
+    """Validates files; returns `[format, content digest]` for each.
+
+    Appends `(path, bytes)` to `unbroken` for every text file of more than
+    `UNBROKEN_HINT_BYTES` without a blank line.
+    """
     scans, has_text = [], False
     for path in files:
         fmt = _format_of(path)
-        digest, file_has_text = _scan_file(path, fmt=fmt, errors=errors)
+        digest, file_has_text, size, blank = _scan_file(path, fmt=fmt, errors=errors)
+        if unbroken is not None and fmt == "text" and size > UNBROKEN_HINT_BYTES and not blank:
+            unbroken.append((path, size))
         if file_has_text:
             _check_text_column(path, fmt=fmt, text_column=text_column, errors=errors)
         has_text = has_text or file_has_text
@@ -387,30 +413,33 @@ def _scan_files(
     return scans
 
 
-def _scan_file(path: str, *, fmt: str, errors: str) -> tuple[str, bool]:
+def _scan_file(path: str, *, fmt: str, errors: str) -> tuple[str, bool, int, bool]:
     """Hashes a file in one read; checks that text formats are (UTF-8) text.
 
     Returns:
-        The content digest, and whether the file holds any non-blank text
-        (for Parquet: any row). A `.txt.gz` is hashed decompressed, so the
-        digest does not depend on how it was compressed.
+        The content digest; whether the file holds any non-blank text (for
+        Parquet: any row); its size in bytes (decompressed); whether it has a
+        blank line. A `.txt.gz` is hashed decompressed, so the digest does not
+        depend on how it was compressed.
     """
     if fmt == "parquet":
-        return _scan_parquet(path)
+        return (*_scan_parquet(path), 0, False)
     digest = hashlib.blake2b(digest_size=16)
     decoder = codecs.getincrementaldecoder("utf-8")(errors)
-    offset, has_text = 0, False
+    offset, has_text, blank, tail = 0, False, False, b""
     for chunk in _read_chunks(path):
         if offset == 0:
             _check_not_binary(chunk[:_HEAD_BYTES], path=path)
         text = _decode(decoder, chunk, path=path, offset=offset)
         has_text = has_text or (bool(text) and not text.isspace())
+        blank = blank or _BLANK_LINE.search(tail + chunk) is not None
+        tail = chunk[-64:]
         digest.update(chunk)
         offset += len(chunk)
     # A file may end inside a multi-byte sequence: with errors replaced, that is text too.
     text = _decode(decoder, b"", path=path, offset=offset, final=True)
     has_text = has_text or (bool(text) and not text.isspace())
-    return digest.hexdigest(), has_text
+    return digest.hexdigest(), has_text, offset, blank
 
 
 def _read_chunks(path: str) -> Iterator[bytes]:
@@ -518,20 +547,20 @@ def _iter_sources(
 ) -> Iterator[str]:
     """The raw documents (at most `MAX_DOCUMENT_CHARS` long) of the sources feeding `split`."""
     errors = _codec_errors(corpus.on_decode_error)
-    lines = corpus.text_documents == "lines"
+    boundary = corpus.document_boundary
     if split == "held_out" and corpus.held_out_files:
         parts = _iter_files(corpus.held_out_files, text_column=corpus.text_column, errors=errors,
-                            lines=lines)
+                            boundary=boundary)
     elif corpus.hub_name:
         texts = _read_hub(corpus.hub_name, split=corpus.hub_split, text_column=corpus.text_column)
         parts = ((text, True) for text in texts)
     else:
         parts = _iter_files(corpus.train_files, text_column=corpus.text_column, errors=errors,
-                            lines=lines)
+                            boundary=boundary)
     return _assemble(parts, limit=MAX_DOCUMENT_CHARS, events=events)
 
 
-def _iter_files(files: Iterable[str], *, text_column: str, errors: str, lines: bool):
+def _iter_files(files: Iterable[str], *, text_column: str, errors: str, boundary: str):
     """`(text, ends_document)` parts of the documents of `files`."""
     readers = {
         "jsonl": _read_json_lines,
@@ -542,7 +571,7 @@ def _iter_files(files: Iterable[str], *, text_column: str, errors: str, lines: b
     for path in files:
         fmt = _format_of(path)
         if fmt == "text":
-            yield from _read_paragraphs(path, errors=errors, lines=lines)
+            yield from _read_paragraphs(path, errors=errors, boundary=boundary)
         else:
             for text in readers[fmt](path, text_column=text_column, errors=errors):
                 yield text, True
@@ -609,9 +638,10 @@ def _clean(text: str) -> tuple[str, dict]:
     return text, {"nul_replaced": nul, "invalid_replaced": invalid}
 
 
-def _read_paragraphs(path: str, *, errors: str, lines: bool) -> Iterator[tuple[str, bool]]:
+def _read_paragraphs(path: str, *, errors: str, boundary: str) -> Iterator[tuple[str, bool]]:
     """`(text, ends_document)` parts of a text file's documents: runs of lines
-    between blank lines, or with `lines` each non-blank line.
+    between blank lines (`boundary="blank_line"`), each non-blank line
+    (`"line"`), or the whole file (`"file"`, blank lines kept as text).
 
     Lines are read at most `MAX_DOCUMENT_CHARS` characters at a time, so that
     a file without newlines reads in bounded memory.
@@ -620,8 +650,12 @@ def _read_paragraphs(path: str, *, errors: str, lines: bool) -> Iterator[tuple[s
     # Text mode turns "\r\n" and "\r" into "\n"; "-sig" drops a leading BOM.
     with opener(path, "rt", encoding="utf-8-sig", errors=errors) as f:
         in_document, line_start = False, True
+        lines, whole = boundary == "line", boundary == "file"
         while chunk := f.readline(MAX_DOCUMENT_CHARS):
-            if line_start and chunk.isspace():
+            if whole:
+                yield chunk, False
+                in_document = True
+            elif line_start and chunk.isspace():
                 if in_document:
                     yield "", True
                 in_document = False

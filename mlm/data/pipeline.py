@@ -422,7 +422,7 @@ def evaluation_dataset(
         raise MlmError(
             "the held-out split is empty; raise corpus.held_out_fraction or pass "
             "held-out files with --held-out (a .txt file with one document per line and no "
-            "blank lines reads as one document: set corpus.text_documents=lines)."
+            "blank lines reads as one document: set corpus.document_boundary=line)."
         )
 
     schedule = functools.partial(ordered_schedule, windows, batch_size=batch_size)
