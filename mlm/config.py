@@ -134,6 +134,10 @@ class TrainConfig:
 
     # Windows per optimizer step.
     batch_size: int = 32
+    # Cut each step's batch into this many equal parts, run one after the other
+    # and summed into one update (gradient accumulation): the batch_size's
+    # update at the memory of batch_size / accumulation_steps windows.
+    accumulation_steps: int = 1
     # Optimizer steps in the whole run.
     steps: int = 1000
     # Peak learning rate, reached after warmup and then decayed linearly to 0.
@@ -452,6 +456,9 @@ def validate(recipe: Recipe) -> None:
          recipe.model.sequence_length >= 8, "at least 8"),
         ("train.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("train.steps", t.steps, t.steps >= 1, "at least 1"),
+        ("train.accumulation_steps", t.accumulation_steps,
+         t.accumulation_steps >= 1 and t.batch_size % t.accumulation_steps == 0,
+         f"at least 1 and divide train.batch_size={t.batch_size}"),
         ("train.learning_rate", t.learning_rate, t.learning_rate > 0, "positive"),
         ("train.warmup_fraction", t.warmup_fraction, _within(t.warmup_fraction, unit),
          "in [0, 1]"),

@@ -90,6 +90,63 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
                           MaskedTokens()],
         jit_compile=settings.jit_compile,
     )
+    accumulate_gradients(task, config.accumulation_steps)
+
+
+def accumulate_gradients(task, micro_batches: int) -> None:
+    """Makes each train step of `task` one optimizer update over `micro_batches` parts.
+
+    The step's batch is cut into `micro_batches` equal parts whose forward and
+    backward passes run one after the other, so activations are held for one
+    part at a time: large effective batches on small machines. Each part's
+    loss (a mean over its masked tokens) is weighted by its share of the
+    batch's masked tokens, so the summed gradient is the whole batch's, and
+    clipping, the learning-rate schedule and the step count see one update,
+    exactly as without accumulation. keras' `gradient_accumulation_steps`
+    is not used: it counts each part as a train step (the run's steps,
+    checkpoints and resume points would all be in parts), averages the parts'
+    means unweighted, and clips every part's gradient rather than their sum.
+    TensorFlow backend only.
+    """
+    if micro_batches <= 1:
+        return
+    if keras.backend.backend() != "tensorflow":
+        raise MlmError(
+            f"train.accumulation_steps={micro_batches} needs the TensorFlow backend; "
+            f"on JAX, spread the batch over more devices or processes instead."
+        )
+    import types
+
+    import tensorflow as tf
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    def train_step(self, data):
+        x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
+        xs = [tf.nest.pack_sequence_as(x, list(part)) for part in
+              zip(*(tf.split(t, micro_batches) for t in tf.nest.flatten(x)), strict=True)]
+        ys, weights = tf.split(y, micro_batches), tf.split(sample_weight, micro_batches)
+        total = tf.reduce_sum(sample_weight)
+        weights_variables = self.trainable_weights
+        summed, loss_sum, after = None, 0.0, []
+        for part_x, part_y, part_w in zip(xs, ys, weights, strict=True):
+            with tf.control_dependencies(after), tf.GradientTape() as tape:
+                y_pred = self(part_x, training=True)
+                share = tf.math.divide_no_nan(tf.reduce_sum(part_w), total)
+                loss = self._compute_loss(x=part_x, y=part_y, y_pred=y_pred,
+                                          sample_weight=part_w, training=True) * share
+                loss_sum = loss_sum + loss
+                scaled = self.optimizer.scale_loss(loss)
+            grads = [None if g is None else tf.convert_to_tensor(g)
+                     for g in tape.gradient(scaled, weights_variables)]  # None: unused
+            summed = grads if summed is None else [
+                None if a is None else a + b for a, b in zip(summed, grads, strict=True)]
+            after = [g for g in grads if g is not None]  # the next part waits for these
+            self.compute_metrics(part_x, part_y, y_pred, sample_weight=part_w)
+        self._loss_tracker.update_state(loss_sum, sample_weight=tf.shape(y)[0])
+        self.optimizer.apply_gradients(zip(summed, weights_variables, strict=True))
+        return self.get_metrics_result()
+
+    task.train_step = types.MethodType(train_step, task)
 
 
 @keras.saving.register_keras_serializable(package="mlm")
