@@ -128,6 +128,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> N
     p.add_argument("--run-dir", default=default_run_dir,
                    help="run directory (default: %(default)s)")
     p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--budget", metavar="DURATION",
+                   help="train for this much training time instead of train.steps, e.g. 10m "
+                   "or 2h (train.budget)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size")
     p.add_argument("--learning-rate", type=float, help="override train.learning_rate")
     p.add_argument("--sequence-length", type=int, help="override model.sequence_length")
@@ -275,7 +278,8 @@ def _run_recipe(args, *, preset: str | None = None):
     else:
         recipe = config.load_recipe(args.recipe)
     overrides = list(args.set)
-    flags = (("steps", "train.steps"), ("batch_size", "train.batch_size"),
+    flags = (("steps", "train.steps"), ("budget", "train.budget"),
+             ("batch_size", "train.batch_size"),
              ("learning_rate", "train.learning_rate"),
              ("sequence_length", "model.sequence_length"))
     for flag, field in flags:

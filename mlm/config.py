@@ -10,6 +10,7 @@ directory, so a run can be reproduced or resumed from that file alone.
 import dataclasses
 import importlib.resources
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,13 @@ class TrainConfig:
     accumulation_steps: int = 1
     # Optimizer steps in the whole run.
     steps: int = 1000
+    # Train to a wall-clock budget instead of `steps` ("20m", "2h", "1h30m",
+    # "90s"; empty: step-bounded): the run ends at the first device call that
+    # brings its training time to the budget, and warmup and decay are
+    # fractions of the budget (cramming's recipe). Evaluation, checkpoint and
+    # compilation time does not count; a resumed run trains for the rest.
+    # TensorFlow backend only.
+    budget: str = ""
     # Peak learning rate, reached after warmup and then decayed linearly to 0.
     learning_rate: float = 5e-4
     # Fraction of `steps` spent in linear warmup from 0 to the peak learning
@@ -399,6 +407,28 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     return recipe_from_dict(data)
 
 
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `20m`, `2h`, `1h30m`, `90s` or `1.5h`.
+
+    Raises:
+        MlmError: the text is not such a duration, or is zero.
+    """
+    match = _DURATION.fullmatch(str(text).strip().lower())
+    if not text or match is None or not any(match.groups()):
+        raise MlmError(
+            f"'train.budget' must be a duration such as 20m, 2h, 1h30m or 90s, but "
+            f"received budget={text!r}."
+        )
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise MlmError(f"'train.budget' must be more than zero, but received budget={text!r}.")
+    return total
+
+
 def _choices(values: tuple[str, ...]) -> str:
     return " or ".join(repr(v) for v in values)
 
@@ -487,6 +517,8 @@ def validate(recipe: Recipe) -> None:
             raise MlmError(
                 f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}."
             )
+    if t.budget:
+        parse_duration(t.budget)
     if m.segmenter and m.unit == "token":
         raise MlmError(
             "'masking.segmenter' segments words for word or span masking, but "

@@ -81,7 +81,8 @@ def pretrain(
     settings_cache = Path(settings_cache) if settings_cache else precision.default_cache_dir()
     chief = topology.is_chief
     if resume:
-        recipe = directory.with_steps(directory.load_run_recipe(run_dir), recipe.train.steps)
+        recipe = directory.with_steps(directory.load_run_recipe(run_dir), recipe.train.steps,
+                                      recipe.train.budget)
     source = corpus.resolve_corpus(recipe.corpus)
     if not resume and chief:
         directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
@@ -119,7 +120,7 @@ def pretrain(
                 start_step=start_step, log=log, topology=topology,
                 settings_cache=settings_cache,
             )
-    summary = {**stats, **result, "steps": recipe.train.steps, "run_dir": str(run_dir)}
+    summary = {**stats, "steps": recipe.train.steps, **result, "run_dir": str(run_dir)}
     if chief:
         with distributed.outside_distribution():  # the report loads the preset
             summary["preset"] = str(finish_run(run_dir, recipe=recipe, summary=summary, log=log))

@@ -260,10 +260,12 @@ def removed_on_failure(run_dir: Path, *, fresh: bool):
         raise
 
 
-def with_steps(recipe: Recipe, steps: int) -> Recipe:
-    """`recipe` with `train.steps` replaced, to extend a resumed run."""
+def with_steps(recipe: Recipe, steps: int, budget: str | None = None) -> Recipe:
+    """`recipe` with `train.steps` (and `train.budget`) replaced, to extend a resumed run."""
     data = recipe.to_dict()
     data["train"]["steps"] = steps
+    if budget is not None:
+        data["train"]["budget"] = budget
     return recipe_from_dict(data)
 
 

@@ -252,8 +252,10 @@ def _header(report: dict) -> list[str]:
         "",
         f"Recipe `{recipe.get('name', '?')}`"
         + (f", continued from `{source}`" if source else "")
-        + f": {train['steps']:,} steps of {train['batch_size']} windows of "
-        f"{recipe['model']['sequence_length']} tokens. Preset: `{report['preset']}`.",
+        + (f": a training budget of {train['budget']}, in batches of {train['batch_size']}"
+           f" windows of " if train.get("budget") else
+           f": {train['steps']:,} steps of {train['batch_size']} windows of ")
+        + f"{recipe['model']['sequence_length']} tokens. Preset: `{report['preset']}`.",
         "",
         "| | |",
         "|---|---|",

@@ -1,6 +1,8 @@
 """The training loop: `train` runs the steps, evaluates, logs, checkpoints, stops on a signal."""
 
 import contextlib
+import dataclasses
+import json
 import math
 import signal
 import threading
@@ -13,7 +15,7 @@ import keras
 import numpy as np
 
 from mlm.architectures import Architecture
-from mlm.config import Recipe, TrainConfig
+from mlm.config import Recipe, TrainConfig, parse_duration
 from mlm.data.pipeline import TokenIds, padding_fraction, training_dataset
 from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
@@ -24,6 +26,9 @@ from mlm.training import distributed, precision
 
 if TYPE_CHECKING:  # the caller passes the log in; training does not import it
     from mlm.run.log import MetricsLog
+
+# The step bound of a run with `train.budget`: never reached, the budget ends it first.
+BUDGET_STEPS = 10**9
 
 
 def train(
@@ -53,6 +58,11 @@ def train(
         The held-out evaluations at the start (step 0 only) and at the end, and
         the training throughput in non-padding tokens per second.
     """
+    budget = parse_duration(recipe.train.budget) if recipe.train.budget else None
+    trained = trained_seconds(run_dir, start_step) if budget else 0.0
+    if budget:
+        recipe = dataclasses.replace(
+            recipe, train=dataclasses.replace(recipe.train, steps=BUDGET_STEPS))
     cfg, model = recipe.train, recipe.model
     topology = topology or distributed.Topology()
     topology.check_batch_size(cfg.batch_size)
@@ -69,6 +79,7 @@ def train(
         task, next(distributed.host_batches(data.take(1), backend=keras.backend.backend())),
         mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
         steps=cfg.steps - start_step, run_dir=run_dir, cache_dir=settings_cache,
+        max_seconds=None if budget is None else 0.1 * max(budget - trained, 0.0),
         write=topology.is_chief, say=log.say, multi_process=topology.process_count > 1,
     ).chosen
 
@@ -86,16 +97,20 @@ def train(
         )
         return result
 
-    if start_step >= cfg.steps:
+    if budget is not None and trained >= budget:
+        log.say(f"the run has trained its budget of {format_duration(budget)}; "
+                f"raise train.budget to extend")
+    elif start_step >= cfg.steps:
         log.say(f"the run is already at step {start_step} of {cfg.steps}; pass --steps to extend")
     start = evaluate(start_step) if start_step == 0 else {}
     loop = _Loop(task, preprocessor=preprocessor, recipe=recipe, run_dir=run_dir,
                  start_step=start_step, log=log, topology=topology, evaluate=evaluate,
+                 budget=budget, trained=trained,
                  tokens_per_step=cfg.batch_size * model.sequence_length * (
                      1 - padding_fraction(len(train_tokens), model.sequence_length)))
     # On a terminal, a line redrawn every step; the log lines are the plain-text progress.
-    progress = log.progress("training", total=cfg.steps, initial=start_step, unit="steps",
-                            plain_every=None)
+    progress = log.progress("training", total=None if budget else cfg.steps,
+                            initial=start_step, unit="steps", plain_every=None)
     with _stop_requests() as stop, progress as bar:
         loop.run(data, stop=stop, bar=bar)
     result = loop.held_out or start
@@ -103,6 +118,8 @@ def train(
     # The first window includes tracing and XLA compilation: leave it out when we can.
     steady = throughput[1:] or throughput
     return {
+        "steps": loop.step,
+        **({"trained_seconds": round(loop.trained, 1)} if budget else {}),
         "held_out_start": start,
         "held_out": result,
         "step_settings": chosen.label(),
@@ -110,6 +127,14 @@ def train(
             sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9) if steady else None
         ),
     }
+
+
+def trained_seconds(run_dir: Path, step: int) -> float:
+    """The training time a budget run had spent by its checkpoint at `step` (0 at step 0)."""
+    if step == 0:
+        return 0.0
+    state = checkpoints.find_checkpoint(run_dir, step=step) / "state.json"
+    return float(json.loads(state.read_text()).get("trained_seconds", 0.0))
 
 
 @contextlib.contextmanager
@@ -140,18 +165,20 @@ def _stop_requests():
             signal.signal(sig, old)
 
 
-def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology) -> None:
+def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology,
+          state: dict) -> None:
     """Checkpoints `step` (unless just done; process 0 only) and raises `RunStopped`."""
     if topology.is_chief and step not in checkpoints.list_checkpoints(run_dir):
         checkpoints.save_checkpoint(
             task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-            state={"recipe": recipe.name}, keep=recipe.train.keep_checkpoints,
+            state=state, keep=recipe.train.keep_checkpoints,
         )
     distributed.barrier(topology, "stopped")  # the others exit once it is written
     name = signal.Signals(signum).name
     log.say(f"{name} received: stopped after step {step} and wrote a checkpoint")
     raise RunStopped(
-        f"stopped by {name} at step {step} of {recipe.train.steps}; resume with: "
+        f"stopped by {name} at step {step}"
+        f"{'' if recipe.train.budget else f' of {recipe.train.steps}'}; resume with: "
         f"mlm pretrain --run-dir {run_dir} --resume",
         signum=signum,
     )
@@ -186,8 +213,15 @@ class _Loop(keras.callbacks.Callback):
     """
 
     def __init__(self, task, *, preprocessor, recipe, run_dir, start_step, log, topology,
-                 evaluate, tokens_per_step: float):
+                 evaluate, tokens_per_step: float, budget: float | None = None,
+                 trained: float = 0.0):
         super().__init__()
+        # With a budget: its seconds, the training time so far, and the schedule to advance.
+        self.budget, self.trained = budget, trained
+        schedule = getattr(task.optimizer, "_learning_rate", None)
+        self.progress = getattr(schedule, "progress", None) if budget else None
+        self.final = recipe.train.steps  # the last step, once a budget has set it
+        self.first_call = True
         self.task, self.preprocessor, self.recipe = task, preprocessor, recipe
         self.run_dir, self.log, self.topology, self.evaluate = run_dir, log, topology, evaluate
         self.start_step = self.step = start_step
@@ -199,7 +233,7 @@ class _Loop(keras.callbacks.Callback):
     def run(self, data, *, stop: list, bar) -> None:
         cfg = self.recipe.train
         self.stop_signals, self.bar = stop, bar
-        if self.step >= cfg.steps:
+        if self.step >= cfg.steps or (self.budget is not None and self.trained >= self.budget):
             return
         self.run_start = time.perf_counter()
         self.task.steps_per_execution = self.per_call
@@ -215,7 +249,12 @@ class _Loop(keras.callbacks.Callback):
         if self.stop_signals_total:
             _stop(self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
                   step=self.step, recipe=self.recipe, signum=self.stop_signal, log=self.log,
-                  topology=self.topology)
+                  topology=self.topology, state=self.state())
+
+    def state(self) -> dict:
+        """What a checkpoint records besides the weights: the recipe, the time trained."""
+        return {"recipe": self.recipe.name,
+                **({"trained_seconds": self.trained} if self.budget else {})}
 
     stop_signals_total = 0
 
@@ -226,8 +265,19 @@ class _Loop(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         for step in range(self.step + 1, self.step + self.per_call + 1):
             fault_point("train_step", step=step)
+        if self.progress is not None:
+            self.progress.assign(min(self.trained / self.budget, 1.0))
+        self.call_start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        # Between a call's begin and end: the device steps and their input, nothing else.
+        # The session's first call also traces and compiles the step: it counts as long
+        # as the second (the same number of steps) once that is known.
+        seconds = time.perf_counter() - self.call_start
+        if self.first_call:
+            self.first_call = False
+        else:
+            self.trained += seconds * (2 if self.step == self.start_step + self.per_call else 1)
         first, self.step = self.step + 1, self.step + self.per_call
         loss = float(logs["loss"])
         if not math.isfinite(loss):
@@ -243,27 +293,37 @@ class _Loop(keras.callbacks.Callback):
         (self.stop_signals_total,) = distributed.total(self.topology, len(self.stop_signals))
         if self.stop_signals_total:
             self.task.stop_training = True
+        elif self.budget is not None and self.trained >= self.budget:
+            self.final = self.step  # the budget is spent: this step ends the run
+            self.task.stop_training = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = self.step
 
     def on_epoch_end(self, epoch, logs=None):
         cfg = self.recipe.train
-        if self.task.stop_training and self.step % self.epoch:
-            return  # stopped mid-epoch: `run` checkpoints it
-        self.window.add(logs, steps=self.epoch, tokens=self.epoch * self.tokens_per_step)
-        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+        final = self.step == self.final
+        if self.task.stop_training and self.step % self.epoch and not final:
+            return  # stopped mid-epoch by a signal: `run` checkpoints it
+        steps = self.step - self.epoch_start  # fewer than an epoch when a budget ends it
+        self.window.add(logs, steps=steps, tokens=steps * self.tokens_per_step)
+        if self.step % cfg.log_every == 0 or final:
             record = self.window.record(self.step, learning_rate=self.task.optimizer.learning_rate)
             self.throughput.append((self.window.tokens, self.window.seconds()))
-            _log_train(self.log, record, steps=cfg.steps, start_step=self.start_step,
-                       run_start=self.run_start)
+            if self.budget is None:
+                _log_train(self.log, record, steps=cfg.steps, start_step=self.start_step,
+                           run_start=self.run_start)
+            else:
+                _log_train(self.log, {**record, "trained_seconds": round(self.trained, 2)},
+                           budget=self.budget)
             self.window = _LogWindow()
         with self.window.paused():
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+            if self.step % cfg.eval_every == 0 or final:
                 self.held_out = self.evaluate(self.step)
-            if self.topology.is_chief and (
-                    self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+            if self.topology.is_chief and (self.step % cfg.checkpoint_every == 0 or final):
                 checkpoints.save_checkpoint(
                     self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
-                    step=self.step, state={"recipe": self.recipe.name},
-                    keep=cfg.keep_checkpoints,
+                    step=self.step, state=self.state(), keep=cfg.keep_checkpoints,
                 )
 
 
@@ -312,12 +372,19 @@ class _LogWindow:
         }
 
 
-def _log_train(log, record: dict, *, steps: int, start_step: int, run_start: float) -> None:
+def _log_train(log, record: dict, *, steps: int = 0, start_step: int = 0,
+               run_start: float = 0.0, budget: float | None = None) -> None:
     log.write(record)
     step = record["step"]
-    eta = (time.perf_counter() - run_start) / (step - start_step) * (steps - step)
+    if budget is None:
+        eta = (time.perf_counter() - run_start) / (step - start_step) * (steps - step)
+        where, left = f"step {step}/{steps}", f"ETA {format_duration(eta)}"
+    else:
+        trained = record["trained_seconds"]
+        where = f"step {step} ({format_duration(trained)} of {format_duration(budget)})"
+        left = f"{format_duration(max(budget - trained, 0))} left"
     log.say(
-        f"step {step}/{steps}: loss {record['loss']:.4f}, masked accuracy "
+        f"{where}: loss {record['loss']:.4f}, masked accuracy "
         f"{record['accuracy']:.4f}, lr {record['learning_rate']:.2e}, "
-        f"{record['tokens_per_second']:,.0f} tokens/s, ETA {format_duration(eta)}"
+        f"{record['tokens_per_second']:,.0f} tokens/s, {left}"
     )

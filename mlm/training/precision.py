@@ -353,7 +353,8 @@ def write_record(path: Path, result: ProbeResult) -> None:
 def choose_step_settings(task, batch, *, mixed_precision: str, jit_compile, steps: int,
                          run_dir: Path, cache_dir: Path | None, write: bool,
                          say: Callable[[str], None], multi_process: bool = False,
-                         measure: Measure | None = None) -> ProbeResult:
+                         measure: Measure | None = None,
+                         max_seconds: float | None = None) -> ProbeResult:
     """Resolves "auto" settings for `task` and switches it to them.
 
     In order: a single candidate needs no probe; the run directory's record
@@ -387,7 +388,9 @@ def choose_step_settings(task, batch, *, mixed_precision: str, jit_compile, step
             f"{mixed_precision}, train.jit_compile={jit_compile}) ...")
         with state_kept(task):
             result = probe(options, steps=steps, measure=measure or timing_measure(
-                task, batch, functions=functions))
+                task, batch, functions=functions),
+                max_seconds=PROBE_MAX_SECONDS if max_seconds is None
+                else min(PROBE_MAX_SECONDS, max_seconds))
         apply(task, result.chosen, train_function=functions.get(result.chosen))
         say(result.table())
         if write and cache_path is not None:

@@ -1,4 +1,4 @@
-"""The learning-rate schedule: linear warmup, then linear decay to zero."""
+"""The learning-rate schedules: linear warmup, then linear decay to zero, over steps or time."""
 
 import keras
 
@@ -33,3 +33,33 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps,
         }
+
+
+class BudgetWarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup and decay over a wall-clock budget (`train.budget`).
+
+    The rate is a function of `progress`, the fraction of the budget trained
+    so far, which the training loop sets before every device call; the step
+    the optimizer passes is ignored.
+
+    Args:
+        peak: learning rate reached at the end of warmup.
+        warmup_fraction: fraction of the budget spent in warmup.
+    """
+
+    def __init__(self, peak, warmup_fraction):
+        self.peak = peak
+        self.warmup_fraction = warmup_fraction
+        self.progress = keras.Variable(0.0, dtype="float32", trainable=False,
+                                       name="budget_progress")
+
+    def __call__(self, step):
+        progress = keras.ops.convert_to_tensor(self.progress)
+        warmup = max(self.warmup_fraction, 1e-9)
+        rising = progress / warmup
+        falling = (1.0 - progress) / max(1.0 - self.warmup_fraction, 1e-9)
+        rate = keras.ops.where(progress < self.warmup_fraction, rising, falling)
+        return self.peak * keras.ops.clip(rate, 0.0, 1.0)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_fraction": self.warmup_fraction}

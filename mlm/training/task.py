@@ -8,7 +8,7 @@ from mlm.data.pipeline import max_selections
 from mlm.errors import MlmError
 from mlm.training import precision
 from mlm.training.precision import StepSettings
-from mlm.training.schedule import WarmupLinearDecay
+from mlm.training.schedule import BudgetWarmupLinearDecay, WarmupLinearDecay
 
 
 def make_deterministic(seed: int) -> None:
@@ -61,15 +61,23 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
     before training.
     """
     backend = keras.backend.backend()
+    if config.budget and backend != "tensorflow":
+        raise MlmError(
+            f"train.budget needs the TensorFlow backend (its learning rate follows the time "
+            f"trained, which the {backend} train step cannot read); set train.steps instead."
+        )
     settings = settings or precision.candidates(
         config.mixed_precision, config.jit_compile, backend=backend,
         accelerator=precision.detect_accelerator(backend),
     )[0]
     precision.set_precision(task, settings.precision)
+    schedule = (
+        BudgetWarmupLinearDecay(config.learning_rate, config.warmup_fraction) if config.budget
+        else WarmupLinearDecay(
+            config.learning_rate, round(config.warmup_fraction * config.steps), config.steps)
+    )
     optimizer = keras.optimizers.AdamW(
-        learning_rate=WarmupLinearDecay(
-            config.learning_rate, round(config.warmup_fraction * config.steps), config.steps
-        ),
+        learning_rate=schedule,
         weight_decay=config.weight_decay,
         beta_1=config.beta_1,
         beta_2=config.beta_2,
