@@ -135,6 +135,17 @@ class TrainConfig:
 
     # Windows per optimizer step.
     batch_size: int = 32
+    # Phases of training, in order: a list of {"fraction": F, "sequence_length":
+    # L, "batch_size": B} (L and B default to model.sequence_length and
+    # train.batch_size), the fractions summing to 1. BERT's recipe trains 90%
+    # of the steps at 128 tokens and 10% at 512:
+    # [{"fraction": 0.9, "sequence_length": 128}, {"fraction": 0.1, "sequence_length": 512}].
+    # One learning-rate schedule spans them; held-out evaluations stay at
+    # model.sequence_length. Empty: one phase.
+    phases: tuple = ()
+    # Fraction of the steps over which the batch grows to full size, in three
+    # stages of 1/4, 1/2 and 3/4 of it (ModernBERT and cramming ramp the batch).
+    batch_warmup: float = 0.0
     # Cut each step's batch into this many equal parts, run one after the other
     # and summed into one update (gradient accumulation): the batch_size's
     # update at the memory of batch_size / accumulation_steps windows.
@@ -347,6 +358,8 @@ def _section_from_dict(section: str, cls: type, values: dict) -> Any:
 
 def coerce_field(field: str, value: Any, default: Any) -> Any:
     """Checks `value` against the type of the field's default."""
+    if field == "train.phases":
+        return _phases(value)
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = [value]
@@ -429,6 +442,41 @@ def parse_duration(text: str) -> float:
     return total
 
 
+_PHASE_KEYS = ("fraction", "sequence_length", "batch_size")
+
+
+def _phases(value: Any) -> tuple[dict, ...]:
+    """`train.phases` checked: a list of objects with a fraction, the fractions summing to 1."""
+    example = ('[{"fraction": 0.9, "sequence_length": 128}, '
+               '{"fraction": 0.1, "sequence_length": 512}]')
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, dict) for p in value):
+        raise MlmError(f"'train.phases' must be a list of objects such as {example}, but "
+                       f"received {value!r}.")
+    phases = []
+    for i, phase in enumerate(value):
+        unknown = sorted(set(phase) - set(_PHASE_KEYS))
+        if unknown:
+            raise MlmError(f"unknown field(s) {unknown} in train.phases[{i}]; a phase has "
+                           f"{', '.join(_PHASE_KEYS)}.")
+        fraction = phase.get("fraction")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
+                0 < fraction <= 1):
+            raise MlmError(f"train.phases[{i}].fraction must be a number in (0, 1], but "
+                           f"received fraction={fraction!r}.")
+        for key, least in (("sequence_length", 8), ("batch_size", 1)):
+            v = phase.get(key, least)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise MlmError(f"train.phases[{i}].{key} must be an integer of at least "
+                               f"{least}, but received {key}={v!r}.")
+        phases.append({k: (float(v) if k == "fraction" else v) for k, v in phase.items()})
+    total = sum(p["fraction"] for p in phases)
+    if phases and abs(total - 1.0) > 1e-6:
+        shown = " + ".join(f"{p['fraction']:g}" for p in phases)
+        raise MlmError(f"the fractions of train.phases must sum to 1, but received "
+                       f"{shown} = {total:g}.")
+    return tuple(phases)
+
+
 def _choices(values: tuple[str, ...]) -> str:
     return " or ".join(repr(v) for v in values)
 
@@ -492,6 +540,7 @@ def validate(recipe: Recipe) -> None:
         ("train.learning_rate", t.learning_rate, t.learning_rate > 0, "positive"),
         ("train.warmup_fraction", t.warmup_fraction, _within(t.warmup_fraction, unit),
          "in [0, 1]"),
+        ("train.batch_warmup", t.batch_warmup, 0.0 <= t.batch_warmup < 1.0, "in [0, 1)"),
         ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "at least 0"),
         ("train.clip_norm", t.clip_norm, t.clip_norm >= 0, "at least 0 (0 disables)"),
         ("train.log_every", t.log_every, t.log_every >= 1, "at least 1"),
@@ -519,6 +568,11 @@ def validate(recipe: Recipe) -> None:
             )
     if t.budget:
         parse_duration(t.budget)
+        if t.phases or t.batch_warmup:
+            raise MlmError(
+                "train.phases and train.batch_warmup are fractions of train.steps, but "
+                f"train.budget={t.budget!r} is set; remove one of them."
+            )
     if m.segmenter and m.unit == "token":
         raise MlmError(
             "'masking.segmenter' segments words for word or span masking, but "
@@ -536,6 +590,13 @@ def validate(recipe: Recipe) -> None:
             f"'model.sequence_length' must be at most the backbone's "
             f"max_sequence_length={max_len}, but received "
             f"sequence_length={recipe.model.sequence_length}; lower it."
+        )
+    longest = max((p.get("sequence_length", 0) for p in t.phases), default=0)
+    if max_len is not None and longest > max_len:
+        raise MlmError(
+            f"a phase of train.phases is longer than the backbone's max_sequence_length="
+            f"{max_len}: sequence_length={longest}; shorten the phase or raise "
+            f"model.backbone.max_sequence_length."
         )
 
 

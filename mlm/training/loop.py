@@ -22,7 +22,7 @@ from mlm.evaluate import evaluate_tokens
 from mlm.faults import fault_point
 from mlm.progress import format_duration
 from mlm.run import checkpoints
-from mlm.training import distributed, precision
+from mlm.training import distributed, precision, schedule
 
 if TYPE_CHECKING:  # the caller passes the log in; training does not import it
     from mlm.run.log import MetricsLog
@@ -65,16 +65,30 @@ def train(
             recipe, train=dataclasses.replace(recipe.train, steps=BUDGET_STEPS))
     cfg, model = recipe.train, recipe.model
     topology = topology or distributed.Topology()
-    topology.check_batch_size(cfg.batch_size)
-    data = training_dataset(
-        train_tokens, sequence_length=model.sequence_length, batch_size=cfg.batch_size,
-        masking=recipe.masking, ids=ids, seed=cfg.seed, start_step=start_step,
-        arch=arch, process_index=topology.process_index,
-        process_count=topology.process_count,
-    )
+    plan = _segments(recipe, topology=topology, task=task)
+    boundaries = [s.end for s in plan]
 
+    def data_for(segment: schedule.Segment):
+        """The segment's batches from `start_step` (or its start) on."""
+        # Each later segment shuffles and masks from its own seed; the first keeps the
+        # run's, so a run without phases has the batches it always had.
+        return training_dataset(
+            train_tokens, sequence_length=segment.sequence_length,
+            batch_size=segment.batch_size, masking=recipe.masking, ids=ids,
+            seed=cfg.seed + _SEGMENT_SEED_STRIDE * segment.index,
+            start_step=max(start_step - segment.start, 0), arch=arch,
+            process_index=topology.process_index, process_count=topology.process_count,
+        )
+
+    def tokens_per_step(segment: schedule.Segment) -> float:
+        length = segment.sequence_length
+        return segment.batch_size * length * (1 - padding_fraction(len(train_tokens), length))
+
+    first = next((s for s in plan if s.end > start_step), plan[-1])
+    data = data_for(first)
     # Before the probe, whose traced train function the loop then reuses.
-    task.steps_per_execution = steps_per_execution(cfg, start_step=start_step)[1]
+    task.steps_per_execution = steps_per_execution(
+        cfg, start_step=start_step, boundaries=boundaries)[1]
     chosen = precision.choose_step_settings(
         task, next(distributed.host_batches(data.take(1), backend=keras.backend.backend())),
         mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
@@ -105,14 +119,13 @@ def train(
     start = evaluate(start_step) if start_step == 0 else {}
     loop = _Loop(task, preprocessor=preprocessor, recipe=recipe, run_dir=run_dir,
                  start_step=start_step, log=log, topology=topology, evaluate=evaluate,
-                 budget=budget, trained=trained,
-                 tokens_per_step=cfg.batch_size * model.sequence_length * (
-                     1 - padding_fraction(len(train_tokens), model.sequence_length)))
+                 budget=budget, trained=trained, segments=plan, tokens_per_step=tokens_per_step)
     # On a terminal, a line redrawn every step; the log lines are the plain-text progress.
     progress = log.progress("training", total=None if budget else cfg.steps,
                             initial=start_step, unit="steps", plain_every=None)
     with _stop_requests() as stop, progress as bar:
-        loop.run(data, stop=stop, bar=bar)
+        loop.run(lambda segment: data if segment is first else data_for(segment),
+                 stop=stop, bar=bar)
     result = loop.held_out or start
     throughput = loop.throughput
     # The first window includes tracing and XLA compilation: leave it out when we can.
@@ -127,6 +140,36 @@ def train(
             sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9) if steady else None
         ),
     }
+
+
+# Seeds of later segments: the run's seed plus this times the segment's index.
+_SEGMENT_SEED_STRIDE = 1_000_003
+
+
+def _segments(recipe: Recipe, *, topology: distributed.Topology, task) -> list:
+    """The run's phases and batch-warmup stages (`schedule.segments`), checked."""
+    cfg = recipe.train
+    multiple = math.lcm(cfg.accumulation_steps, topology.device_count)
+    plan = schedule.segments(
+        steps=cfg.steps, sequence_length=recipe.model.sequence_length,
+        batch_size=cfg.batch_size, phases=cfg.phases, batch_warmup=cfg.batch_warmup,
+        batch_multiple=multiple,
+    )
+    limit = getattr(task.backbone, "max_sequence_length", None)
+    for segment in plan:
+        topology.check_batch_size(segment.batch_size)
+        if segment.batch_size % cfg.accumulation_steps:
+            raise MlmError(
+                f"a batch of {segment.batch_size} windows (train.phases) does not split into "
+                f"train.accumulation_steps={cfg.accumulation_steps} parts; make each phase's "
+                f"batch_size a multiple of it."
+            )
+        if limit is not None and segment.sequence_length > limit:
+            raise MlmError(
+                f"a phase of train.phases is longer than the backbone's max_sequence_length="
+                f"{limit}: sequence_length={segment.sequence_length}; shorten the phase."
+            )
+    return plan
 
 
 def trained_seconds(run_dir: Path, step: int) -> float:
@@ -184,16 +227,19 @@ def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology,
     )
 
 
-def steps_per_execution(cfg: TrainConfig, *, start_step: int) -> tuple[int, int]:
+def steps_per_execution(cfg: TrainConfig, *, start_step: int,
+                        boundaries: tuple[int, ...] | list[int] = ()) -> tuple[int, int]:
     """(epoch, steps per device call): the loop's two strides.
 
     An "epoch" of `keras.Model.fit` here is the greatest common divisor of the
-    log, evaluation and checkpoint intervals, the last step and the first, so
-    every step that logs, evaluates or checkpoints ends an epoch. A device
+    log, evaluation and checkpoint intervals, the last step, the first and the
+    last steps of phases (`boundaries`), so every step that logs, evaluates,
+    checkpoints or ends a phase ends an epoch. A device
     call runs the largest divisor of the epoch not above
     `train.steps_per_execution` steps, so no call crosses an epoch's end.
     """
-    epoch = math.gcd(cfg.log_every, cfg.eval_every, cfg.checkpoint_every, cfg.steps, start_step)
+    epoch = math.gcd(cfg.log_every, cfg.eval_every, cfg.checkpoint_every, cfg.steps, start_step,
+                     *boundaries)
     per_call = max(d for d in range(1, min(epoch, cfg.steps_per_execution) + 1) if epoch % d == 0)
     return epoch, per_call
 
@@ -213,7 +259,7 @@ class _Loop(keras.callbacks.Callback):
     """
 
     def __init__(self, task, *, preprocessor, recipe, run_dir, start_step, log, topology,
-                 evaluate, tokens_per_step: float, budget: float | None = None,
+                 evaluate, segments: list, tokens_per_step, budget: float | None = None,
                  trained: float = 0.0):
         super().__init__()
         # With a budget: its seconds, the training time so far, and the schedule to advance.
@@ -225,12 +271,15 @@ class _Loop(keras.callbacks.Callback):
         self.task, self.preprocessor, self.recipe = task, preprocessor, recipe
         self.run_dir, self.log, self.topology, self.evaluate = run_dir, log, topology, evaluate
         self.start_step = self.step = start_step
-        self.tokens_per_step = tokens_per_step
+        self.segments, self.tokens_for = segments, tokens_per_step
+        self.tokens_per_step = tokens_per_step(segments[0])
         self.held_out, self.throughput = {}, []
-        self.epoch, self.per_call = steps_per_execution(recipe.train, start_step=start_step)
+        self.epoch, self.per_call = steps_per_execution(
+            recipe.train, start_step=start_step, boundaries=[s.end for s in segments])
         self.window = _LogWindow()
 
-    def run(self, data, *, stop: list, bar) -> None:
+    def run(self, data_for, *, stop: list, bar) -> None:
+        """Trains every segment left; `data_for(segment)` gives its batches."""
         cfg = self.recipe.train
         self.stop_signals, self.bar = stop, bar
         if self.step >= cfg.steps or (self.budget is not None and self.trained >= self.budget):
@@ -242,10 +291,26 @@ class _Loop(keras.callbacks.Callback):
             # MLM loss, and keras warns about it when tracing. Expected: not shown.
             warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            # On JAX keras turns each process's numpy batches into global arrays.
-            self.task.fit(data, steps_per_epoch=self.epoch,
-                          epochs=(cfg.steps - self.start_step) // self.epoch,
-                          callbacks=[self], verbose=0, shuffle=False)
+            for segment in self.segments:
+                if segment.end <= self.step:
+                    continue
+                if len(self.segments) > 1:
+                    self.log.say(f"steps {max(segment.start, self.step) + 1}-{segment.end}: "
+                                 f"windows of {segment.sequence_length} tokens in batches of "
+                                 f"{segment.batch_size}")
+                self.tokens_per_step = self.tokens_for(segment)
+                if segment.start > self.start_step:
+                    # A fresh trace for the segment's shapes: a function traced for
+                    # earlier shapes generalises them (tf.function's relaxed shapes),
+                    # which changes float results in the last bits, and a resumed run
+                    # traces each segment it starts in afresh.
+                    self.task.train_function = None
+                # On JAX keras turns each process's numpy batches into global arrays.
+                self.task.fit(data_for(segment), steps_per_epoch=self.epoch,
+                              epochs=(segment.end - self.step) // self.epoch,
+                              callbacks=[self], verbose=0, shuffle=False)
+                if self.stop_signals_total or self.step == self.final:
+                    break
         if self.stop_signals_total:
             _stop(self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
                   step=self.step, recipe=self.recipe, signum=self.stop_signal, log=self.log,

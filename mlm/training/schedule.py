@@ -1,5 +1,8 @@
 """The learning-rate schedules: linear warmup, then linear decay to zero, over steps or time."""
 
+import dataclasses
+import math
+
 import keras
 
 
@@ -63,3 +66,56 @@ class BudgetWarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "warmup_fraction": self.warmup_fraction}
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Steps `start + 1..end` trained on windows of one length in batches of one size:
+    a phase of `train.phases`, or a stage of the batch warmup."""
+
+    index: int
+    start: int  # steps done before the segment
+    end: int  # the segment's last step
+    sequence_length: int
+    batch_size: int
+
+
+# Stages of `train.batch_warmup`: the batch grows in these steps, as a fraction of
+# the phase's batch size (a batch size per stage keeps the traced shapes few).
+BATCH_WARMUP_STAGES = (0.25, 0.5, 0.75)
+
+
+def segments(*, steps: int, sequence_length: int, batch_size: int, phases=(),
+             batch_warmup: float = 0.0, batch_multiple: int = 1) -> list[Segment]:
+    """The run's steps cut into segments of constant window length and batch size.
+
+    Without phases or batch warmup, one segment: the whole run. Phases take
+    their `fraction` of `steps` in order (the last takes what rounding
+    leaves), each with its `sequence_length` and `batch_size` (default: the
+    run's). `batch_warmup` is the fraction of `steps` over which the batch
+    grows to full size, in `BATCH_WARMUP_STAGES`, each a multiple of
+    `batch_multiple` (the gradient accumulation parts).
+    """
+    bounds, specs, done = [], [], 0.0
+    for phase in phases or ({"fraction": 1.0},):
+        done += phase["fraction"]
+        bounds.append(round(done * steps))
+        specs.append((phase.get("sequence_length", sequence_length),
+                      phase.get("batch_size", batch_size)))
+    bounds[-1] = steps
+    warm = round(batch_warmup * steps)
+    stage_ends = [round(warm * (i + 1) / len(BATCH_WARMUP_STAGES))
+                  for i in range(len(BATCH_WARMUP_STAGES))] if warm else []
+    cuts = sorted({0, *bounds, *(e for e in stage_ends if 0 < e < steps)})
+    out = []
+    for start, end in zip(cuts[:-1], cuts[1:], strict=True):
+        if end <= start:
+            continue
+        phase = next(i for i, b in enumerate(bounds) if start < b)
+        length, batch = specs[phase]
+        stage = next((i for i, e in enumerate(stage_ends) if start < e), None)
+        if stage is not None:
+            scaled = batch * BATCH_WARMUP_STAGES[stage]
+            batch = max(batch_multiple, int(math.ceil(scaled / batch_multiple)) * batch_multiple)
+        out.append(Segment(len(out), start, end, length, batch))
+    return out

@@ -1,0 +1,100 @@
+"""`train.phases` and `train.batch_warmup`: segments, errors, and exact resume across phases."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from mlm.config import load_recipe
+from mlm.errors import MlmError
+from mlm.training.schedule import Segment, segments
+from tests.conftest import max_weight_difference, read_metrics, run_mlm, small_recipe
+
+BERT_PHASES = [{"fraction": 0.9, "sequence_length": 128},
+               {"fraction": 0.1, "sequence_length": 512}]
+
+
+def test_bert_phases_cut_the_steps_ninety_ten():
+    assert segments(steps=2000, sequence_length=128, batch_size=32, phases=BERT_PHASES) == [
+        Segment(0, 0, 1800, 128, 32), Segment(1, 1800, 2000, 512, 32)]
+    assert segments(steps=1000, sequence_length=128, batch_size=32) == [
+        Segment(0, 0, 1000, 128, 32)]
+
+
+def test_batch_warmup_grows_the_batch_in_three_stages_then_the_phases_follow():
+    plan = segments(steps=1000, sequence_length=128, batch_size=32, phases=[
+        {"fraction": 0.5}, {"fraction": 0.5, "sequence_length": 256, "batch_size": 16}],
+        batch_warmup=0.3, batch_multiple=3)
+    assert [(s.start, s.end, s.sequence_length, s.batch_size) for s in plan] == [
+        (0, 100, 128, 9), (100, 200, 128, 18), (200, 300, 128, 24), (300, 500, 128, 32),
+        (500, 1000, 256, 16)]
+    assert [s.index for s in plan] == list(range(5))
+
+
+@pytest.mark.parametrize("phases, message", [
+    ([{"fraction": 0.9, "sequence_length": 128}, {"fraction": 0.2, "sequence_length": 512}],
+     r"must sum to 1, but received 0.9 \+ 0.2 = 1.1"),
+    ([{"fraction": 0.5, "sequence_length": 128}, {"fraction": 0.5, "sequence_length": 1024}],
+     "longer than the backbone's max_sequence_length=512: sequence_length=1024"),
+    ([{"fraction": 1.0, "length": 128}], r"unknown field\(s\) \['length'\] in train.phases\[0\]"),
+    ([{"fraction": 0}], r"train.phases\[0\].fraction must be a number in \(0, 1\]"),
+    ([{"fraction": 1, "batch_size": 0}], r"train.phases\[0\].batch_size must be an integer"),
+    ("128", "must be a list of objects"),
+])
+def test_bad_phases_are_one_line_errors_naming_the_values(phases, message):
+    from mlm.config import apply_overrides
+
+    with pytest.raises(MlmError, match=message) as error:
+        apply_overrides(load_recipe("bert_tiny_en_uncased"),
+                        [f"train.phases={json.dumps(phases)}"])
+    assert "\n" not in str(error.value)
+
+
+def test_phases_and_a_budget_do_not_mix():
+    with pytest.raises(MlmError, match="fractions of train.steps, but train.budget"):
+        small_recipe(overrides=["train.budget=10m", "train.batch_warmup=0.1"])
+
+
+PHASES = [{"fraction": 0.5, "sequence_length": 32},
+          {"fraction": 0.5, "sequence_length": 64, "batch_size": 4}]
+SETTINGS = [f"train.phases={json.dumps(PHASES)}", "train.batch_warmup=0.25",
+            "train.log_every=2", "train.eval_every=4", "train.checkpoint_every=2",
+            "train.keep_checkpoints=10", "model.backbone.dropout=0.1"]
+
+
+def _run(run_dir, corpus=None, fault=None):
+    env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
+    if fault:
+        env["MLM_FAULT"] = fault
+    args = ["pretrain", "--run-dir", run_dir, "--steps", "8"]
+    args += ["--resume"] if corpus is None else [
+        "--recipe", "bert_test", "--corpus", corpus, "--deterministic", "--set", *SETTINGS]
+    return run_mlm(*args, env=env)
+
+
+@pytest.mark.slow  # four runs of 8 steps
+def test_a_run_killed_in_any_phase_resumes_to_the_exact_weights(tmp_path, small_corpus):
+    reference = tmp_path / "reference"
+    code, out, err = _run(reference, corpus=small_corpus)
+    assert code == 0, err[-2000:]
+    said = out + err
+    # Steps 1-2 at batch 2 (warmup: 1/4, 1/2 of 8 would be 2, 4), then 32-token windows in
+    # batches of 8, then 64-token windows in batches of 4, each its own segment.
+    assert "steps 5-8: windows of 64 tokens in batches of 4" in said
+    assert "windows of 32 tokens in batches of 8" in said
+    train = [r for r in read_metrics(reference) if r.get("split") == "train"]
+    rates = [r["learning_rate"] for r in train]
+    # One schedule over all phases: warmup, then a decay across the boundary to 0.
+    assert rates[-1] == 0.0 and rates[1:] == sorted(rates[1:], reverse=True)
+
+    for kill_at in (3, 6):  # in the first phase (warmup stage), and in the second phase
+        run = tmp_path / f"killed-{kill_at}"
+        code, _, err = _run(run, corpus=small_corpus, fault=f"train_step:step={kill_at}")
+        assert code == -signal.SIGKILL, err[-2000:]
+        code, _, err = _run(run)
+        assert code == 0, err[-2000:]
+        assert f"(step {kill_at - 1 - (kill_at - 1) % 2})" in err
+        assert max_weight_difference(run / "preset", reference / "preset") == 0.0
+        resumed = [(r["step"], r["loss"]) for r in read_metrics(run) if r.get("split") == "train"]
+        assert resumed == [(r["step"], r["loss"]) for r in train]
