@@ -20,6 +20,7 @@ def evaluate_tokens(
     seed: int,
     arch: Architecture,
     max_batches: int = 0,
+    word_labels: np.ndarray | None = None,
 ) -> dict:
     """Masked-token metrics of `task` on held-out windows with fixed masks.
 
@@ -40,7 +41,7 @@ def evaluate_tokens(
     """
     ds = evaluation_dataset(
         tokens, sequence_length=sequence_length, batch_size=batch_size, masking=masking,
-        ids=ids, seed=seed, max_batches=max_batches, arch=arch,
+        ids=ids, seed=seed, max_batches=max_batches, arch=arch, word_labels=word_labels,
     )
     loss_sum = correct = masked = 0.0
     windows = 0

@@ -14,6 +14,7 @@ import keras
 
 from mlm import atomic
 from mlm.architectures import (
+    ARCHITECTURES,
     Architecture,
     architecture_of_backbone,
     get_architecture,
@@ -110,11 +111,13 @@ def pretrain(
         arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
         with preprocessor_detached(task) as preprocessor:
-            cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log)
+            cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
+                                    segmenter=recipe.masking.segmenter)
             stats = describe_data(cache, recipe=recipe, log=log)
             result = train(
                 task, preprocessor=preprocessor, recipe=recipe, arch=arch,
                 train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
+                word_labels={split: cache.word_labels(split) for split in token_cache.SPLITS},
                 ids=token_ids(preprocessor.tokenizer, recipe=recipe, arch=arch),
                 run_dir=run_dir,
                 start_step=start_step, log=log, topology=topology,
@@ -180,7 +183,8 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
         return
     if topology.is_chief:
         tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
-        tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log)
+        tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log,
+                        segmenter=recipe.masking.segmenter)
     distributed.barrier(topology, "shared files")
     distributed.check_visible(RunDir(run_dir).recipe, topology=topology)
 
@@ -283,9 +287,12 @@ def _with_progress(source, *, label: str, quiet: bool):
 
 
 def tokenize_corpus(
-    source, tokenizer, *, run_dir: Path, log: MetricsLog
+    source, tokenizer, *, run_dir: Path, log: MetricsLog, segmenter: str = ""
 ) -> token_cache.TokenCache:
     """The token cache of `source`, built on first use under `run_dir/cache`.
+
+    With a `segmenter` (`masking.segmenter`), every token's word label is
+    stored too (`mlm.data.segmenter`).
 
     What the reader repaired or skipped on the way (see `corpus.iter_documents`)
     is reported on stderr and in `metrics.jsonl` when the cache is built.
@@ -297,12 +304,22 @@ def tokenize_corpus(
         tallies[split] = collections.Counter()
         return corpus.iter_documents(source, split=split, tally=tallies[split])
 
+    labeller = None
+    if segmenter:
+        from mlm.data.segmenter import Segmenter
+
+        family = next(a.tokenizer_family for a in ARCHITECTURES.values()
+                      if a.tokenizer == type(tokenizer).__name__)
+        labeller = Segmenter(
+            segmenter, family=family, special_tokens=tokenizer.special_tokens,
+            vocabulary=[tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())])
     cache = token_cache.load_or_build_cache(
         {split: functools.partial(documents, split) for split in token_cache.SPLITS},
         tokenizer,
         cache_root=RunDir(run_dir).cache,
-        key=token_cache.cache_key(source.fingerprint, tokenizer),
+        key=token_cache.cache_key(source.fingerprint, tokenizer, segmenter=segmenter),
         progress=not log.quiet,
+        segmenter=labeller,
     )
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):

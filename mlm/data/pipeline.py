@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from mlm.architectures import Architecture
 from mlm.config import MaskingConfig
+from mlm.data import segmenter
 from mlm.errors import MlmError
 
 # Stream salts, so that training, evaluation and shuffling draw unrelated numbers.
@@ -165,7 +166,8 @@ def window_seed(seed: int, salt: int, epoch, window):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(window, tf.int64))
 
 
-def mask_window(token_ids, seed, *, masking: MaskingConfig, ids: TokenIds, num_slots: int):
+def mask_window(token_ids, seed, *, masking: MaskingConfig, ids: TokenIds, num_slots: int,
+                word_labels=None):
     """BERT's masking of one window with stateless randomness.
 
     keras-hub's `MaskedLMMaskGenerator` is not used here for two measured
@@ -185,6 +187,7 @@ def mask_window(token_ids, seed, *, masking: MaskingConfig, ids: TokenIds, num_s
         masking: rates of selection and of the 80/10/10 replacement.
         ids: special token ids (and word-start flags for word and span units).
         num_slots: M, the fixed number of mask slots per window.
+        word_labels: `(L,)` uint8 segmenter labels (`mlm.data.segmenter`), or None.
 
     Returns:
         `(token_ids, mask_positions, mask_ids, mask_weights)` with shapes
@@ -207,7 +210,8 @@ def mask_window(token_ids, seed, *, masking: MaskingConfig, ids: TokenIds, num_s
         positions = tf.sort(tf.where(valid_sorted, top, length))  # chosen first, ascending
     else:
         selected, _, _ = select_whole_words(
-            token_ids, maskable, count, select_seed, masking=masking, ids=ids
+            token_ids, maskable, count, select_seed, masking=masking, ids=ids,
+            word_labels=word_labels,
         )
         chosen = tf.cast(tf.where(selected)[:, 0], tf.int32)  # ascending, at most count
         positions = tf.concat([chosen, tf.fill([num_slots - tf.size(chosen)], length)], 0)
@@ -263,7 +267,7 @@ def span_length_law(masking: MaskingConfig) -> np.ndarray:
 
 
 def select_whole_words(token_ids, maskable, count, seed, *, masking: MaskingConfig,
-                       ids: TokenIds):
+                       ids: TokenIds, word_labels=None):
     """Whole words (or spans of them) covering at most `count` tokens of a window.
 
     Words come from the tokenizer family's word-start flags (`ids.word_starts`);
@@ -285,6 +289,8 @@ def select_whole_words(token_ids, maskable, count, seed, *, masking: MaskingConf
         maskable: `(L,)` bool, the tokens that may be selected.
         count: int32 scalar, the token budget.
         seed: `(2,)` int64 stateless seed.
+        word_labels: `(L,)` uint8 labels of a word segmenter, which override the
+            family's marks where they are not `FAMILY` (text without spaces).
 
     Returns:
         `(selected, units, cut)`: `(L,)` bool, the chosen tokens; `(L,)` int32,
@@ -299,7 +305,11 @@ def select_whole_words(token_ids, maskable, count, seed, *, masking: MaskingConf
     length = tf.shape(token_ids)[0]
     table = tf.constant(ids.word_starts, dtype=tf.bool)
     after_unmaskable = tf.concat([[True], ~maskable[:-1]], axis=0)
-    starts = tf.gather(table, token_ids) | ~maskable | after_unmaskable  # (L,)
+    starts = tf.gather(table, token_ids)
+    if word_labels is not None:
+        starts = tf.where(word_labels == segmenter.START, True,
+                          tf.where(word_labels == segmenter.CONTINUATION, False, starts))
+    starts = starts | ~maskable | after_unmaskable  # (L,)
     word = tf.cumsum(tf.cast(starts, tf.int32)) - 1  # (L,) word index of each token
     # Words are never more than tokens: index them over L slots.
     word_ok = tf.math.unsorted_segment_max(tf.cast(maskable, tf.int32), word, length) > 0
@@ -368,6 +378,7 @@ def training_dataset(
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    word_labels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """An endless dataset of masked training batches, starting at `start_step`.
 
@@ -375,7 +386,8 @@ def training_dataset(
     batch of step `s` is the same whether the run started at 0 or resumed.
     With `process_count` > 1, yields this process's `batch_size //
     process_count` windows of each global batch of `batch_size` (see
-    `process_slice`).
+    `process_slice`). `word_labels`: the token cache's segmenter labels,
+    parallel to `tokens`, for whole-word masking of text without spaces.
     """
     windows = num_windows(len(tokens), sequence_length)
     if steps_per_epoch(windows, batch_size) < 1:
@@ -395,7 +407,8 @@ def training_dataset(
         steps = batch_schedule(windows, batch_size=batch_size, seed=seed, start_step=start_step)
         return process_slice(steps, process_index=process_index, process_count=process_count)
 
-    ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids)
+    ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids,
+                         word_labels=word_labels)
     return _mask_and_batch(
         ds, salt=_TRAIN_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size // process_count,
@@ -413,6 +426,7 @@ def evaluation_dataset(
     seed: int,
     arch: Architecture,
     max_batches: int = 0,
+    word_labels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Held-out windows in order with fixed masks, so evaluations compare."""
     windows = num_windows(len(tokens), sequence_length)
@@ -426,7 +440,8 @@ def evaluation_dataset(
         )
 
     schedule = functools.partial(ordered_schedule, windows, batch_size=batch_size)
-    ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids)
+    ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids,
+                         word_labels=word_labels)
     return _mask_and_batch(
         ds, salt=_EVAL_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size,
@@ -434,8 +449,16 @@ def evaluation_dataset(
     )
 
 
-def _window_dataset(tokens, schedule, *, sequence_length, ids) -> tf.data.Dataset:
-    """Single windows `(epoch, window index, (L,) token ids)` read in `schedule` order.
+# Reads the word labels' windows as `read_windows` reads tokens: 0 (`FAMILY`) at the
+# [CLS], [SEP] and padding slots.
+_LABEL_FRAME = TokenIds(vocabulary_size=3, start_id=0, end_id=0, pad_id=0, mask_id=0,
+                        special_ids=())
+
+
+def _window_dataset(tokens, schedule, *, sequence_length, ids,
+                    word_labels=None) -> tf.data.Dataset:
+    """Single windows `(epoch, window index, (L,) token ids[, (L,) labels])` in `schedule`
+    order.
 
     `schedule()` yields `(epoch, window_ids)` per batch; windows are read from
     the memory-mapped cache one batch at a time, then unbatched for masking.
@@ -444,13 +467,20 @@ def _window_dataset(tokens, schedule, *, sequence_length, ids) -> tf.data.Datase
     def generate():
         for epoch, window_ids in schedule():
             rows = read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids)
-            yield np.full(len(window_ids), epoch), window_ids, rows
+            if word_labels is None:
+                yield np.full(len(window_ids), epoch), window_ids, rows
+            else:
+                labels = read_windows(word_labels, window_ids, sequence_length=sequence_length,
+                                      ids=_LABEL_FRAME).astype(np.uint8)
+                yield np.full(len(window_ids), epoch), window_ids, rows, labels
 
     signature = (
         tf.TensorSpec([None], tf.int64),
         tf.TensorSpec([None], tf.int64),
         tf.TensorSpec([None, sequence_length], tf.int32),
     )
+    if word_labels is not None:
+        signature += (tf.TensorSpec([None, sequence_length], tf.uint8),)
     return tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
 
 
@@ -459,11 +489,12 @@ def _mask_and_batch(
 ):
     num_slots = max_selections(sequence_length, masking.selection_rate)
 
-    def mask_one(epoch, window, token_ids):
+    def mask_one(epoch, window, token_ids, word_labels=None):
         token_ids = tf.ensure_shape(token_ids, [sequence_length])
         masked, positions, mask_ids, weights = mask_window(
             token_ids, window_seed(seed, salt, epoch, window),
             masking=masking, ids=ids, num_slots=num_slots,
+            word_labels=None if masking.unit == "token" else word_labels,
         )
         return masked, positions, mask_ids, weights
 

@@ -5,7 +5,9 @@ the tokenizer (config and vocabulary), so a changed corpus or vocabulary
 never reads a stale cache, and re-runs or resumes never tokenize again.
 Each split is one flat binary array of token ids (uint16 when the
 vocabulary fits, else uint32), documents joined by the end token; it is
-read back memory-mapped, so memory does not grow with the corpus.
+read back memory-mapped, so memory does not grow with the corpus. With a
+word segmenter (`masking.segmenter`), a parallel uint8 array per split holds
+each token's word label (`mlm.data.segmenter`).
 """
 
 import contextlib
@@ -43,6 +45,15 @@ class TokenCache:
             return np.zeros(0, dtype=meta["dtype"])
         return np.memmap(self.path / f"{split}.bin", dtype=meta["dtype"], mode="r")
 
+    def word_labels(self, split: str) -> np.ndarray | None:
+        """The segmenter's word label of every token of `split`, or None without one."""
+        path = self.path / f"{split}.words.bin"
+        if not path.is_file():
+            return None
+        if self.stats[split]["tokens"] == 0:
+            return np.zeros(0, dtype=np.uint8)
+        return np.memmap(path, dtype=np.uint8, mode="r")
+
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of a keras-hub tokenizer's config and vocabulary."""
@@ -63,11 +74,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(corpus_fingerprint: str, tokenizer) -> str:
-    """The cache folder name for this corpus and tokenizer."""
+def cache_key(corpus_fingerprint: str, tokenizer, *, segmenter: str = "") -> str:
+    """The cache folder name for this corpus and tokenizer (and word segmenter)."""
     h = hashlib.sha256(f"v{_FORMAT_VERSION}".encode())
     h.update(corpus_fingerprint.encode())
     h.update(tokenizer_fingerprint(tokenizer).encode())
+    if segmenter:  # only when set, so that other caches keep their keys
+        h.update(f"segmenter={segmenter}".encode())
     return h.hexdigest()[:24]
 
 
@@ -79,6 +92,7 @@ def load_or_build_cache(
     key: str,
     batch_size: int = 256,
     progress: bool = True,
+    segmenter=None,
 ) -> TokenCache:
     """Returns the cache entry `cache_root/key`, tokenizing only if it is missing.
 
@@ -91,6 +105,8 @@ def load_or_build_cache(
         key: the entry's name, from `cache_key`.
         batch_size: documents per tokenizer call.
         progress: show progress with an ETA (`mlm.progress`).
+        segmenter: a `mlm.data.segmenter.Segmenter` whose word labels are stored
+            beside the tokens; its name must be in `key`.
     """
     final = Path(cache_root) / key
     cached = load_cache(final)
@@ -101,7 +117,7 @@ def load_or_build_cache(
         stats = {
             split: _tokenize_split(
                 documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
-                batch_size=batch_size,
+                batch_size=batch_size, segmenter=segmenter,
                 bar=_progress(split, documents_by_split[split], enabled=progress),
             )
             for split in SPLITS
@@ -120,8 +136,9 @@ def load_cache(entry: Path) -> TokenCache | None:
     return TokenCache(path=Path(entry), stats=json.loads(meta.read_text()))
 
 
-def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, bar):
-    """Tokenizes `documents` into the flat binary file `out`."""
+def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, bar,
+                    segmenter=None):
+    """Tokenizes `documents` into the flat binary file `out` (and their word labels)."""
     import tensorflow as tf
 
     vocab_size = int(tokenizer.vocabulary_size())
@@ -141,17 +158,24 @@ def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_siz
             raise
 
     ds = tf.data.Dataset.from_generator(generate, output_signature=tf.TensorSpec([], tf.string))
-    ds = ds.batch(batch_size).map(tokenizer, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(lambda texts: (texts, tokenizer(texts)),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     n_docs = n_tokens = n_unk = 0
     start = time.time()
-    with open(out, "wb") as f, _reraised(failures):
-        for ragged in ds:
+    labels_out = out.with_suffix(".words.bin") if segmenter is not None else None
+    with open(out, "wb") as f, _reraised(failures), (
+            open(labels_out, "wb") if labels_out else contextlib.nullcontext()) as labels:
+        for texts, ragged in ds:
             flat = ragged.flat_values.numpy()
             ends = np.cumsum(ragged.row_lengths().numpy())
             # One end token after each document: doc1 [SEP] doc2 [SEP] ...
             joined = np.insert(flat, ends, end_id).astype(dtype)
             f.write(joined.tobytes())
+            if labels is not None:
+                for text, ids in zip(texts.numpy(), ragged.numpy(), strict=True):
+                    labels.write(segmenter.labels(text.decode("utf-8"), np.asarray(ids)).tobytes())
+                    labels.write(b"\0")  # the end token's
             n_docs += len(ends)
             n_tokens += len(joined)
             n_unk += int(np.count_nonzero(flat == unk_id)) if unk_id is not None else 0

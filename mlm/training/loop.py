@@ -45,6 +45,7 @@ def train(
     log: "MetricsLog",
     topology: distributed.Topology | None = None,
     settings_cache: Path | None = None,
+    word_labels: dict | None = None,
 ) -> dict:
     """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
 
@@ -53,6 +54,7 @@ def train(
     distributed run (`topology`) each process feeds its slice of every batch
     and only process 0 writes checkpoints. "auto" step settings are resolved
     first (`mlm.training.precision.choose_step_settings`, cached in `settings_cache`).
+    `word_labels` (split -> array or None): a word segmenter's labels of the tokens.
 
     Returns:
         The held-out evaluations at the start (step 0 only) and at the end, and
@@ -64,6 +66,7 @@ def train(
         recipe = dataclasses.replace(
             recipe, train=dataclasses.replace(recipe.train, steps=BUDGET_STEPS))
     cfg, model = recipe.train, recipe.model
+    labels = word_labels or {}
     topology = topology or distributed.Topology()
     plan = _segments(recipe, topology=topology, task=task)
     boundaries = [s.end for s in plan]
@@ -78,6 +81,7 @@ def train(
             seed=cfg.seed + _SEGMENT_SEED_STRIDE * segment.index,
             start_step=max(start_step - segment.start, 0), arch=arch,
             process_index=topology.process_index, process_count=topology.process_count,
+            word_labels=labels.get("train"),
         )
 
     def tokens_per_step(segment: schedule.Segment) -> float:
@@ -102,7 +106,7 @@ def train(
             task, held_out_tokens, sequence_length=model.sequence_length,
             masking=recipe.masking.for_evaluation(),
             ids=ids, batch_size=cfg.batch_size, seed=cfg.seed, max_batches=cfg.eval_batches,
-            arch=arch,
+            arch=arch, word_labels=labels.get("held_out"),
         )
         log.write({"step": step, "split": "held_out", **result})
         log.say(
