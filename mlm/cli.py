@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=3,
                    help="fill-mask examples from held-out text (default: %(default)s)")
 
-    sub.add_parser("recipes", help="list the recipes in presets/")
+    p = sub.add_parser("recipes", help="list the recipes in presets/ (--fields: their fields)")
+    p.add_argument("--fields", action="store_true",
+                   help="list every recipe field with its default and what it does")
 
     p = sub.add_parser("finetune", help="fine-tune a preset as a text classifier on labelled data")
     p.add_argument("preset", help="mlm or keras-hub preset folder, keras-hub handle, HuggingFace "
@@ -374,9 +376,16 @@ def _report(args) -> None:
 
 
 def _recipes(args) -> None:
-    from mlm.config import available_recipes
+    from mlm.config import available_recipes, describe_fields
 
-    print("\n".join(available_recipes()))
+    if not args.fields:
+        print("\n".join(available_recipes()))
+        print("(mlm recipes --fields lists every field; set one with --set section.field=value)",
+              file=sys.stderr)
+        return
+    for field, default, description in describe_fields():
+        shown = json.dumps(default if not isinstance(default, tuple) else list(default))
+        print(f"{field} = {shown}\n    {description}")
 
 
 def _finetune_config(args):

@@ -264,6 +264,30 @@ SECTIONS = {
 }
 
 
+def describe_fields() -> list[tuple[str, Any, str]]:
+    """`(section.field, default, description)` of every recipe field, from this module's
+    comments (the description is the comment's first sentence)."""
+    import inspect
+
+    rows = []
+    for section, cls in SECTIONS.items():
+        comment: list[str] = []
+        defaults = cls()
+        for line in inspect.getsource(cls).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                comment.append(stripped.lstrip("# ").strip())
+                continue
+            name = stripped.split(":", 1)[0]
+            if ":" in stripped and name.isidentifier() and hasattr(defaults, name) and (
+                    line.startswith("    ") and not line.startswith("     ")):
+                text = " ".join(comment)
+                sentence = text.split(". ")[0].rstrip(".")
+                rows.append((f"{section}.{name}", getattr(defaults, name), sentence))
+            comment = []
+    return rows
+
+
 def available_recipes() -> list[str]:
     """Names of the recipes shipped in `presets/`."""
     folder = importlib.resources.files("mlm.presets")

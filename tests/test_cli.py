@@ -136,6 +136,25 @@ def test_recipes_lists_the_shipped_recipes():
     assert {"bert_tiny_en_uncased", "bert_small_en_uncased", "bert_test"} <= set(out.split())
 
 
+def test_recipes_fields_lists_every_field_with_its_default_and_meaning():
+    import dataclasses
+
+    from mlm.config import SECTIONS
+
+    code, out, _ = run_main("recipes", "--fields")
+    assert code == 0
+    listed = [line.split(" = ")[0] for line in out.splitlines() if " = " in line
+              and not line.startswith(" ")]
+    assert listed == [f"{s}.{f.name}" for s, cls in SECTIONS.items()
+                      for f in dataclasses.fields(cls)]
+    for field, default in [("masking.unit", '"token"'), ("masking.span_p", "0.2"),
+                           ("train.budget", '""'), ("train.phases", "[]"),
+                           ("train.accumulation_steps", "1"),
+                           ("corpus.document_boundary", '"blank_line"')]:
+        line = out.splitlines().index(f"{field} = {default}")
+        assert len(out.splitlines()[line + 1].strip()) > 20  # its description
+
+
 def test_vocab_command_writes_a_vocabulary_file(small_corpus, tmp_path):
     out = tmp_path / "bert_vocab"
     code, stdout, _ = run_main("vocab", "--corpus", small_corpus, "--size", "300",
