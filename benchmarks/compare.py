@@ -102,6 +102,8 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks (median)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed first steps")
+    parser.add_argument("--curve-points", type=int, default=6,
+                        help="held-out evaluations along the budget, for the time to accuracy")
     parser.add_argument("--budget-seconds", type=float, default=120.0,
                         help="training wall-clock per contender before the held-out evaluation")
     parser.add_argument("--vocab-size", type=int, default=30522)
@@ -158,6 +160,7 @@ def prepare(args, *, work: Path) -> tuple[dict, dict]:
         "sequence_length": args.sequence_length, "batch_size": args.batch_size,
         "steps": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup_steps,
         "budget_seconds": args.budget_seconds, "pipeline_batches": args.pipeline_batches,
+        "curve_points": args.curve_points,
         "seed": args.seed, "mlm_overrides": args.mlm_set,
         "optimizer": {
             "learning_rate": t.learning_rate, "warmup_fraction": t.warmup_fraction,
@@ -372,6 +375,7 @@ def print_report(report: dict, *, spec: dict) -> None:
             if name != "mlm":
                 print(f"mlm / {NAMES[name]}: {mlm_rate / row['tokens_per_second']:.2f}x "
                       f"non-padding tokens/s")
+    print_time_to_accuracy(report["contenders"])
     print("\ninput pipelines alone (no model):")
     print(f"- mlm tokenize into the cache: {data['mlm_tokenize_tokens_per_second']:,.0f} "
           f"tokens/s (once per corpus)")
@@ -386,6 +390,40 @@ def print_report(report: dict, *, spec: dict) -> None:
               f"compute_word_piece_vocabulary {v['keras_hub']['seconds']:.2f} s "
               f"({v['keras_hub']['size']} tokens): "
               f"{v['keras_hub']['seconds'] / v['mlm']['seconds']:.1f}x")
+
+
+def time_to_accuracy(curve: list[dict], target: float) -> float | None:
+    """Training seconds at which `curve` first reaches `target`, linearly interpolated
+    between its points (from 0 s at accuracy 0); None if it never does."""
+    previous = {"seconds": 0.0, "accuracy": 0.0}
+    for point in curve:
+        if point["accuracy"] >= target:
+            rise = point["accuracy"] - previous["accuracy"]
+            share = (target - previous["accuracy"]) / rise if rise > 0 else 1.0
+            return previous["seconds"] + share * (point["seconds"] - previous["seconds"])
+        previous = point
+    return None
+
+
+def print_time_to_accuracy(contenders: dict) -> None:
+    """The time each contender took to reach the accuracy the reference reached at the end
+    of its budget (the HuggingFace contender when it ran, else the first)."""
+    curves = {n: r["budget"].get("curve") for n, r in contenders.items()}
+    if not all(curves.values()):
+        return  # a report saved before the curves were measured
+    reference = "hf" if "hf" in contenders else next(iter(contenders))
+    target = contenders[reference]["budget"]["held_out"]["accuracy"]
+    base = time_to_accuracy(curves[reference], target)
+    print(f"\ntime to {NAMES[reference]}'s held-out masked accuracy at the end of its budget "
+          f"({target:.4f}; training time, evaluations excluded):")
+    print("| contender | time to accuracy | vs reference | curve (s: accuracy) |")
+    print("|---|---:|---:|---|")
+    for name, curve in curves.items():
+        seconds = time_to_accuracy(curve, target)
+        shown = "not reached" if seconds is None else f"{seconds:.0f} s"
+        ratio = "" if seconds is None or not base else f"{base / seconds:.2f}x sooner"
+        points = ", ".join(f"{p['seconds']:.0f}: {p['accuracy']:.3f}" for p in curve)
+        print(f"| {NAMES[name]} | {shown} | {ratio} | {points} |")
 
 
 def summarize(result: dict, *, spec: dict, peak: float) -> dict:

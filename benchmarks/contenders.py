@@ -9,7 +9,7 @@ once per contender and phase, so that peak resident memory is per contender:
 - phase `speed`: the input pipeline alone for `pipeline_batches` batches, then
   `warmup_steps` untimed steps (tracing, XLA), then `repeats` blocks of
   `steps` timed optimizer steps;
-- phase `budget`: trains from scratch for `budget_seconds` of wall-clock time
+- phase `budget`: trains from scratch for `budget_seconds` of training time
   (counted from the first step, compilation included; data preparation
   excluded), with warmup and linear decay over the steps the speed phase says
   fit in the budget, then evaluates on the shared held-out windows.
@@ -79,21 +79,40 @@ def run_speed(runner, spec: dict) -> dict:
 
 
 def run_budget(runner, spec: dict) -> dict:
-    """Trains for `budget_seconds` of wall-clock, then evaluates held-out."""
+    """Trains for `budget_seconds` of training time, then evaluates held-out.
+
+    Along the way, at `curve_points` evenly spaced training times, the
+    held-out accuracy is measured too (the clock paused meanwhile): the curve
+    that `compare.py` reads the time to an accuracy from.
+    """
     runner.build(total_steps=spec["budget_steps"])
-    done, start = [], time.perf_counter()
+    held_out = np.load(spec["held_out_npz"])
+    budget, points = spec["budget_seconds"], spec.get("curve_points", 6)
+    marks = [budget * (i + 1) / points for i in range(points - 1)]
+    done, curve, paused = [], [], [0.0]
+    start = time.perf_counter()
 
     def on_step_end():
         done.append(1)
-        return time.perf_counter() - start >= spec["budget_seconds"]  # True: stop
+        trained = time.perf_counter() - start - paused[0]
+        while marks and trained >= marks[0]:
+            marks.pop(0)
+            began = time.perf_counter()
+            accuracy = masked_accuracy(runner.masked_logits, held_out,
+                                       batch_size=spec["batch_size"])["accuracy"]
+            paused[0] += time.perf_counter() - began
+            curve.append({"seconds": trained, "steps": len(done), "accuracy": accuracy})
+        return trained >= budget  # True: stop
 
     runner.train(spec["budget_steps"], on_step_end=on_step_end)
-    seconds = time.perf_counter() - start
-    held_out = np.load(spec["held_out_npz"])
+    seconds = time.perf_counter() - start - paused[0]
+    final = masked_accuracy(runner.masked_logits, held_out, batch_size=spec["batch_size"])
+    curve.append({"seconds": seconds, "steps": len(done), "accuracy": final["accuracy"]})
     return {
         "budget_steps_done": len(done),
         "budget_seconds_used": seconds,
-        "held_out": masked_accuracy(runner.masked_logits, held_out, batch_size=spec["batch_size"]),
+        "held_out": final,
+        "curve": curve,
         "load_average": os.getloadavg()[0],
     }
 

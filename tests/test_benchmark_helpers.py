@@ -1,0 +1,29 @@
+"""Pure helpers of `benchmarks/compare.py` (the benchmarks themselves run on demand only)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from compare import time_to_accuracy  # noqa: E402
+
+CURVE = [{"seconds": 10.0, "accuracy": 0.10}, {"seconds": 20.0, "accuracy": 0.30},
+         {"seconds": 30.0, "accuracy": 0.35}]
+
+
+@pytest.mark.parametrize("target, seconds", [
+    (0.05, 5.0),   # before the first point: from (0 s, accuracy 0)
+    (0.20, 15.0),  # between two points, linearly
+    (0.30, 20.0),  # on a point
+    (0.35, 30.0),  # the last point
+    (0.50, None),  # never reached
+])
+def test_time_to_accuracy_interpolates_the_curve(target, seconds):
+    assert time_to_accuracy(CURVE, target) == (None if seconds is None else pytest.approx(seconds))
+
+
+def test_a_curve_that_dips_counts_its_first_crossing():
+    curve = [{"seconds": 10.0, "accuracy": 0.3}, {"seconds": 20.0, "accuracy": 0.1},
+             {"seconds": 30.0, "accuracy": 0.4}]
+    assert time_to_accuracy(curve, 0.3) == pytest.approx(10.0)
