@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     run = work / "runs" / "demo"
     checks = [
         ("mlm recipes", ["recipes"], None),
+        ("mlm recipes --fields", ["recipes", "--fields"], None),
         ("mlm vocab", ["vocab", "--corpus", corpus, "--architecture", "bert", "--size", "300",
                        "--out", work / "vocab"], None),
         ("mlm pretrain", ["pretrain", "--recipe", "bert_test", "--corpus", corpus,
