@@ -354,7 +354,7 @@ def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog)
     atomic.copy_dir(checkpoints.preset_of(checkpoints.latest_checkpoint(run_dir, report=log.say)),
                     preset)
     write_model_card(preset, recipe=recipe.to_dict(), summary=summary)
-    log.write({"split": "run", "event": "end", "step": recipe.train.steps})
+    log.write({"split": "run", "event": "end", "step": summary["steps"]})
     log.say(f"preset written to {preset}; report in {write_report(run_dir, say=log.say)}")
     start, end = summary["held_out_start"], summary["held_out"]
     if end:

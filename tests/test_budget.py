@@ -85,12 +85,15 @@ def test_a_budget_run_trains_its_time_and_ends_like_a_step_run(tmp_path, small_c
     train = [r for r in records if r.get("split") == "train"]
     held = [r for r in records if r.get("split") == "held_out"]
     assert held[-1]["step"] == train[-1]["step"] == last
+    assert [r["step"] for r in records if r.get("event") == "end"] == [last]
     assert (run_dir / "preset" / "config.json").is_file()
     assert f"training budget of {BUDGET:g}s" in (run_dir / "report.md").read_text()
     # Warmup and decay are fractions of the budget: the rate rises, then falls to ~0.
     rates = [r["learning_rate"] for r in train]
     peak = max(rates)
     assert rates.index(peak) < len(rates) - 1 and rates[0] < peak
+    # Only the first device call, before any time is measured, trains at progress 0.
+    assert rates[1] > 0
     assert rates[-1] < 0.2 * peak
     trained = [r["trained_seconds"] for r in train]
     assert trained == sorted(trained)

@@ -272,6 +272,10 @@ class _Loop(keras.callbacks.Callback):
         self.progress = getattr(schedule, "progress", None) if budget else None
         self.final = recipe.train.steps  # the last step, once a budget has set it
         self.first_call = True
+        # The session's first call, compile included, until the second's time replaces it:
+        # the schedule's progress counts it meanwhile, so that the second call does not
+        # train at the rate of progress 0 (the budget's end still waits for the measure).
+        self.provisional = 0.0
         self.task, self.preprocessor, self.recipe = task, preprocessor, recipe
         self.run_dir, self.log, self.topology, self.evaluate = run_dir, log, topology, evaluate
         self.start_step = self.step = start_step
@@ -335,7 +339,7 @@ class _Loop(keras.callbacks.Callback):
         for step in range(self.step + 1, self.step + self.per_call + 1):
             fault_point("train_step", step=step)
         if self.progress is not None:
-            self.progress.assign(min(self.trained / self.budget, 1.0))
+            self.progress.assign(min((self.trained + self.provisional) / self.budget, 1.0))
         self.call_start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
@@ -344,9 +348,10 @@ class _Loop(keras.callbacks.Callback):
         # as the second (the same number of steps) once that is known.
         seconds = time.perf_counter() - self.call_start
         if self.first_call:
-            self.first_call = False
+            self.first_call, self.provisional = False, seconds
         else:
             self.trained += seconds * (2 if self.step == self.start_step + self.per_call else 1)
+            self.provisional = 0.0
         first, self.step = self.step + 1, self.step + self.per_call
         loss = float(logs["loss"])
         if not math.isfinite(loss):
