@@ -52,16 +52,20 @@ def supervise(command: list[str], *, log: Path) -> int:
     """
     fd, temporary = tempfile.mkstemp(prefix=f"mlm-{log.stem}-", suffix=".log")
     os.close(fd)
-    child = None
+    child, early = None, []
 
     def forward(signum, frame):
-        if child is not None:
+        if child is None:
+            early.append(signum)  # passed on once the child exists
+        else:
             child.send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
         child = subprocess.Popen(command, env={**os.environ, CHILD_LOG: temporary},
                                  process_group=0, preexec_fn=_die_with_parent(os.getpid()))
+        for signum in early:
+            child.send_signal(signum)
         status = child.wait()
     finally:
         for sig, handler in previous.items():
