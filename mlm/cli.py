@@ -167,6 +167,7 @@ def _add_backend_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     # Before TensorFlow is imported: hide its C++ log lines (e.g. "failed call to
     # cuInit" on machines without a GPU), which are noise to a user.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -220,19 +221,23 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def _pretrain(args) -> None:
+def _pretrain(args) -> int | None:
     recipe = _run_recipe(args)
-    _train(args, recipe)
+    return _train(args, recipe)
 
 
-def _continue(args) -> None:
+def _continue(args) -> int | None:
     recipe = _run_recipe(args, preset=args.preset)
-    _train(args, recipe)
+    return _train(args, recipe)
 
 
-def _train(args, recipe) -> None:
-    """`pretrain` on the chosen backend, joined to the other processes of the run if any."""
-    from mlm.training import distributed
+def _train(args, recipe) -> int | None:
+    """`pretrain` on the chosen backend, joined to the other processes of the run if any.
+
+    A multi-process run re-executes this command under `mlm.training.supervisor`,
+    which turns JAX's abort on a lost peer into one line; returns its status.
+    """
+    from mlm.training import distributed, supervisor
 
     cluster = _cluster(args)
     backend = distributed.select_backend(args.backend or ("jax" if cluster else None))
@@ -242,6 +247,10 @@ def _train(args, recipe) -> None:
                 f"multi-process training runs on the JAX backend, but received "
                 f"backend={backend!r}; pass --backend jax."
             )
+        native_log = os.environ.get(supervisor.CHILD_LOG)
+        if native_log is None:
+            return _supervised(args, cluster)
+        supervisor.native_output_to(native_log)
         distributed.initialize(cluster)  # before keras is imported and JAX computes
     _import_tensorflow_quietly()
     topology = distributed.use_all_devices(backend)
@@ -250,6 +259,19 @@ def _train(args, recipe) -> None:
     with distributed.peer_failures(topology):
         pretrain(recipe, run_dir=args.run_dir, resume=args.resume, overwrite=args.overwrite,
                  quiet=args.quiet, topology=topology)
+    return None
+
+
+def _supervised(args, cluster) -> int:
+    """Runs this command again as the child of a supervising parent; its exit status."""
+    import socket
+
+    from mlm.run.directory import RunDir
+    from mlm.training import supervisor
+
+    process = cluster.process_id if cluster.process_id is not None else socket.gethostname()
+    return supervisor.supervise([sys.executable, "-m", "mlm", *args.argv],
+                                log=RunDir(args.run_dir).native_log(process))
 
 
 def _cluster(args):

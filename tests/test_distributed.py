@@ -1,5 +1,6 @@
 """Data-parallel training over processes on JAX's distributed runtime (loopback)."""
 
+import signal
 import socket
 import subprocess
 import sys
@@ -215,3 +216,34 @@ def test_one_process_over_two_devices_trains_as_one_device(
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
     print(f"max weight difference, 2 devices against 1: {moved:.2e}")
+
+
+@pytest.mark.slow
+def test_signals_reach_supervised_processes_which_stop_after_a_checkpoint(
+    tmp_path, jax_env, small_corpus, held_out_corpus
+):
+    # Each `mlm` of a multi-process run is a supervising parent (mlm.training.supervisor)
+    # that passes SIGINT and SIGTERM on to its training child: the usual stop.
+    run_dir = tmp_path / "run"
+    logs = [tmp_path / "p0.log", tmp_path / "p1.log"]
+    procs = _start_processes(run_dir, corpus=small_corpus, held_out=held_out_corpus,
+                             env=jax_env, logs=logs)
+    try:
+        deadline = time.monotonic() + 400
+        while not (run_dir / "checkpoints" / "step-4" / "state.json").is_file():
+            assert time.monotonic() < deadline and procs[0].poll() is None, logs[0].read_text()
+            time.sleep(0.05)
+        procs[0].send_signal(signal.SIGINT)
+        procs[1].send_signal(signal.SIGTERM)
+        statuses = _wait_all(procs, timeout=120)
+    finally:
+        _wait_all(procs, timeout=1)
+    assert statuses == [128 + signal.SIGINT, 128 + signal.SIGTERM], \
+        logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    last = [log.read_text().strip().splitlines()[-1] for log in logs]
+    step = int(last[0].split(" at step ")[1].split()[0])
+    assert last == [
+        f"mlm: stopped by {name} at step {step} of 24; resume with: mlm pretrain --run-dir "
+        f"{run_dir} --resume" for name in ("SIGINT", "SIGTERM")
+    ]
+    assert (run_dir / "checkpoints" / f"step-{step}" / "state.json").is_file()

@@ -96,6 +96,13 @@ class RunDir:
     def schedule_plot(self) -> Path:
         return self.root / "schedule.png"
 
+    def native_log(self, process: int | str) -> Path:
+        """The C++ output of JAX, XLA and gloo of one process of a multi-process run.
+
+        `mlm.training.supervisor` moves it here when the process ends.
+        """
+        return self.root / f"jax-process-{process}.log"
+
     # Held with flock by the one process training in the directory (`run_lock`).
     @property
     def lock(self) -> Path:

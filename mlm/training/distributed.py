@@ -16,8 +16,11 @@ the README); nothing here imports JAX unless the JAX backend was chosen.
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
+import ipaddress
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -117,6 +120,118 @@ def initialize(config: DistributedConfig) -> None:
             f"HOST:PORT, --num-processes and --process-id, or run under a launcher JAX "
             f"detects (Slurm, Open MPI, a Cloud TPU VM)."
         ) from None
+    # JAX's CPU collectives (gloo) advertise the address this host's name
+    # resolves to. Where /etc/hosts maps the name to loopback (127.0.1.1 on
+    # Debian and Ubuntu, 127.0.0.1 in many containers), the other hosts would
+    # connect to themselves; the interface that routes to the coordinator is
+    # the one they reach.
+    coordinator = config.coordinator or _detected_coordinator()
+    host = host_address(coordinator) if coordinator else None
+    if host is not None and host.unreachable:
+        _advertise_for_collectives(host)
+
+
+def _detected_coordinator() -> str | None:
+    """The coordinator's HOST:PORT that JAX took from the launcher, if it says."""
+    try:
+        from jax._src import distributed as jax_distributed
+    except ImportError:
+        return None
+    return getattr(jax_distributed.global_state, "coordinator_address", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class HostAddress:
+    """The address this host offers the others for CPU collectives."""
+
+    # This host's name (`gethostname`), which gloo resolves to find its address.
+    name: str
+    # The first address of `name` this host can bind, as gloo picks it; None if none.
+    resolved: str | None
+    # The address of the interface that routes to the coordinator.
+    routed: str
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the other hosts cannot reach `resolved` (loopback, or no address)."""
+        return self.resolved is None or ipaddress.ip_address(self.resolved).is_loopback
+
+
+def host_address(coordinator: str) -> HostAddress | None:
+    """This host's name, its address, and its route to `coordinator` (HOST:PORT).
+
+    None when the coordinator is on loopback, or its name does not resolve
+    (`jax.distributed` has already connected to it, so that means a launcher's
+    address this host reaches some other way; leave gloo to its own choice).
+    """
+    host, _, port = coordinator.rpartition(":")
+    host = host.strip("[]")  # [IPv6]:port
+    try:
+        family, _, _, _, target = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)[0]
+    except (OSError, ValueError):
+        return None
+    if ipaddress.ip_address(target[0]).is_loopback:
+        return None
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect(target)  # UDP: picks the route, sends nothing
+        routed = probe.getsockname()[0]
+    name = socket.gethostname()
+    return HostAddress(name=name, resolved=_bindable_address(name), routed=routed)
+
+
+def _bindable_address(name: str) -> str | None:
+    """The first address of `name` that binds, as gloo's `lookupAddrForHostname` picks."""
+    try:
+        found = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    for family, kind, proto, _, address in found:
+        with socket.socket(family, kind, proto) as s:
+            try:
+                s.bind((address[0], 0))
+            except OSError:
+                continue
+            return address[0]
+    return None
+
+
+def _advertise_for_collectives(host: HostAddress) -> None:
+    """Makes JAX's CPU collectives (gloo) bind to and advertise `host.routed`.
+
+    jax 0.10 creates gloo with this host's name alone:
+    `xla_bridge.make_cpu_client` calls `make_gloo_tcp_collectives` without
+    its `hostname` argument, and no flag sets it. So the CPU backend is
+    registered again, before any backend starts, with gloo made for the
+    routed address; `make_cpu_client` documents its `collectives` argument for this.
+    Where JAX's internals differ, stop with the fix instead of failing later.
+    """
+    import jax
+
+    if jax.config.jax_cpu_collectives_implementation != "gloo":
+        return  # MPI finds its own addresses
+    try:
+        from jax._src import distributed as jax_distributed
+        from jax._src import xla_bridge
+        from jax._src.lib import _jax
+
+        collectives = _jax.make_gloo_tcp_collectives(
+            distributed_client=jax_distributed.global_state.client, hostname=host.routed
+        )
+        factory = functools.partial(xla_bridge.make_cpu_client, collectives=collectives)
+        xla_bridge.register_backend_factory("cpu", factory, priority=0, fail_quietly=False)
+    except (ImportError, AttributeError, TypeError, RuntimeError):
+        raise MlmError(unreachable_host_message(host)) from None
+
+
+def unreachable_host_message(host: HostAddress) -> str:
+    """The one line that says why the other hosts cannot reach this one, and the fix."""
+    resolves = (f"resolves to {host.resolved}, a loopback address" if host.resolved
+                else "does not resolve to an address of this host")
+    return (
+        f"this host's name {host.name!r} {resolves}, so the other processes cannot reach "
+        f"its CPU collectives (gloo); map it to the address that reaches the coordinator "
+        f"with the line '{host.routed} {host.name}' in /etc/hosts, then restart every process."
+    )
 
 
 def use_all_devices(backend: str) -> Topology:
