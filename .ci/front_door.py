@@ -1,6 +1,6 @@
 """The front door: every documented command, from a plain `pip install .` (no extras).
 
-The test suite runs in a venv with the `[test]` extra, which could hide a
+The test suite runs in a venv with the `[test,hf]` extras, which could hide a
 runtime dependency that only the extra brings (issue 19: `safetensors`, which
 keras-hub's HuggingFace loader imports, was one). This script runs the
 README's commands at test size with the python of a venv made by
