@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> None:
               f"--contenders mlm,keras_hub_guide).", file=sys.stderr)
         sys.exit(2)
     if args.report:
-        report = json.loads(args.report.read_text())
+        # Several reports of one corpus (contenders run apart, say with budgets of their
+        # own) print as one: the first report's machine and data, every contender.
+        reports = [json.loads(path.read_text()) for path in args.report]
+        report = {**reports[0], "contenders": {
+            name: result for r in reports for name, result in r["contenders"].items()}}
         print_report(report, spec=report["spec"])
         return
     with contextlib.ExitStack() as stack:
@@ -72,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         first = matmul_peak()
         say(f"matmul peak: {first}")
         report["contenders"] = {
-            name: run_contender(name, spec=spec, work=work) for name in args.contenders
+            name: run_contender(name, spec=_budget_for(name, spec, args.budget_fraction),
+                                work=work)
+            for name in args.contenders
         }
         # Read again at the end: one reading on a shared machine can come out
         # low (73.8 against a typical 111 GFLOP/s once), which inflates MFU.
@@ -106,6 +112,10 @@ def parse_args(argv):
                         help="held-out evaluations along the budget, for the time to accuracy")
     parser.add_argument("--budget-seconds", type=float, default=120.0,
                         help="training wall-clock per contender before the held-out evaluation")
+    parser.add_argument("--budget-fraction", action="append", default=[], metavar="NAME=F",
+                        help="train contender NAME for F of --budget-seconds (repeatable): "
+                             "mlm=0.25 checks whether mlm reaches the reference's accuracy "
+                             "in a quarter of its time")
     parser.add_argument("--vocab-size", type=int, default=30522)
     parser.add_argument("--no-pad-vocab", action="store_true",
                         help="keep the learned vocabulary when it is smaller than --vocab-size")
@@ -122,7 +132,9 @@ def parse_args(argv):
                         help="runs of the vocabulary-training comparison (0 skips it)")
     parser.add_argument("--work-dir", type=Path, help="keep the shared files here")
     parser.add_argument("--json", type=Path, help="also write the full report here")
-    parser.add_argument("--report", type=Path, help="print the tables of a saved --json report")
+    parser.add_argument("--report", type=Path, action="append",
+                        help="print the tables of a saved --json report (repeatable: the "
+                             "contenders of several runs on the same corpus in one table)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -291,6 +303,15 @@ def model_flops_per_step(*, backbone: dict, vocab_size: int, sequence_length: in
     return tokens * per_token + MASK_RATE * tokens * per_masked
 
 
+def _budget_for(name: str, spec: dict, fractions: list[str]) -> dict:
+    """`spec` with `budget_seconds` scaled by `--budget-fraction NAME=F` if given for `name`."""
+    for item in fractions:
+        who, _, value = item.partition("=")
+        if who == name:
+            return {**spec, "budget_seconds": spec["budget_seconds"] * float(value)}
+    return spec
+
+
 def run_contender(name: str, *, spec: dict, work: Path) -> dict:
     """The speed phase, then the budget phase, each in a fresh process."""
     speed = run_phase(name, "speed", spec=spec, work=work)
@@ -416,14 +437,17 @@ def print_time_to_accuracy(contenders: dict) -> None:
     base = time_to_accuracy(curves[reference], target)
     print(f"\ntime to {NAMES[reference]}'s held-out masked accuracy at the end of its budget "
           f"({target:.4f}; training time, evaluations excluded):")
-    print("| contender | time to accuracy | vs reference | curve (s: accuracy) |")
-    print("|---|---:|---:|---|")
+    print("| contender | trained | accuracy at its end | time to accuracy | vs reference "
+          "| curve (s: accuracy) |")
+    print("|---|---:|---:|---:|---:|---|")
     for name, curve in curves.items():
         seconds = time_to_accuracy(curve, target)
         shown = "not reached" if seconds is None else f"{seconds:.0f} s"
         ratio = "" if seconds is None or not base else f"{base / seconds:.2f}x sooner"
         points = ", ".join(f"{p['seconds']:.0f}: {p['accuracy']:.3f}" for p in curve)
-        print(f"| {NAMES[name]} | {shown} | {ratio} | {points} |")
+        budget = contenders[name]["budget"]
+        print(f"| {NAMES[name]} | {budget.get('budget_seconds_used', 0):.0f} s | "
+              f"{budget['held_out']['accuracy']:.4f} | {shown} | {ratio} | {points} |")
 
 
 def summarize(result: dict, *, spec: dict, peak: float) -> dict:

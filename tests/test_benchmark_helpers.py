@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from compare import time_to_accuracy  # noqa: E402
+from compare import _budget_for, time_to_accuracy  # noqa: E402
 
 CURVE = [{"seconds": 10.0, "accuracy": 0.10}, {"seconds": 20.0, "accuracy": 0.30},
          {"seconds": 30.0, "accuracy": 0.35}]
@@ -27,3 +27,11 @@ def test_a_curve_that_dips_counts_its_first_crossing():
     curve = [{"seconds": 10.0, "accuracy": 0.3}, {"seconds": 20.0, "accuracy": 0.1},
              {"seconds": 30.0, "accuracy": 0.4}]
     assert time_to_accuracy(curve, 0.3) == pytest.approx(10.0)
+
+
+def test_a_budget_fraction_scales_only_the_contender_it_names():
+    spec = {"budget_seconds": 600.0, "seed": 0}
+    fractions = ["mlm=0.25", "keras_hub_guide=0.5"]
+    assert _budget_for("mlm", spec, fractions) == {"budget_seconds": 150.0, "seed": 0}
+    assert _budget_for("keras_hub_guide", spec, fractions)["budget_seconds"] == 300.0
+    assert _budget_for("hf", spec, fractions) is spec
