@@ -79,9 +79,9 @@ def evaluate_preset(
 
     The preset's own tokenizer and sequence length are used; masks are fixed
     by `seed`, so two presets evaluated on the same files see the same masks.
-    `selection_rate` replaces the preset's masking rate (e.g. 0.15 for a model
-    trained at 0.3, as its run's held-out evaluations with
-    `masking.eval_selection_rate=0.15` did).
+    `selection_rate` replaces the preset's masking rate (an mlm preset carries
+    its run's evaluation rate, `masking.eval_selection_rate`, by default the
+    training rate).
     """
     import tempfile
     from pathlib import Path

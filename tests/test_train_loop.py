@@ -89,14 +89,19 @@ def test_held_out_evaluations_mask_at_the_evaluation_rate(tmp_path, small_corpus
     assert all(8.0 <= m <= 9.0 for m in per_window[0.0]), per_window
     assert all(4.0 <= m <= 5.0 for m in per_window[0.15]), per_window
 
-    # `mlm evaluate` masks at the preset's own (training) rate unless told otherwise.
+    # The preset carries the evaluation rate, and `mlm evaluate` masks at the preset's
+    # rate unless told otherwise.
     from mlm.evaluate import evaluate_preset
+    from mlm.hub import load_masked_lm
 
-    preset = str(tmp_path / "eval_0.15" / "preset")
-    counts = {rate: evaluate_preset(preset, paths=[str(small_corpus)], batch_size=8,
-                                    max_batches=1, selection_rate=rate)["masked_tokens"]
-              for rate in (None, 0.15)}
-    assert 8 * 8 <= counts[None] <= 8 * 9 and 8 * 4 <= counts[0.15] <= 8 * 5, counts
-    code, _, err = run_mlm("evaluate", preset, "--corpus", small_corpus,
+    def masked(run, rate=None):
+        return evaluate_preset(str(tmp_path / run / "preset"), paths=[str(small_corpus)],
+                               batch_size=8, max_batches=1, selection_rate=rate)["masked_tokens"]
+
+    assert load_masked_lm(str(tmp_path / "eval_0.15" / "preset")).preprocessor \
+        .mask_selection_rate == pytest.approx(0.15)
+    assert 8 * 4 <= masked("eval_0.15") <= 8 * 5
+    assert 8 * 8 <= masked("eval_0.0") <= 8 * 9 and 8 * 4 <= masked("eval_0.0", 0.15) <= 8 * 5
+    code, _, err = run_mlm("evaluate", tmp_path / "eval_0.15" / "preset", "--corpus", small_corpus,
                            "--selection-rate", "1.5")
     assert code == 2 and "--selection-rate must be in (0, 1]" in err, err[-2000:]

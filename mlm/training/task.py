@@ -41,7 +41,14 @@ def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: M
 
 
 def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, masking):
-    """The keras-hub preprocessor saved with the preset, set to the run's masking."""
+    """The keras-hub preprocessor saved with the preset, set to the run's evaluation masking.
+
+    The preset carries the rate its held-out scores were measured at
+    (`masking.eval_selection_rate`, by default the training rate), so that
+    `mlm evaluate` and keras-hub's own preprocessing score it the same way.
+    Training never reads it: `mlm.data.pipeline` masks from the recipe.
+    """
+    masking = masking.for_evaluation()
     return arch.cls("preprocessor")(
         tokenizer=tokenizer,
         sequence_length=sequence_length,
