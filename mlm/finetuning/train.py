@@ -13,12 +13,10 @@ A fine-tuning run folder holds:
 - `report.md`, `confusion.png`, `summary.json`.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from mlm.finetuning.config import (
 from mlm.finetuning.metrics import classification_metrics
 from mlm.finetuning.report import write_finetune_report
 from mlm.progress import Progress
+from mlm.run import directory
 from mlm.run.checkpoints import optimizer_left_out, seed_states
 from mlm.run.directory import RunDir
 from mlm.training.schedule import WarmupLinearDecay
@@ -144,7 +143,8 @@ def finetune_splits(preset: str, splits: Splits, *, run_dir: Path, config: Finet
     if overwrite and run_dir.exists():
         atomic.remove_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _removed_on_failure(run_dir, fresh=not resume):
+    with directory.removed_on_failure(run_dir, fresh=not resume,
+                                      list_checkpoints=list_checkpoints):
         if not resume:
             atomic.write_json(run_dir / "finetune.json",
                               {"encoder": preset, **sources, "config": config.to_dict()})
@@ -352,17 +352,6 @@ def _read_run(run_dir: Path) -> dict:
     if not path.is_file():
         raise MlmError(f"nothing to resume in {run_dir}: it has no finetune.json.")
     return json.loads(path.read_text())
-
-
-@contextlib.contextmanager
-def _removed_on_failure(run_dir: Path, *, fresh: bool):
-    """Removes a fresh run folder when the run fails before its first checkpoint."""
-    try:
-        yield
-    except BaseException:
-        if fresh and not list_checkpoints(run_dir):
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
 
 
 def _str(path) -> str | None:

@@ -257,12 +257,17 @@ def _children(folder: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def removed_on_failure(run_dir: Path, *, fresh: bool):
-    """Removes a fresh run directory if setup fails before any checkpoint exists."""
+def removed_on_failure(run_dir: Path, *, fresh: bool, list_checkpoints=None):
+    """Removes a fresh run directory if setup fails before any checkpoint exists.
+
+    `list_checkpoints(run_dir)` finds the run's checkpoints (default: a
+    pretraining run's; fine-tuning passes its own).
+    """
+    list_checkpoints = list_checkpoints or checkpoints.list_checkpoints
     try:
         yield
     except BaseException:
-        if fresh and not checkpoints.list_checkpoints(run_dir):
+        if fresh and not list_checkpoints(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
