@@ -92,8 +92,11 @@ def test_a_budget_run_trains_its_time_and_ends_like_a_step_run(tmp_path, small_c
     rates = [r["learning_rate"] for r in train]
     peak = max(rates)
     assert rates.index(peak) < len(rates) - 1 and rates[0] < peak
-    # Only the first device call, before any time is measured, trains at progress 0.
-    assert rates[1] > 0
+    # Only the first device call, before any time is measured, trains at progress 0. The
+    # second trains at the first's time (compilation included), capped at half the warmup:
+    # never at rate 0, even where compiling takes longer than the budget (a slow CPU).
+    learning_rate = json.loads((run_dir / "config.json").read_text())["train"]["learning_rate"]
+    assert 0 < rates[1] <= 0.5 * learning_rate * (1 + 1e-6)
     assert rates[-1] < 0.2 * peak
     trained = [r["trained_seconds"] for r in train]
     assert trained == sorted(trained)

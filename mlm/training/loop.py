@@ -275,7 +275,12 @@ class _Loop(keras.callbacks.Callback):
         # The session's first call, compile included, until the second's time replaces it:
         # the schedule's progress counts it meanwhile, so that the second call does not
         # train at the rate of progress 0 (the budget's end still waits for the measure).
+        # Compilation can take longer than a short budget (seconds on a slow CPU), so the
+        # guess is capped at half the warmup: never at the end of the decay (rate 0), never
+        # past the peak before anything is measured.
         self.provisional = 0.0
+        self.provisional_cap = (
+            0.5 * budget * schedule.warmup_fraction if self.progress is not None else 0.0)
         self.task, self.preprocessor, self.recipe = task, preprocessor, recipe
         self.run_dir, self.log, self.topology, self.evaluate = run_dir, log, topology, evaluate
         self.start_step = self.step = start_step
@@ -348,7 +353,7 @@ class _Loop(keras.callbacks.Callback):
         # as the second (the same number of steps) once that is known.
         seconds = time.perf_counter() - self.call_start
         if self.first_call:
-            self.first_call, self.provisional = False, seconds
+            self.first_call, self.provisional = False, min(seconds, self.provisional_cap)
         else:
             self.trained += seconds * (2 if self.step == self.start_step + self.per_call else 1)
             self.provisional = 0.0
