@@ -198,13 +198,14 @@ class MlmRunner:
 
         from mlm.architectures import get_architecture
         from mlm.config import apply_overrides
+        from mlm.data.masking import resolve_masking
         from mlm.training import task as mlm_task
 
         recipe = apply_overrides(self.recipe, [f"train.steps={total_steps}"])
         keras.utils.set_random_seed(self.spec["seed"])
         self.task = mlm_task.build_task(
             recipe.model, arch=get_architecture("bert"), tokenizer=self.tokenizer,
-            masking=recipe.masking,
+            masking=resolve_masking(recipe.masking, evaluation=True),
         )
         self.task.preprocessor = None
         mlm_task.compile_task(self.task, recipe.train)

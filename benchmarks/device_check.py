@@ -31,11 +31,10 @@ shape (2 layers, hidden 64, sequence 32, batch 8, vocabulary 1000) in float32
 on the CPU; its HuggingFace row is skipped where torch or transformers is not
 installed.
 
-TensorFlow is never needed. `mlm.training.task` imports `mlm.data.pipeline`, whose tf.data
-input pipeline imports TensorFlow at module top; where TensorFlow is missing,
-`mlm.data.pipeline` is replaced by a stand-in before `mlm.training.task` is imported (see
-`import_mlm_train`), so `build_task` and `compile_task` still run as mlm's own
-code. keras-hub imports TensorFlow only if it is there.
+TensorFlow is never needed: `mlm.training.task` reads the resolved masking
+(`mlm.data.masking`), not the tf.data pipeline, so `build_task` and
+`compile_task` run as mlm's own code where TensorFlow is missing. keras-hub
+imports TensorFlow only if it is there.
 
 On the GPU machine this project borrows (Python 3.12, JAX with CUDA, torch and
 transformers, but no TensorFlow, keras or keras-hub and no network), carry
@@ -68,7 +67,6 @@ import sys
 import tempfile
 import time
 import traceback
-import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -377,34 +375,14 @@ def make_batches(spec: dict, *, count: int = 4) -> list[tuple[dict, object, obje
 def import_mlm_train():
     """`mlm.training.task`, and how it was imported.
 
-    `mlm.training.task` imports `mlm.data.pipeline`, whose tf.data pipeline imports
-    TensorFlow at module top. Where TensorFlow is missing (the GPU machine),
-    `mlm.data.pipeline` is replaced by a stand-in: `max_selections` (copied above)
-    and, for every other name, a class that raises when used. Building and
-    compiling the task use nothing else from it, so what is timed is still
-    `mlm.training.task.build_task` and `compile_task`, not a copy of them.
+    It needs no TensorFlow (the resolved masking it reads, `mlm.data.masking`,
+    imports none), so on the GPU machine, where TensorFlow is missing, what is
+    timed is still `mlm.training.task.build_task` and `compile_task`.
     """
-    try:
-        import mlm.training.task
-
-        return mlm.training.task, "mlm.training.task"
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("tensorflow"):
-            raise
-
-    def stand_in(name):
-        def fail(*args, **kwargs):
-            raise RuntimeError(f"mlm.data.pipeline.{name} needs TensorFlow, which is not installed")
-
-        return type(name, (), {"__init__": fail})
-
-    pipeline = types.ModuleType("mlm.data.pipeline", "Stand-in without TensorFlow (device_check).")
-    pipeline.max_selections = max_selections
-    pipeline.__getattr__ = stand_in
-    sys.modules["mlm.data.pipeline"] = pipeline
     import mlm.training.task
 
-    return mlm.training.task, "mlm.training.task, mlm.data.pipeline stood in (no TensorFlow)"
+    found = "" if "tensorflow" in sys.modules else " (no TensorFlow)"
+    return mlm.training.task, f"mlm.training.task{found}"
 
 
 def run_mlm(spec: dict) -> dict:
@@ -416,7 +394,8 @@ def run_mlm(spec: dict) -> dict:
     import keras_hub
 
     from mlm.architectures import get_architecture
-    from mlm.config import MaskingConfig, ModelConfig, TrainConfig
+    from mlm.config import ModelConfig, TrainConfig
+    from mlm.data.masking import Masking
     from mlm.training.precision import StepSettings
 
     train, how = import_mlm_train()
@@ -429,8 +408,10 @@ def run_mlm(spec: dict) -> dict:
         "num_layers": shape["num_layers"], "num_heads": shape["num_heads"],
         "hidden_dim": shape["hidden_dim"], "intermediate_dim": shape["intermediate_dim"],
         "dropout": 0.1, "max_sequence_length": 512})
+    masking = Masking(selection_rate=SELECTION_RATE, mask_token_rate=0.8,
+                      random_token_rate=0.1, unit="token")
     task = train.build_task(model, arch=get_architecture("bert"), tokenizer=tokenizer,
-                            masking=MaskingConfig())
+                            masking=masking)
     task.preprocessor = None  # detached, as mlm.training.loop trains: batches come masked
     # The schedule's length only shapes the learning rate, not the step's cost.
     config = TrainConfig(batch_size=shape["batch_size"], steps=1000)

@@ -103,6 +103,7 @@ def build(recipe, ids):
     import keras_hub
 
     from mlm.architectures import get_architecture
+    from mlm.data.masking import resolve_masking
     from mlm.training.task import build_task, compile_task
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -110,7 +111,7 @@ def build(recipe, ids):
         vocabulary=special + [f"w{i}" for i in range(ids.vocabulary_size - len(special))])
     keras.utils.set_random_seed(0)
     task = build_task(recipe.model, arch=get_architecture("bert"), tokenizer=tokenizer,
-                      masking=recipe.masking)
+                      masking=resolve_masking(recipe.masking, evaluation=True))
     compile_task(task, recipe.train)
     preprocessor, task.preprocessor = task.preprocessor, None
     return task, preprocessor
@@ -167,19 +168,23 @@ class MlmLoop:
     def run(self, steps: int) -> None:
         import dataclasses
 
+        from mlm.run.checkpoints import RunCheckpoints
         from mlm.run.log import MetricsLog
         from mlm.training import distributed
-        from mlm.training.loop import _Loop, steps_per_execution
+        from mlm.training.loop import _Loop
+        from mlm.training.plan import resolve_plan
 
         recipe = dataclasses.replace(self.recipe, train=dataclasses.replace(
             self.recipe.train, steps=self.step + steps))
-        self.task.steps_per_execution = steps_per_execution(
-            recipe.train, start_step=self.step)[1]
-        loop = _Loop(self.task, preprocessor=self.preprocessor, recipe=recipe,
-                     run_dir=self.folder, start_step=self.step,
+        plan = resolve_plan(recipe, backbone=self.task.backbone,
+                            tokenizer=self.preprocessor.tokenizer)
+        self.task.steps_per_execution = plan.strides(self.step)[1]
+        loop = _Loop(self.task, plan=plan, start_step=self.step,
+                     checkpoints=RunCheckpoints(self.folder, preprocessor=self.preprocessor,
+                                                keep=1),
                      log=MetricsLog(self.folder, quiet=True),
                      topology=distributed.Topology(), evaluate=lambda step: {},
-                     tokens_per_step=1.0)
+                     tokens_per_step=lambda segment: 1.0)
         # The last step of a run evaluates and checkpoints: keep them out of the timing.
         loop.on_epoch_end = _without_the_end(loop)
         loop.run(dataset(recipe, self.tokens, self.ids, start_step=self.step), stop=[],

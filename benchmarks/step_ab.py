@@ -63,6 +63,7 @@ def build(recipe_name: str, overrides: list[str], vocab_size: int):
 
     from mlm.architectures import get_architecture
     from mlm.config import apply_overrides, load_recipe
+    from mlm.data.masking import resolve_masking
     from mlm.training.task import build_task, compile_task
 
     recipe = apply_overrides(load_recipe(recipe_name), overrides)
@@ -72,7 +73,7 @@ def build(recipe_name: str, overrides: list[str], vocab_size: int):
     )
     keras.utils.set_random_seed(0)
     task = build_task(recipe.model, arch=get_architecture("bert"), tokenizer=tokenizer,
-                      masking=recipe.masking)
+                      masking=resolve_masking(recipe.masking, evaluation=True))
     compile_task(task, recipe.train)
     task.preprocessor = None
     return task, recipe

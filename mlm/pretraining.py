@@ -15,15 +15,14 @@ import keras
 from mlm import atomic
 from mlm.architectures import (
     ARCHITECTURES,
-    Architecture,
     architecture_of_backbone,
     get_architecture,
     preprocessor_detached,
 )
 from mlm.config import Recipe, apply_overrides, load_recipe
 from mlm.data import corpus, token_cache, vocab
-from mlm.data.pipeline import TokenIds, padding_fraction
-from mlm.errors import MlmError
+from mlm.data.masking import resolve_masking
+from mlm.data.pipeline import padding_fraction
 from mlm.progress import track
 from mlm.run import checkpoints, directory
 from mlm.run.directory import RunDir
@@ -32,6 +31,7 @@ from mlm.run.log import MetricsLog, tensorboard_hint
 from mlm.run.report import write_report
 from mlm.training import distributed, precision
 from mlm.training.loop import train
+from mlm.training.plan import resolve_plan
 from mlm.training.task import build_preprocessor, build_task, compile_task, make_deterministic
 
 
@@ -106,35 +106,31 @@ def pretrain(
                     f"global batch of {recipe.train.batch_size}")
         share_files(recipe, source=source, run_dir=run_dir, log=log, topology=topology)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
+        # Every value the stages read, and every error they could raise, before tokenizing.
+        plan = resolve_plan(recipe, backbone=task.backbone,
+                            tokenizer=task.preprocessor.tokenizer, topology=topology)
         distributed.check_agreement(topology, step=start_step, run_dir=run_dir)
         log.trim(step=start_step)  # records after the step resumed from are written again
-        arch = architecture_of_backbone(task.backbone)
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
         with preprocessor_detached(task) as preprocessor:
             cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
                                     segmenter=recipe.masking.segmenter)
             stats = describe_data(cache, recipe=recipe, log=log)
             result = train(
-                task, preprocessor=preprocessor, recipe=recipe, arch=arch,
-                train_tokens=cache.tokens("train"), held_out_tokens=cache.tokens("held_out"),
+                task, plan=plan,
+                tokens={split: cache.tokens(split) for split in token_cache.SPLITS},
                 word_labels={split: cache.word_labels(split) for split in token_cache.SPLITS},
-                ids=token_ids(preprocessor.tokenizer, recipe=recipe, arch=arch),
-                run_dir=run_dir,
                 start_step=start_step, log=log, topology=topology,
+                checkpoints=checkpoints.RunCheckpoints(
+                    run_dir, preprocessor=preprocessor, keep=recipe.train.keep_checkpoints),
                 settings_cache=settings_cache,
             )
+    result.pop("plan")
     summary = {**stats, "steps": recipe.train.steps, **result, "run_dir": str(run_dir)}
     if chief:
         with distributed.outside_distribution():  # the report loads the preset
             summary["preset"] = str(finish_run(run_dir, recipe=recipe, summary=summary, log=log))
     return summary
-
-
-def token_ids(tokenizer, *, recipe: Recipe, arch: Architecture) -> TokenIds:
-    """The pipeline's ids; the word-start flags too where word or span masking needs them."""
-    whole_words = {recipe.masking.unit, recipe.masking.eval_unit} != {"token"}
-    return TokenIds.from_tokenizer(
-        tokenizer, family=arch.tokenizer_family if whole_words else None)
 
 
 def continue_pretraining(
@@ -223,7 +219,8 @@ def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
     else:
         tokenizer = load_or_train_tokenizer(source, recipe=recipe, run_dir=run_dir, log=log)
         task = build_task(recipe.model, arch=get_architecture(recipe.model.architecture),
-                          tokenizer=tokenizer, masking=recipe.masking)
+                          tokenizer=tokenizer,
+                          masking=resolve_masking(recipe.masking, evaluation=True))
     compile_task(task, recipe.train)
     log.say(f"model: {type(task).__name__}, {task.count_params():,} parameters")
     return task, 0
@@ -234,18 +231,11 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
     from mlm.hub import load_masked_lm, preset_has_masked_lm_head
 
     task = load_masked_lm(recipe.model.preset)
-    arch = architecture_of_backbone(task.backbone)
-    # RoFormerV2's rotary positions have no maximum length.
-    length = recipe.model.sequence_length
-    limit = getattr(task.backbone, "max_sequence_length", None)
-    if limit is not None and length > limit:
-        raise MlmError(
-            f"model.sequence_length must be at most the preset's max_sequence_length={limit}, "
-            f"but received sequence_length={length}; lower it with --sequence-length."
-        )
+    # The run's length (the plan checks it against the backbone's) and evaluation masking.
     task.preprocessor = build_preprocessor(
-        arch, tokenizer=task.preprocessor.tokenizer, sequence_length=length,
-        masking=recipe.masking,
+        architecture_of_backbone(task.backbone), tokenizer=task.preprocessor.tokenizer,
+        sequence_length=recipe.model.sequence_length,
+        masking=resolve_masking(recipe.masking, evaluation=True),
     )
     if preset_has_masked_lm_head(recipe.model.preset):
         log.say(f"continuing from {recipe.model.preset}: backbone and MaskedLM head kept")

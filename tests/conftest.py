@@ -90,13 +90,14 @@ def tiny_task(*, vocabulary=TINY_VOCABULARY, overrides=(), seed=0, steps=0, text
     import keras_hub
 
     from mlm.architectures import get_architecture
+    from mlm.data.masking import resolve_masking
     from mlm.training.task import build_task, compile_task
 
     recipe = small_recipe(overrides=overrides)
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary, lowercase=True)
     keras.utils.set_random_seed(seed)
     task = build_task(recipe.model, arch=get_architecture("bert"), tokenizer=tokenizer,
-                      masking=recipe.masking)
+                      masking=resolve_masking(recipe.masking, evaluation=True))
     compile_task(task, recipe.train)
     preprocessor, task.preprocessor = task.preprocessor, None
     if steps:

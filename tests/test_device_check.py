@@ -33,7 +33,8 @@ def table_rows(output: str) -> dict[str, list[str]]:
 def test_synthetic_batches_are_shaped_as_the_pipelines():
     from mlm.architectures import get_architecture
     from mlm.config import MaskingConfig
-    from mlm.data.pipeline import TokenIds, max_selections, training_dataset
+    from mlm.data.masking import max_selections
+    from mlm.data.pipeline import TokenIds, training_dataset
 
     check = load_script()
     for length in (8, 32, 128, 512):
@@ -93,7 +94,7 @@ def test_smoke_run_prints_throughput_and_mfu(tensorflow, request, jax_env):
     assert float(per_step) > 0 and float(tokens.replace(",", "")) > 0
     assert 0 < float(mfu) <= 1, proc.stdout
     if tensorflow == "missing":
-        assert "mlm.data.pipeline stood in (no TensorFlow)" in proc.stdout
+        assert "mlm: mlm.training.task (no TensorFlow), keras" in proc.stdout
         assert "TensorFlow imported by the mlm run: no" in proc.stdout
     else:
         assert "mlm: mlm.training.task, keras" in proc.stdout

@@ -7,11 +7,11 @@ import pytest
 
 from mlm.architectures import get_architecture
 from mlm.config import MaskingConfig
+from mlm.data.masking import max_selections, resolve_masking
 from mlm.data.pipeline import (
     TokenIds,
     batch_schedule,
     evaluation_dataset,
-    max_selections,
     num_windows,
     padding_fraction,
     read_windows,
@@ -202,7 +202,7 @@ def _reference_batches(tokens, schedule, *, count, salt, seed, masking, sequence
                        batch_size, inputs, drop_remainder):
     import tensorflow as tf
 
-    from mlm.data.pipeline import mask_window, window_seed
+    from mlm.data.masking_ops import mask_window, window_seed
 
     body = sequence_length - 2
 
@@ -222,7 +222,8 @@ def _reference_batches(tokens, schedule, *, count, salt, seed, masking, sequence
 
     def mask_one(epoch, window, token_ids):
         masked, positions, mask_ids, weights = mask_window(
-            token_ids, window_seed(seed, salt, epoch, window), masking=masking, ids=IDS,
+            token_ids, window_seed(seed, salt, epoch, window), masking=resolve_masking(masking),
+            ids=IDS,
             num_slots=num_slots)
         return token_ids, masked, positions, mask_ids, weights
 

@@ -137,7 +137,11 @@ def test_choice_is_recorded_then_reused_on_resume_and_from_the_cache(tmp_path, b
     measure, calls = fake_measure(clock, {FP32: (1.0, 0.3), BF16: (1.0, 0.1)})
     kwargs = dict(mixed_precision="auto", jit_compile=False, steps=10**4, cache_dir=cache,
                   write=True, say=said.append)
-    first = precision.choose_step_settings(task, batch, run_dir=tmp_path / "a", measure=measure,
+
+    def record(run):
+        return tmp_path / run / precision.RUN_FILE
+
+    first = precision.choose_step_settings(task, batch, record=record("a"), measure=measure,
                                            **kwargs)
     assert first.chosen == BF16 and calls == [FP32, BF16]
     assert task.backbone.compute_dtype == "bfloat16" and task.jit_compile is False
@@ -146,27 +150,27 @@ def test_choice_is_recorded_then_reused_on_resume_and_from_the_cache(tmp_path, b
     assert any("bf16 no XLA (chosen)" in line for line in said)
     # --resume: the run's record; a new run on this machine: the cache. Nothing is timed.
     precision.set_precision(task, "float32")
-    again = precision.choose_step_settings(task, batch, run_dir=tmp_path / "a",
+    again = precision.choose_step_settings(task, batch, record=record("a"),
                                            measure=_measure_never, **kwargs)
     assert again.chosen == BF16 and again.source == "run directory"
     assert task.backbone.compute_dtype == "bfloat16"
-    other = precision.choose_step_settings(task, batch, run_dir=tmp_path / "b",
+    other = precision.choose_step_settings(task, batch, record=record("b"),
                                            measure=_measure_never, **kwargs)
     assert other.chosen == BF16 and other.source == "cache"
     # Another shape is another key: measured again.
     measure, calls = fake_measure(clock, {FP32: (1.0, 0.1), BF16: (1.0, 0.3)})
     x, y, w = batch
     shorter = ({k: v[:4] for k, v in x.items()}, y[:4], w[:4])
-    third = precision.choose_step_settings(task, shorter, run_dir=tmp_path / "c",
+    third = precision.choose_step_settings(task, shorter, record=record("c"),
                                            measure=measure, **kwargs)
     assert third.chosen == FP32 and calls == [FP32, BF16]
     # Explicit settings are never timed; a multi-process run takes the first candidate.
     explicit = precision.choose_step_settings(
-        task, batch, **{**kwargs, "mixed_precision": "mixed_bfloat16"}, run_dir=tmp_path / "d",
+        task, batch, **{**kwargs, "mixed_precision": "mixed_bfloat16"}, record=record("d"),
         measure=_measure_never)
     assert explicit.chosen == BF16 and explicit.source == "recipe"
     multi = precision.choose_step_settings(
-        task, batch, **{**kwargs, "cache_dir": None}, run_dir=tmp_path / "e",
+        task, batch, **{**kwargs, "cache_dir": None}, record=record("e"),
         measure=_measure_never, multi_process=True)
     assert multi.chosen == FP32
 
@@ -191,7 +195,8 @@ def test_real_probe_leaves_the_task_as_it_found_it(tmp_path, bert_task):
     before = [np.array(v.numpy()) for v in task.variables]
     result = precision.choose_step_settings(
         task, batch, mixed_precision="auto", jit_compile=False, steps=10**6,
-        run_dir=tmp_path / "run", cache_dir=None, write=False, say=lambda _: None)
+        record=tmp_path / "run" / precision.RUN_FILE, cache_dir=None, write=False,
+        say=lambda _: None)
     assert [r["label"] for r in result.rows] == ["fp32 no XLA", "bf16 no XLA"]
     assert all(r["step_seconds"] > 0 for r in result.rows)
     assert int(task.optimizer.iterations.numpy()) == 0

@@ -12,7 +12,9 @@ import tensorflow as tf
 from mlm.architectures import get_architecture
 from mlm.config import MaskingConfig
 from mlm.data import vocab
-from mlm.data.pipeline import TokenIds, select_whole_words
+from mlm.data.masking import resolve_masking
+from mlm.data.masking_ops import select_whole_words
+from mlm.data.pipeline import TokenIds
 from mlm.data.segmenter import CONTINUATION, FAMILY, START, Segmenter
 
 jieba = pytest.importorskip("jieba", reason="jieba is the `chinese` extra")
@@ -124,7 +126,7 @@ def test_jieba_words_are_never_partly_masked(tokenizers, name):
     for seed in range(300):
         chosen, _, _ = select_whole_words(
             tf.constant(window), tf.constant(maskable), tf.constant(count),
-            tf.constant([seed, 7], tf.int64), masking=masking, ids=ids,
+            tf.constant([seed, 7], tf.int64), masking=resolve_masking(masking), ids=ids,
             word_labels=tf.constant(window_labels))
         chosen = chosen.numpy()
         selected_total += chosen.sum()

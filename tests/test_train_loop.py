@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from mlm.config import TrainConfig
-from mlm.training.loop import steps_per_execution
+from mlm.training.plan import strides
 from tests.conftest import max_weight_difference, run_mlm
 from tests.test_faults import STEPS, _final_state, _train_records
 
@@ -24,7 +24,7 @@ def test_strides_divide_every_boundary(intervals, start_step, cap, expected):
     log, evaluate, checkpoint, steps = intervals
     cfg = TrainConfig(log_every=log, eval_every=evaluate, checkpoint_every=checkpoint,
                       steps=steps, steps_per_execution=cap)
-    epoch, per_call = steps_per_execution(cfg, start_step=start_step)
+    epoch, per_call = strides(cfg, steps=steps, start_step=start_step)
     assert (epoch, per_call) == expected
     for boundary in (log, evaluate, checkpoint, steps, start_step):
         assert boundary % epoch == 0

@@ -19,15 +19,9 @@ import tensorflow as tf
 from mlm.architectures import get_architecture
 from mlm.config import MaskingConfig, load_recipe
 from mlm.data import vocab
-from mlm.data.pipeline import (
-    TokenIds,
-    max_selections,
-    num_windows,
-    read_windows,
-    select_whole_words,
-    span_length_law,
-    training_dataset,
-)
+from mlm.data.masking import max_selections, resolve_masking, span_length_law
+from mlm.data.masking_ops import select_whole_words
+from mlm.data.pipeline import TokenIds, num_windows, read_windows, training_dataset
 from mlm.errors import MlmError
 from tests.conftest import sample_documents
 
@@ -145,7 +139,8 @@ def test_span_lengths_follow_the_truncated_geometric_law(family_streams, name):
     def select(window, seed):
         maskable = tf.reduce_all(window[:, None] != tf.constant(ids.special_ids)[None, :], -1)
         count = tf.cast(tf.round(tf.reduce_sum(tf.cast(maskable, tf.float32)) * 0.15), tf.int32)
-        return select_whole_words(window, maskable, count, seed, masking=masking, ids=ids)
+        return select_whole_words(window, maskable, count, seed,
+                                  masking=resolve_masking(masking), ids=ids)
 
     windows = read_windows(tokens, np.arange(num_windows(len(tokens), LENGTH)),
                            sequence_length=LENGTH, ids=ids)

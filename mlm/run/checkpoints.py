@@ -298,3 +298,48 @@ def _sha256(path: Path) -> str:
 def _reason(error: OSError) -> str:
     reason = error.strerror or str(error)
     return f"{reason}: {error.filename}" if error.filename else reason
+
+
+class RunCheckpoints:
+    """A run directory's checkpoints as the training loop sees them (`mlm.training.loop`).
+
+    The loop imports nothing of `mlm.run`: `mlm.pretraining` hands it this
+    object, which saves checkpoints (with the detached `preprocessor`, keeping
+    the newest `keep`), lists them, reads a checkpoint's training state, and
+    names the files and commands its messages need.
+    """
+
+    def __init__(self, run_dir: Path, *, preprocessor, keep: int):
+        self.run_dir, self.preprocessor, self.keep = Path(run_dir), preprocessor, keep
+
+    def save(self, task, *, step: int, state: dict) -> Path:
+        return save_checkpoint(task, preprocessor=self.preprocessor, run_dir=self.run_dir,
+                               step=step, state=state, keep=self.keep)
+
+    def steps(self) -> list[int]:
+        return sorted(list_checkpoints(self.run_dir))
+
+    def state(self, step: int) -> dict:
+        """The training state saved with the checkpoint of `step` (its `state.json`)."""
+        path = find_checkpoint(self.run_dir, step=step) / "state.json"
+        return json.loads(path.read_text())
+
+    def note(self) -> str:
+        return last_checkpoint_note(self.run_dir)
+
+    @property
+    def step_settings(self) -> Path:
+        """The run's record of the train step's precision and XLA setting."""
+        from mlm.run.directory import RunDir
+
+        return RunDir(self.run_dir).step_settings
+
+    def write_plan(self, plan) -> None:
+        """Records the run plan (with its step settings) as `run_dir/plan.json`."""
+        from mlm.run.directory import RunDir
+
+        atomic.write_json(RunDir(self.run_dir).plan, plan.to_dict())
+
+    @property
+    def resume_command(self) -> str:
+        return f"mlm pretrain --run-dir {self.run_dir} --resume"

@@ -55,6 +55,11 @@ class RunDir:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    @property
+    def plan(self) -> Path:
+        """The run plan (`mlm.training.plan.RunPlan.to_dict`), rewritten by each session."""
+        return self.root / "plan.json"
+
     # The measured precision and XLA settings of the train step (`mlm.training.precision`).
     @property
     def step_settings(self) -> Path:

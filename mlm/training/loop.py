@@ -1,112 +1,115 @@
 """The training loop: `train` runs the steps, evaluates, logs, checkpoints, stops on a signal."""
 
 import contextlib
-import dataclasses
-import json
 import math
 import signal
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import keras
-import numpy as np
 
-from mlm.architectures import Architecture
-from mlm.config import Recipe, TrainConfig, parse_duration
-from mlm.data.pipeline import TokenIds, padding_fraction, training_dataset
+from mlm.data.pipeline import padding_fraction, training_dataset
 from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
 from mlm.faults import fault_point
 from mlm.progress import format_duration
-from mlm.run import checkpoints
 from mlm.training import distributed, precision, schedule
+from mlm.training.plan import RunPlan
 
 if TYPE_CHECKING:  # the caller passes the log in; training does not import it
     from mlm.run.log import MetricsLog
 
-# The step bound of a run with `train.budget`: never reached, the budget ends it first.
-BUDGET_STEPS = 10**9
+
+class Checkpoints(Protocol):
+    """What the loop needs of the run's checkpoints (`mlm.run.checkpoints.RunCheckpoints`
+    in a run): the loop imports nothing of `mlm.run`."""
+
+    step_settings: Path  # the run's record of the measured step settings
+    resume_command: str  # the command that resumes the run, for the stop message
+
+    def save(self, task, *, step: int, state: dict) -> object: ...
+
+    def steps(self) -> list[int]: ...
+
+    def state(self, step: int) -> dict: ...
+
+    def note(self) -> str: ...
+
+    def write_plan(self, plan: RunPlan) -> None: ...
 
 
 def train(
     task,
     *,
-    preprocessor,
-    recipe: Recipe,
-    arch: Architecture,
-    train_tokens: np.ndarray,
-    held_out_tokens: np.ndarray,
-    ids: TokenIds,
-    run_dir: Path,
+    plan: RunPlan,
+    tokens: dict,
     start_step: int,
     log: "MetricsLog",
+    checkpoints: Checkpoints,
     topology: distributed.Topology | None = None,
     settings_cache: Path | None = None,
     word_labels: dict | None = None,
 ) -> dict:
-    """Runs steps `start_step..recipe.train.steps`, evaluating and checkpointing.
+    """Runs steps `start_step..plan.steps`, evaluating and checkpointing.
 
     `task.preprocessor` must be None: batches arrive preprocessed and masked
-    from `mlm.data.pipeline`; `preprocessor` is saved with every checkpoint. In a
-    distributed run (`topology`) each process feeds its slice of every batch
-    and only process 0 writes checkpoints. "auto" step settings are resolved
-    first (`mlm.training.precision.choose_step_settings`, cached in `settings_cache`).
-    `word_labels` (split -> array or None): a word segmenter's labels of the tokens.
+    from `mlm.data.pipeline`. `tokens` (split -> token array) are the token
+    cache's `train` and `held_out` splits; `word_labels` (split -> array or
+    None) a word segmenter's labels of them. In a distributed run
+    (`topology`) each process feeds its slice of every batch and only process
+    0 writes checkpoints. "auto" step settings are resolved first
+    (`mlm.training.precision.choose_step_settings`, cached in `settings_cache`).
 
     Returns:
-        The held-out evaluations at the start (step 0 only) and at the end, and
-        the training throughput in non-padding tokens per second.
+        The held-out evaluations at the start (step 0 only) and at the end, the
+        training throughput in non-padding tokens per second, and the plan with
+        its step settings.
     """
-    budget = parse_duration(recipe.train.budget) if recipe.train.budget else None
-    trained = trained_seconds(run_dir, start_step) if budget else 0.0
-    if budget:
-        recipe = dataclasses.replace(
-            recipe, train=dataclasses.replace(recipe.train, steps=BUDGET_STEPS))
-    cfg, model = recipe.train, recipe.model
+    cfg, budget = plan.train, plan.budget_seconds
+    trained = trained_seconds(checkpoints, start_step) if budget else 0.0
     labels = word_labels or {}
     topology = topology or distributed.Topology()
-    plan = _segments(recipe, topology=topology, task=task)
-    boundaries = [s.end for s in plan]
 
     def data_for(segment: schedule.Segment):
         """The segment's batches from `start_step` (or its start) on."""
         # Each later segment shuffles and masks from its own seed; the first keeps the
         # run's, so a run without phases has the batches it always had.
         return training_dataset(
-            train_tokens, sequence_length=segment.sequence_length,
-            batch_size=segment.batch_size, masking=recipe.masking, ids=ids,
+            tokens["train"], sequence_length=segment.sequence_length,
+            batch_size=segment.batch_size, masking=plan.masking, ids=plan.ids,
             seed=cfg.seed + _SEGMENT_SEED_STRIDE * segment.index,
-            start_step=max(start_step - segment.start, 0), arch=arch,
+            start_step=max(start_step - segment.start, 0), arch=plan.arch,
             process_index=topology.process_index, process_count=topology.process_count,
             word_labels=labels.get("train"),
         )
 
     def tokens_per_step(segment: schedule.Segment) -> float:
         length = segment.sequence_length
-        return segment.batch_size * length * (1 - padding_fraction(len(train_tokens), length))
+        return segment.batch_size * length * (1 - padding_fraction(len(tokens["train"]), length))
 
-    first = next((s for s in plan if s.end > start_step), plan[-1])
+    first = next((s for s in plan.segments if s.end > start_step), plan.segments[-1])
     data = data_for(first)
     # Before the probe, whose traced train function the loop then reuses.
-    task.steps_per_execution = steps_per_execution(
-        cfg, start_step=start_step, boundaries=boundaries)[1]
+    task.steps_per_execution = plan.strides(start_step)[1]
     chosen = precision.choose_step_settings(
         task, next(distributed.host_batches(data.take(1), backend=keras.backend.backend())),
         mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
-        steps=cfg.steps - start_step, run_dir=run_dir, cache_dir=settings_cache,
+        steps=plan.steps - start_step, record=checkpoints.step_settings, cache_dir=settings_cache,
         max_seconds=None if budget is None else 0.1 * max(budget - trained, 0.0),
         write=topology.is_chief, say=log.say, multi_process=topology.process_count > 1,
     ).chosen
+    plan = plan.with_settings(chosen)
+    if topology.is_chief:
+        checkpoints.write_plan(plan)
 
     def evaluate(step):
         result = evaluate_tokens(
-            task, held_out_tokens, sequence_length=model.sequence_length,
-            masking=recipe.masking.for_evaluation(),
-            ids=ids, batch_size=cfg.batch_size, seed=cfg.seed, max_batches=cfg.eval_batches,
-            arch=arch, word_labels=labels.get("held_out"),
+            task, tokens["held_out"], sequence_length=plan.recipe.model.sequence_length,
+            masking=plan.eval_masking, ids=plan.ids, batch_size=cfg.batch_size, seed=cfg.seed,
+            max_batches=cfg.eval_batches, arch=plan.arch, word_labels=labels.get("held_out"),
         )
         log.write({"step": step, "split": "held_out", **result})
         log.say(
@@ -118,14 +121,14 @@ def train(
     if budget is not None and trained >= budget:
         log.say(f"the run has trained its budget of {format_duration(budget)}; "
                 f"raise train.budget to extend")
-    elif start_step >= cfg.steps:
-        log.say(f"the run is already at step {start_step} of {cfg.steps}; pass --steps to extend")
+    elif start_step >= plan.steps:
+        log.say(f"the run is already at step {start_step} of {plan.steps}; pass --steps to extend")
     start = evaluate(start_step) if start_step == 0 else {}
-    loop = _Loop(task, preprocessor=preprocessor, recipe=recipe, run_dir=run_dir,
-                 start_step=start_step, log=log, topology=topology, evaluate=evaluate,
-                 budget=budget, trained=trained, segments=plan, tokens_per_step=tokens_per_step)
+    loop = _Loop(task, plan=plan, checkpoints=checkpoints, start_step=start_step, log=log,
+                 topology=topology, evaluate=evaluate, trained=trained,
+                 tokens_per_step=tokens_per_step)
     # On a terminal, a line redrawn every step; the log lines are the plain-text progress.
-    progress = log.progress("training", total=None if budget else cfg.steps,
+    progress = log.progress("training", total=None if budget else plan.steps,
                             initial=start_step, unit="steps", plain_every=None)
     with _stop_requests() as stop, progress as bar:
         loop.run(lambda segment: data if segment is first else data_for(segment),
@@ -143,6 +146,7 @@ def train(
         "train_tokens_per_second": (
             sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9) if steady else None
         ),
+        "plan": plan,
     }
 
 
@@ -150,38 +154,11 @@ def train(
 _SEGMENT_SEED_STRIDE = 1_000_003
 
 
-def _segments(recipe: Recipe, *, topology: distributed.Topology, task) -> list:
-    """The run's phases and batch-warmup stages (`schedule.segments`), checked."""
-    cfg = recipe.train
-    multiple = math.lcm(cfg.accumulation_steps, topology.device_count)
-    plan = schedule.segments(
-        steps=cfg.steps, sequence_length=recipe.model.sequence_length,
-        batch_size=cfg.batch_size, phases=cfg.phases, batch_warmup=cfg.batch_warmup,
-        batch_multiple=multiple,
-    )
-    limit = getattr(task.backbone, "max_sequence_length", None)
-    for segment in plan:
-        topology.check_batch_size(segment.batch_size)
-        if segment.batch_size % cfg.accumulation_steps:
-            raise MlmError(
-                f"a batch of {segment.batch_size} windows (train.phases) does not split into "
-                f"train.accumulation_steps={cfg.accumulation_steps} parts; make each phase's "
-                f"batch_size a multiple of it."
-            )
-        if limit is not None and segment.sequence_length > limit:
-            raise MlmError(
-                f"a phase of train.phases is longer than the backbone's max_sequence_length="
-                f"{limit}: sequence_length={segment.sequence_length}; shorten the phase."
-            )
-    return plan
-
-
-def trained_seconds(run_dir: Path, step: int) -> float:
+def trained_seconds(checkpoints: Checkpoints, step: int) -> float:
     """The training time a budget run had spent by its checkpoint at `step` (0 at step 0)."""
     if step == 0:
         return 0.0
-    state = checkpoints.find_checkpoint(run_dir, step=step) / "state.json"
-    return float(json.loads(state.read_text()).get("trained_seconds", 0.0))
+    return float(checkpoints.state(step).get("trained_seconds", 0.0))
 
 
 @contextlib.contextmanager
@@ -212,40 +189,20 @@ def _stop_requests():
             signal.signal(sig, old)
 
 
-def _stop(task, *, preprocessor, run_dir, step, recipe, signum, log, topology,
+def _stop(task, *, plan: RunPlan, checkpoints: Checkpoints, step, signum, log, topology,
           state: dict) -> None:
     """Checkpoints `step` (unless just done; process 0 only) and raises `RunStopped`."""
-    if topology.is_chief and step not in checkpoints.list_checkpoints(run_dir):
-        checkpoints.save_checkpoint(
-            task, preprocessor=preprocessor, run_dir=run_dir, step=step,
-            state=state, keep=recipe.train.keep_checkpoints,
-        )
+    if topology.is_chief and step not in checkpoints.steps():
+        checkpoints.save(task, step=step, state=state)
     distributed.barrier(topology, "stopped")  # the others exit once it is written
     name = signal.Signals(signum).name
     log.say(f"{name} received: stopped after step {step} and wrote a checkpoint")
     raise RunStopped(
         f"stopped by {name} at step {step}"
-        f"{'' if recipe.train.budget else f' of {recipe.train.steps}'}; resume with: "
-        f"mlm pretrain --run-dir {run_dir} --resume",
+        f"{'' if plan.budget_seconds else f' of {plan.steps}'}; resume with: "
+        f"{checkpoints.resume_command}",
         signum=signum,
     )
-
-
-def steps_per_execution(cfg: TrainConfig, *, start_step: int,
-                        boundaries: tuple[int, ...] | list[int] = ()) -> tuple[int, int]:
-    """(epoch, steps per device call): the loop's two strides.
-
-    An "epoch" of `keras.Model.fit` here is the greatest common divisor of the
-    log, evaluation and checkpoint intervals, the last step, the first and the
-    last steps of phases (`boundaries`), so every step that logs, evaluates,
-    checkpoints or ends a phase ends an epoch. A device
-    call runs the largest divisor of the epoch not above
-    `train.steps_per_execution` steps, so no call crosses an epoch's end.
-    """
-    epoch = math.gcd(cfg.log_every, cfg.eval_every, cfg.checkpoint_every, cfg.steps, start_step,
-                     *boundaries)
-    per_call = max(d for d in range(1, min(epoch, cfg.steps_per_execution) + 1) if epoch % d == 0)
-    return epoch, per_call
 
 
 class _Loop(keras.callbacks.Callback):
@@ -254,7 +211,7 @@ class _Loop(keras.callbacks.Callback):
     Metrics (loss, masked accuracy, masked-token count) accumulate on the
     device and are read at the end of each device call (stop requests, NaN,
     progress) and of each epoch (log records, evaluation, checkpoints; see
-    `steps_per_execution`). What the hand-written loop did per step still
+    `mlm.training.plan.strides`). What the hand-written loop did per step still
     holds: the batches of step s are the same whatever the stride, a stop
     request (SIGTERM, SIGINT, summed over processes so that all stop after the
     same step) is honoured after the current device call with a checkpoint,
@@ -262,15 +219,15 @@ class _Loop(keras.callbacks.Callback):
     naming the steps of the call.
     """
 
-    def __init__(self, task, *, preprocessor, recipe, run_dir, start_step, log, topology,
-                 evaluate, segments: list, tokens_per_step, budget: float | None = None,
-                 trained: float = 0.0):
+    def __init__(self, task, *, plan: RunPlan, checkpoints: Checkpoints, start_step, log,
+                 topology, evaluate, tokens_per_step, trained: float = 0.0):
         super().__init__()
         # With a budget: its seconds, the training time so far, and the schedule to advance.
+        budget = plan.budget_seconds
         self.budget, self.trained = budget, trained
         schedule = getattr(task.optimizer, "_learning_rate", None)
         self.progress = getattr(schedule, "progress", None) if budget else None
-        self.final = recipe.train.steps  # the last step, once a budget has set it
+        self.final = plan.steps  # the last step, once a budget has set it
         self.first_call = True
         # The session's first call, compile included, until the second's time replaces it:
         # the schedule's progress counts it meanwhile, so that the second call does not
@@ -281,21 +238,20 @@ class _Loop(keras.callbacks.Callback):
         self.provisional = 0.0
         self.provisional_cap = (
             0.5 * budget * schedule.warmup_fraction if self.progress is not None else 0.0)
-        self.task, self.preprocessor, self.recipe = task, preprocessor, recipe
-        self.run_dir, self.log, self.topology, self.evaluate = run_dir, log, topology, evaluate
+        self.task, self.plan, self.checkpoints = task, plan, checkpoints
+        self.log, self.topology, self.evaluate = log, topology, evaluate
         self.start_step = self.step = start_step
-        self.segments, self.tokens_for = segments, tokens_per_step
-        self.tokens_per_step = tokens_per_step(segments[0])
+        self.segments, self.tokens_for = plan.segments, tokens_per_step
+        self.tokens_per_step = tokens_per_step(plan.segments[0])
         self.held_out, self.throughput = {}, []
-        self.epoch, self.per_call = steps_per_execution(
-            recipe.train, start_step=start_step, boundaries=[s.end for s in segments])
+        self.epoch, self.per_call = plan.strides(start_step)
         self.window = _LogWindow()
 
     def run(self, data_for, *, stop: list, bar) -> None:
         """Trains every segment left; `data_for(segment)` gives its batches."""
-        cfg = self.recipe.train
         self.stop_signals, self.bar = stop, bar
-        if self.step >= cfg.steps or (self.budget is not None and self.trained >= self.budget):
+        spent = self.budget is not None and self.trained >= self.budget
+        if self.step >= self.plan.steps or spent:
             return
         self.run_start = time.perf_counter()
         self.task.steps_per_execution = self.per_call
@@ -325,13 +281,13 @@ class _Loop(keras.callbacks.Callback):
                 if self.stop_signals_total or self.step == self.final:
                     break
         if self.stop_signals_total:
-            _stop(self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
-                  step=self.step, recipe=self.recipe, signum=self.stop_signal, log=self.log,
-                  topology=self.topology, state=self.state())
+            _stop(self.task, plan=self.plan, checkpoints=self.checkpoints, step=self.step,
+                  signum=self.stop_signal, log=self.log, topology=self.topology,
+                  state=self.state())
 
     def state(self) -> dict:
         """What a checkpoint records besides the weights: the recipe, the time trained."""
-        return {"recipe": self.recipe.name,
+        return {"recipe": self.plan.recipe.name,
                 **({"trained_seconds": self.trained} if self.budget else {})}
 
     stop_signals_total = 0
@@ -364,7 +320,7 @@ class _Loop(keras.callbacks.Callback):
             raise MlmError(
                 f"the loss became {loss} {where}; training stopped "
                 f"without a checkpoint of {'that step' if first == self.step else 'those steps'} "
-                f"({checkpoints.last_checkpoint_note(self.run_dir)}). Lower "
+                f"({self.checkpoints.note()}). Lower "
                 f"train.learning_rate and train again."
             )
         self.bar.update(self.step)
@@ -380,7 +336,7 @@ class _Loop(keras.callbacks.Callback):
         self.epoch_start = self.step
 
     def on_epoch_end(self, epoch, logs=None):
-        cfg = self.recipe.train
+        cfg = self.plan.train
         final = self.step == self.final
         if self.task.stop_training and self.step % self.epoch and not final:
             return  # stopped mid-epoch by a signal: `run` checkpoints it
@@ -390,7 +346,7 @@ class _Loop(keras.callbacks.Callback):
             record = self.window.record(self.step, learning_rate=self.task.optimizer.learning_rate)
             self.throughput.append((self.window.tokens, self.window.seconds()))
             if self.budget is None:
-                _log_train(self.log, record, steps=cfg.steps, start_step=self.start_step,
+                _log_train(self.log, record, steps=self.plan.steps, start_step=self.start_step,
                            run_start=self.run_start)
             else:
                 _log_train(self.log, {**record, "trained_seconds": round(self.trained, 2)},
@@ -400,10 +356,7 @@ class _Loop(keras.callbacks.Callback):
             if self.step % cfg.eval_every == 0 or final:
                 self.held_out = self.evaluate(self.step)
             if self.topology.is_chief and (self.step % cfg.checkpoint_every == 0 or final):
-                checkpoints.save_checkpoint(
-                    self.task, preprocessor=self.preprocessor, run_dir=self.run_dir,
-                    step=self.step, state=self.state(), keep=cfg.keep_checkpoints,
-                )
+                self.checkpoints.save(self.task, step=self.step, state=self.state())
 
 
 class _LogWindow:

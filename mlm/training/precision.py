@@ -351,7 +351,7 @@ def write_record(path: Path, result: ProbeResult) -> None:
 
 
 def choose_step_settings(task, batch, *, mixed_precision: str, jit_compile, steps: int,
-                         run_dir: Path, cache_dir: Path | None, write: bool,
+                         record: Path, cache_dir: Path | None, write: bool,
                          say: Callable[[str], None], multi_process: bool = False,
                          measure: Measure | None = None,
                          max_seconds: float | None = None) -> ProbeResult:
@@ -362,7 +362,7 @@ def choose_step_settings(task, batch, *, mixed_precision: str, jit_compile, step
     on `batch` (the task's state is restored after it). A multi-process run
     does not probe (its processes would have to agree on every timing) and
     takes the first candidate. `write` (process 0): record the choice in
-    `run_dir` and the cache.
+    `record` (the run's `step_settings.json`, `RunDir.step_settings`) and the cache.
     """
     import keras
 
@@ -371,7 +371,7 @@ def choose_step_settings(task, batch, *, mixed_precision: str, jit_compile, step
     options = candidates(mixed_precision, jit_compile, backend=backend, accelerator=accelerator)
     key = fingerprint(backend=backend, accelerator=accelerator, shapes=_shapes(task, batch))
     cache_path = cache_dir / "step_settings" / f"{key}.json" if cache_dir else None
-    found = read_record(run_dir / RUN_FILE, source="run directory")
+    found = read_record(record, source="run directory")
     if found is None and cache_path is not None:
         found = read_record(cache_path, source="cache")
     if len(options) == 1:
@@ -398,7 +398,7 @@ def choose_step_settings(task, batch, *, mixed_precision: str, jit_compile, step
     apply(task, result.chosen)
     say(f"train step: {result.chosen.label()} ({_why(result)})")
     if write:
-        write_record(run_dir / RUN_FILE, result)
+        write_record(record, result)
     return result
 
 

@@ -3,8 +3,8 @@
 import keras
 
 from mlm.architectures import Architecture
-from mlm.config import MaskingConfig, ModelConfig, TrainConfig
-from mlm.data.pipeline import max_selections
+from mlm.config import ModelConfig, TrainConfig
+from mlm.data.masking import Masking
 from mlm.errors import MlmError
 from mlm.training import precision
 from mlm.training.precision import StepSettings
@@ -24,8 +24,12 @@ def make_deterministic(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: MaskingConfig):
-    """A fresh MaskedLM task: backbone from the recipe, preprocessor from `tokenizer`."""
+def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: Masking):
+    """A fresh MaskedLM task: backbone from the recipe, preprocessor from `tokenizer`.
+
+    `masking` is the run's evaluation masking (`mlm.training.plan.RunPlan.eval_masking`),
+    which the preprocessor saved with the preset carries.
+    """
     try:
         backbone = arch.cls("backbone")(
             vocabulary_size=tokenizer.vocabulary_size(), **config.backbone
@@ -40,20 +44,20 @@ def build_task(config: ModelConfig, *, arch: Architecture, tokenizer, masking: M
     return arch.cls("masked_lm")(backbone=backbone, preprocessor=preprocessor)
 
 
-def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int, masking):
+def build_preprocessor(arch: Architecture, *, tokenizer, sequence_length: int,
+                       masking: Masking):
     """The keras-hub preprocessor saved with the preset, set to the run's evaluation masking.
 
     The preset carries the rate its held-out scores were measured at
     (`masking.eval_selection_rate`, by default the training rate), so that
     `mlm evaluate` and keras-hub's own preprocessing score it the same way.
-    Training never reads it: `mlm.data.pipeline` masks from the recipe.
+    Training never reads it: `mlm.data.pipeline` masks from the plan.
     """
-    masking = masking.for_evaluation()
     return arch.cls("preprocessor")(
         tokenizer=tokenizer,
         sequence_length=sequence_length,
         mask_selection_rate=masking.selection_rate,
-        mask_selection_length=max_selections(sequence_length, masking.selection_rate),
+        mask_selection_length=masking.slots(sequence_length),
         mask_token_rate=masking.mask_token_rate,
         random_token_rate=masking.random_token_rate,
     )
