@@ -10,19 +10,19 @@ from mlm.config.schema import (
     MASKING_UNITS,
     PRECISIONS,
     SEGMENTERS,
+    CorpusConfig,
     DistributedConfig,
+    MaskingConfig,
+    ModelConfig,
     Recipe,
+    TrainConfig,
+    VocabConfig,
     parse_duration,
 )
 from mlm.errors import MlmError
 
-
-def _choices(values: tuple[str, ...]) -> str:
-    return " or ".join(repr(v) for v in values)
-
-
-def _within(value: float, bounds: tuple[float, float]) -> bool:
-    return bounds[0] <= value <= bounds[1]
+# A check: (section.field, the value shown, whether it holds, what was expected).
+_Check = tuple[str, object, bool, str]
 
 
 def validate_distributed(cluster: DistributedConfig) -> None:
@@ -44,13 +44,56 @@ def validate_distributed(cluster: DistributedConfig) -> None:
 
 def validate(recipe: Recipe) -> None:
     """Raises `MlmError` for out-of-range values."""
-    m, t, c, v = recipe.masking, recipe.train, recipe.corpus, recipe.vocab
-    unit = (0.0, 1.0)
-    checks = [
+    _validate_train_choices(recipe.train)
+    _validate_masking(recipe.masking)
+    _validate_corpus(recipe.corpus)
+    _validate_vocab(recipe.vocab)
+    _validate_model(recipe.model)
+    _validate_train(recipe.train)
+    _validate_budget(recipe.train)
+    _validate_segmenter(recipe.masking)
+    _validate_architecture(recipe)
+    _validate_max_sequence_length(recipe.model, recipe.train)
+
+
+def _raise_first_failure(checks: list[_Check]) -> None:
+    """Raises `MlmError` for the first check that does not hold."""
+    for field, value, ok, expected in checks:
+        if not ok:
+            raise MlmError(
+                f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}."
+            )
+
+
+def _choices(values: tuple[str, ...]) -> str:
+    return " or ".join(repr(v) for v in values)
+
+
+def _within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def _validate_train_choices(t: TrainConfig) -> None:
+    """`train.mixed_precision` and `train.jit_compile` are among their choices."""
+    if t.mixed_precision not in PRECISIONS:
+        raise MlmError(
+            f"'train.mixed_precision' must be one of {', '.join(PRECISIONS)}, but received "
+            f"mixed_precision={t.mixed_precision!r}."
+        )
+    if t.jit_compile not in (True, False, "auto"):
+        raise MlmError(
+            f"'train.jit_compile' must be true, false or \"auto\", but received "
+            f"jit_compile={t.jit_compile!r}."
+        )
+
+
+def _validate_masking(m: MaskingConfig) -> None:
+    """The masking rates, units, span lengths and segmenter are in range."""
+    _raise_first_failure([
         ("masking.selection_rate", m.selection_rate, 0.0 < m.selection_rate <= 1.0, "in (0, 1]"),
         ("masking.eval_selection_rate", m.eval_selection_rate,
          0.0 <= m.eval_selection_rate <= 1.0, "in [0, 1] (0: the training rate)"),
-        ("masking.mask_token_rate", m.mask_token_rate, _within(m.mask_token_rate, unit),
+        ("masking.mask_token_rate", m.mask_token_rate, _within(m.mask_token_rate, (0.0, 1.0)),
          "in [0, 1]"),
         ("masking.random_token_rate", m.random_token_rate,
          _within(m.random_token_rate, (0.0, 1.0 - m.mask_token_rate + 1e-9)),
@@ -62,23 +105,47 @@ def validate(recipe: Recipe) -> None:
         ("masking.max_span", m.max_span, m.max_span >= 1, "at least 1"),
         ("masking.segmenter", repr(m.segmenter), m.segmenter in SEGMENTERS,
          "'' (none) or 'jieba'"),
+    ])
+
+
+def _validate_corpus(c: CorpusConfig) -> None:
+    """The held-out fraction, decode-error policy and document boundary are valid."""
+    _raise_first_failure([
         ("corpus.held_out_fraction", c.held_out_fraction, 0.0 <= c.held_out_fraction < 1.0,
          "in [0, 1)"),
         ("corpus.on_decode_error", repr(c.on_decode_error),
          c.on_decode_error in ("error", "replace"), "'error' or 'replace'"),
         ("corpus.document_boundary", repr(c.document_boundary),
          c.document_boundary in DOCUMENT_BOUNDARIES, _choices(DOCUMENT_BOUNDARIES)),
+    ])
+
+
+def _validate_vocab(v: VocabConfig) -> None:
+    """The vocabulary size and minimum frequency are in range."""
+    _raise_first_failure([
         ("vocab.size", v.size, v.size >= 100, "at least 100"),
         ("vocab.min_frequency", v.min_frequency, v.min_frequency >= 1, "at least 1"),
-        ("model.sequence_length", recipe.model.sequence_length,
-         recipe.model.sequence_length >= 8, "at least 8"),
+    ])
+
+
+def _validate_model(model: ModelConfig) -> None:
+    """The training window is long enough for [CLS], [SEP] and some text."""
+    _raise_first_failure([
+        ("model.sequence_length", model.sequence_length, model.sequence_length >= 8,
+         "at least 8"),
+    ])
+
+
+def _validate_train(t: TrainConfig) -> None:
+    """The batch, steps, optimizer settings and intervals are in range."""
+    _raise_first_failure([
         ("train.batch_size", t.batch_size, t.batch_size >= 1, "at least 1"),
         ("train.steps", t.steps, t.steps >= 1, "at least 1"),
         ("train.accumulation_steps", t.accumulation_steps,
          t.accumulation_steps >= 1 and t.batch_size % t.accumulation_steps == 0,
          f"at least 1 and divide train.batch_size={t.batch_size}"),
         ("train.learning_rate", t.learning_rate, t.learning_rate > 0, "positive"),
-        ("train.warmup_fraction", t.warmup_fraction, _within(t.warmup_fraction, unit),
+        ("train.warmup_fraction", t.warmup_fraction, _within(t.warmup_fraction, (0.0, 1.0)),
          "in [0, 1]"),
         ("train.batch_warmup", t.batch_warmup, 0.0 <= t.batch_warmup < 1.0, "in [0, 1)"),
         ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "at least 0"),
@@ -90,22 +157,11 @@ def validate(recipe: Recipe) -> None:
         ("train.keep_checkpoints", t.keep_checkpoints, t.keep_checkpoints >= 1, "at least 1"),
         ("train.steps_per_execution", t.steps_per_execution, t.steps_per_execution >= 1,
          "at least 1"),
-    ]
-    if t.mixed_precision not in PRECISIONS:
-        raise MlmError(
-            f"'train.mixed_precision' must be one of {', '.join(PRECISIONS)}, but received "
-            f"mixed_precision={t.mixed_precision!r}."
-        )
-    if t.jit_compile not in (True, False, "auto"):
-        raise MlmError(
-            f"'train.jit_compile' must be true, false or \"auto\", but received "
-            f"jit_compile={t.jit_compile!r}."
-        )
-    for field, value, ok, expected in checks:
-        if not ok:
-            raise MlmError(
-                f"'{field}' must be {expected}, but received {field.split('.')[-1]}={value}."
-            )
+    ])
+
+
+def _validate_budget(t: TrainConfig) -> None:
+    """A time budget parses and is not combined with step fractions."""
     if t.budget:
         parse_duration(t.budget)
         if t.phases or t.batch_warmup:
@@ -113,30 +169,14 @@ def validate(recipe: Recipe) -> None:
                 "train.phases and train.batch_warmup are fractions of train.steps, but "
                 f"train.budget={t.budget!r} is set; remove one of them."
             )
+
+
+def _validate_segmenter(m: MaskingConfig) -> None:
+    """A segmenter is only set for word or span masking, which use its words."""
     if m.segmenter and m.unit == "token":
         raise MlmError(
             "'masking.segmenter' segments words for word or span masking, but "
             "masking.unit='token'; set masking.unit=word (or span), or remove the segmenter."
-        )
-    _validate_architecture(recipe)
-    max_len = recipe.model.backbone.get("max_sequence_length")
-    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):
-        raise MlmError(
-            f"'model.backbone.max_sequence_length' must be an integer, but received "
-            f"max_sequence_length={max_len!r}."
-        )
-    if max_len is not None and recipe.model.sequence_length > max_len:
-        raise MlmError(
-            f"'model.sequence_length' must be at most the backbone's "
-            f"max_sequence_length={max_len}, but received "
-            f"sequence_length={recipe.model.sequence_length}; lower it."
-        )
-    longest = max((p.get("sequence_length", 0) for p in t.phases), default=0)
-    if max_len is not None and longest > max_len:
-        raise MlmError(
-            f"a phase of train.phases is longer than the backbone's max_sequence_length="
-            f"{max_len}: sequence_length={longest}; shorten the phase or raise "
-            f"model.backbone.max_sequence_length."
         )
 
 
@@ -160,4 +200,27 @@ def _validate_architecture(recipe: Recipe) -> None:
             f"'vocab.byte_fallback' needs a sentencepiece vocabulary, but architecture "
             f"'{arch.name}' uses {arch.tokenizer_family}; remove vocab.byte_fallback or choose "
             f"albert, deberta_v3, f_net or xlm_roberta."
+        )
+
+
+def _validate_max_sequence_length(model: ModelConfig, t: TrainConfig) -> None:
+    """The windows and phases fit the backbone's `max_sequence_length`, when it is set."""
+    max_len = model.backbone.get("max_sequence_length")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int)):
+        raise MlmError(
+            f"'model.backbone.max_sequence_length' must be an integer, but received "
+            f"max_sequence_length={max_len!r}."
+        )
+    if max_len is not None and model.sequence_length > max_len:
+        raise MlmError(
+            f"'model.sequence_length' must be at most the backbone's "
+            f"max_sequence_length={max_len}, but received "
+            f"sequence_length={model.sequence_length}; lower it."
+        )
+    longest = max((p.get("sequence_length", 0) for p in t.phases), default=0)
+    if max_len is not None and longest > max_len:
+        raise MlmError(
+            f"a phase of train.phases is longer than the backbone's max_sequence_length="
+            f"{max_len}: sequence_length={longest}; shorten the phase or raise "
+            f"model.backbone.max_sequence_length."
         )
