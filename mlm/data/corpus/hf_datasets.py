@@ -1,0 +1,91 @@
+"""Datasets on the HuggingFace datasets hub, `owner/name[:config]`, streamed with `datasets`.
+
+`datasets.load_dataset(..., streaming=True)` opens a dataset without
+downloading it; rows are fetched as they are read.
+"""
+
+import glob
+import re
+import socket
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from mlm.data.corpus.common import as_text, one_line
+from mlm.data.corpus.formats import format_of
+from mlm.errors import MlmError
+
+# `owner/name` or `name`, optionally `:config`, as on huggingface.co.
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?")
+_HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def dataset_name(paths: tuple[str, ...]) -> str | None:
+    """The hub dataset named by `paths`, if it is one name that is no local path."""
+    if len(paths) != 1:
+        return None
+    name = paths[0]
+    if glob.has_magic(name) or format_of(name) or Path(name).expanduser().exists():
+        return None
+    return name if _HUB_NAME.fullmatch(name) else None
+
+
+def check(name: str, *, split: str, text_column: str) -> None:
+    """Fails fast, with one line, when a hub dataset cannot be opened."""
+    check_hub_reachable(name)
+    features = _load(name, split=split).features
+    if features is not None and text_column not in features:
+        raise MlmError(
+            f"hub dataset '{name}' has no column '{text_column}' (columns found: "
+            f"{', '.join(features)}); set corpus.text_column to the column that holds the text."
+        )
+
+
+def check_hub_reachable(name: str) -> None:
+    """Probes the hub host: offline, `datasets` would retry for about 25 s first."""
+    import datasets
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    # In offline mode `datasets` reads its local cache; behind a proxy a direct
+    # connection may fail where `datasets` would succeed.
+    if datasets.config.HF_HUB_OFFLINE or url.scheme in urllib.request.getproxies():
+        return
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=_HUB_PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise MlmError(
+            f"could not download dataset '{name}': no network ({url.hostname}: {e}), or it "
+            f"does not exist, and no local file or directory has that name; pass local "
+            f"files instead."
+        ) from e
+
+
+def read(name: str, *, split: str, text_column: str) -> Iterator[tuple[str, bool]]:
+    """`(text, True)` for each row of one split of a hub dataset; a null is an empty document."""
+    for index, row in enumerate(_load(name, split=split)):
+        if text_column not in row:
+            raise MlmError(
+                f"hub dataset '{name}' has no column '{text_column}' (columns found: "
+                f"{', '.join(row)}); set corpus.text_column to the column that holds the text."
+            )
+        yield as_text(row[text_column], where=f"hub dataset '{name}' row {index}"), True
+
+
+def _load(name: str, *, split: str):
+    """Opens a hub dataset for streaming; nothing is downloaded yet."""
+    # Imported here: `datasets` takes a second to import and only the hub needs it.
+    import datasets
+
+    path, _, config_name = name.partition(":")
+    try:
+        return datasets.load_dataset(path, config_name or None, split=split, streaming=True)
+    except (OSError, ValueError) as e:
+        # OSError covers no network (ConnectionError), no such dataset
+        # (DatasetNotFoundError) and hub HTTP errors; ValueError a bad split or config.
+        raise MlmError(
+            f"could not download dataset '{name}' (split '{split}'): {one_line(e)}; check the "
+            f"name and split, or pass local files instead."
+        ) from e
