@@ -1,7 +1,10 @@
-"""One table: architecture name -> keras-hub classes and tokenizer family.
+"""One table: architecture name -> keras-hub classes, tokenizer family, HF export.
 
-Everything the pipeline needs to know per architecture lives in its row;
-adding an architecture is a row here plus a recipe in `presets/`.
+Everything mlm knows per architecture lives in its row, the HuggingFace
+transformers export included (`Architecture.hf`: the `*ForMaskedLM` class and
+its masked-LM head's weight names; the code writing the weights is in
+`mlm.run.hf_export`). Adding an architecture is a row here plus a recipe in
+`presets/`.
 """
 
 import contextlib
@@ -10,6 +13,38 @@ import dataclasses
 import numpy as np
 
 from mlm.errors import MlmError
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadNames:
+    """safetensors names of one `*ForMaskedLM` head (keras-hub's `MaskedLMHead`)."""
+
+    # The Linear after the encoder (then gelu), and the layer norm after it.
+    dense: str
+    norm: str
+    # The tied decoder (its weight is the token embedding; "": none written) and its
+    # output bias.
+    decoder: str
+    bias: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HfFacts:
+    """What one architecture is as a HuggingFace transformers checkpoint.
+
+    `mlm.run.hf_export` writes it, `mlm.hf_head` reads its head back; a
+    folder's `config.json` `model_type` finds its row with
+    `architecture_of_hf_model_type`.
+    """
+
+    # `config.json`'s `model_type`; one row per model_type.
+    model_type: str
+    # The `*ForMaskedLM` class written in `config.json`'s `architectures`.
+    hf_class: str
+    # `tokenizer_class` of `tokenizer_config.json`.
+    tokenizer_class: str
+    # The masked-LM head's weight names in `model.safetensors`.
+    head: HeadNames
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +76,9 @@ class Architecture:
     # `keras_hub.models` class fine-tuned by `mlm finetune`; its preprocessor is
     # the class's `preprocessor_cls`.
     text_classifier: str = ""
+    # The HuggingFace transformers checkpoint it exports as; None: not exportable
+    # (no transformers masked-LM class computes what its keras-hub backbone does).
+    hf: HfFacts | None = None
 
     def cls(self, role: str):
         """Returns the keras-hub class for `role` ("backbone", "tokenizer", ...)."""
@@ -71,6 +109,10 @@ class Architecture:
 
 
 _BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_BERT_HEAD = HeadNames("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
+                       "cls.predictions.decoder", "cls.predictions.bias")
+_ROBERTA_HEAD = HeadNames("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",
+                          "lm_head.bias")
 
 ARCHITECTURES = {
     row.name: row
@@ -81,6 +123,7 @@ ARCHITECTURES = {
             text_classifier="BertTextClassifier",
             tokenizer_family="wordpiece", inputs=("segment_ids", "padding_mask"),
             special_tokens=_BERT_SPECIALS,
+            hf=HfFacts("bert", "BertForMaskedLM", "BertTokenizer", head=_BERT_HEAD),
         ),
         Architecture(
             name="distil_bert", backbone="DistilBertBackbone", tokenizer="DistilBertTokenizer",
@@ -88,6 +131,9 @@ ARCHITECTURES = {
             text_classifier="DistilBertTextClassifier",
             tokenizer_family="wordpiece", inputs=("padding_mask",),
             special_tokens=_BERT_SPECIALS,
+            hf=HfFacts("distilbert", "DistilBertForMaskedLM", "DistilBertTokenizer",
+                       head=HeadNames("vocab_transform", "vocab_layer_norm", "vocab_projector",
+                                      "vocab_projector.bias")),
         ),
         Architecture(
             name="roformer_v2", backbone="RoformerV2Backbone", tokenizer="RoformerV2Tokenizer",
@@ -95,6 +141,9 @@ ARCHITECTURES = {
             text_classifier="RoformerV2TextClassifier",
             tokenizer_family="wordpiece", inputs=("segment_ids",),
             special_tokens=_BERT_SPECIALS,
+            # Not exportable: transformers' RoFormer is the first version, with biases
+            # and layer norms; RoFormerV2 has RMS normalisation and no biases.
+            hf=None,
         ),
         Architecture(
             name="albert", backbone="AlbertBackbone", tokenizer="AlbertTokenizer",
@@ -103,6 +152,9 @@ ARCHITECTURES = {
             tokenizer_family="sentencepiece", inputs=("segment_ids", "padding_mask"),
             # AlbertTokenizer's defaults: pad_id=0, unk_id=1.
             special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
+            hf=HfFacts("albert", "AlbertForMaskedLM", "AlbertTokenizer",
+                       head=HeadNames("predictions.dense", "predictions.LayerNorm",
+                                      "predictions.decoder", "predictions.bias")),
         ),
         Architecture(
             name="f_net", backbone="FNetBackbone", tokenizer="FNetTokenizer",
@@ -110,6 +162,7 @@ ARCHITECTURES = {
             text_classifier="FNetTextClassifier",
             tokenizer_family="sentencepiece", inputs=("segment_ids",),
             special_tokens=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
+            hf=HfFacts("fnet", "FNetForMaskedLM", "PreTrainedTokenizerFast", head=_BERT_HEAD),
         ),
         Architecture(
             name="deberta_v3", backbone="DebertaV3Backbone", tokenizer="DebertaV3Tokenizer",
@@ -119,6 +172,12 @@ ARCHITECTURES = {
             # DebertaV3Tokenizer: pad_id=0, cls 1, sep 2, unk_id=3; "[MASK]"
             # kept in the model so its id is looked up, not appended.
             special_tokens=("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"),
+            # Not the legacy head (`"legacy": false`): the decoder is the token embedding
+            # itself, no parameter of its own. keras-hub has no DeBERTa converter back.
+            hf=HfFacts("deberta-v2", "DebertaV2ForMaskedLM", "PreTrainedTokenizerFast",
+                       head=HeadNames("lm_predictions.lm_head.dense",
+                                      "lm_predictions.lm_head.LayerNorm", "",
+                                      "lm_predictions.lm_head.bias")),
         ),
         Architecture(
             name="xlm_roberta", backbone="XLMRobertaBackbone", tokenizer="XLMRobertaTokenizer",
@@ -128,6 +187,8 @@ ARCHITECTURES = {
             # The fairseq layout: XLMRobertaTokenizer shifts the model's ids by
             # one to put "<pad>" at 1 and appends "<mask>" after the last piece.
             special_tokens=("<unk>", "<s>", "</s>"),
+            hf=HfFacts("xlm-roberta", "XLMRobertaForMaskedLM", "XLMRobertaTokenizer",
+                       head=_ROBERTA_HEAD),
         ),
         Architecture(
             name="roberta", backbone="RobertaBackbone", tokenizer="RobertaTokenizer",
@@ -135,6 +196,7 @@ ARCHITECTURES = {
             text_classifier="RobertaTextClassifier",
             tokenizer_family="byte_bpe", inputs=("padding_mask",),
             special_tokens=("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+            hf=HfFacts("roberta", "RobertaForMaskedLM", "RobertaTokenizer", head=_ROBERTA_HEAD),
         ),
     )
 }
@@ -194,3 +256,12 @@ def architecture_of_backbone(backbone) -> Architecture:
         f"backbone class {type(backbone).__name__} has no MaskedLM support in mlm; "
         f"supported: {', '.join(a.backbone for a in ARCHITECTURES.values())}."
     )
+
+
+
+def architecture_of_hf_model_type(model_type) -> Architecture | None:
+    """The row exported as HuggingFace `model_type` (a `config.json`'s); None if no row is."""
+    for arch in ARCHITECTURES.values():
+        if arch.hf is not None and arch.hf.model_type == model_type:
+            return arch
+    return None

@@ -4,47 +4,17 @@ keras-hub's `utils/transformers` converters port only the backbone of a
 `*ForMaskedLM` checkpoint; `port_masked_lm_head` ports the head too (dense,
 layer norm, decoder bias; the decoder is tied to the token embedding), so a
 folder written by `mlm export --format transformers` loads back with the
-logits it was exported with. `mlm.run.hf_export` writes the same names.
+logits it was exported with. The head's weight names are those of the
+architecture row whose `hf.model_type` is the folder's (`mlm.architectures`),
+the names `mlm.run.hf_export` writes.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class HeadNames:
-    """safetensors names of one `*ForMaskedLM` head (keras-hub's `MaskedLMHead`)."""
-
-    # The Linear after the encoder (then gelu), and the layer norm after it.
-    dense: str
-    norm: str
-    # The tied decoder (its weight is the token embedding; "": none written) and its
-    # output bias.
-    decoder: str
-    bias: str
-
-
-HEADS = {
-    "albert": HeadNames("predictions.dense", "predictions.LayerNorm", "predictions.decoder",
-                        "predictions.bias"),
-    "bert": HeadNames("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
-                      "cls.predictions.decoder", "cls.predictions.bias"),
-    "roberta": HeadNames("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",
-                         "lm_head.bias"),
-    "xlm-roberta": HeadNames("lm_head.dense", "lm_head.layer_norm", "lm_head.decoder",
-                             "lm_head.bias"),
-    # Not the legacy head (`"legacy": false`): the decoder is the token embedding
-    # itself, no parameter of its own. keras-hub has no DeBERTa converter back.
-    "deberta-v2": HeadNames("lm_predictions.lm_head.dense", "lm_predictions.lm_head.LayerNorm",
-                            "", "lm_predictions.lm_head.bias"),
-    "fnet": HeadNames("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm",
-                      "cls.predictions.decoder", "cls.predictions.bias"),
-    "distilbert": HeadNames("vocab_transform", "vocab_layer_norm", "vocab_projector",
-                            "vocab_projector.bias"),
-}
+from mlm.architectures import architecture_of_hf_model_type
 
 
 def head_tensors(folder: Path) -> dict[str, np.ndarray] | None:
@@ -55,11 +25,12 @@ def head_tensors(folder: Path) -> dict[str, np.ndarray] | None:
     except (OSError, ValueError, AttributeError):
         return None
     weights = folder / "model.safetensors"
-    if model_type not in HEADS or not weights.is_file():
+    row = architecture_of_hf_model_type(model_type)
+    if row is None or not weights.is_file():
         return None
     from safetensors import safe_open
 
-    names = HEADS[model_type]
+    names = row.hf.head
     wanted = {
         "kernel": f"{names.dense}.weight", "dense_bias": f"{names.dense}.bias",
         "gamma": f"{names.norm}.weight", "beta": f"{names.norm}.bias", "bias": names.bias,

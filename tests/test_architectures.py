@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from mlm.architectures import ARCHITECTURES
+from mlm.architectures import ARCHITECTURES, architecture_of_hf_model_type
 from mlm.config import apply_overrides, available_recipes, load_recipe
 from tests.conftest import corpus_overrides, read_metrics, run_python
 
@@ -76,6 +76,15 @@ def test_every_row_has_tiny_and_small_recipes():
             recipe = load_recipe(recipe_name(name, size))
             assert recipe.model.architecture == name
             assert recipe.vocab.family == ARCHITECTURES[name].tokenizer_family
+
+
+def test_each_hf_model_type_finds_its_one_row():
+    exported = [row for row in ARCHITECTURES.values() if row.hf is not None]
+    assert len({row.hf.model_type for row in exported}) == len(exported)
+    for row in exported:
+        assert architecture_of_hf_model_type(row.hf.model_type) is row
+    assert architecture_of_hf_model_type("roformer") is None
+    assert architecture_of_hf_model_type(None) is None
 
 
 @pytest.mark.parametrize("name", NAMES)

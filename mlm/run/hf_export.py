@@ -6,7 +6,9 @@ read from the keras-hub task as numpy arrays and written with
 folder holds `config.json`, `model.safetensors` (backbone and masked-LM head),
 `tokenizer.json` (built with `tokenizers` to give keras-hub's ids) with the
 family's own vocabulary files, `tokenizer_config.json`,
-`special_tokens_map.json` and the preset's model card.
+`special_tokens_map.json` and the preset's model card. What each architecture
+is in transformers (`model_type`, classes, head names) is its row's `hf` in
+`mlm.architectures`; this module holds the code that writes it.
 
 ```python
 from mlm.run.hf_export import export_transformers
@@ -22,21 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from mlm import atomic
+from mlm.architectures import ARCHITECTURES, Architecture, architecture_of_backbone
 from mlm.errors import MlmError
-from mlm.hf_head import HEADS
 
 MODEL_CARD = "README.md"
 
 
 @dataclasses.dataclass(frozen=True)
-class _Target:
-    """How one architecture row maps onto its transformers classes."""
+class _Writer:
+    """The code that writes one HuggingFace `model_type` (its facts: the row's `hf`)."""
 
-    model_type: str
-    # The `*ForMaskedLM` class written in `config.json`'s `architectures`.
-    hf_class: str
-    # `tokenizer_class` of `tokenizer_config.json`.
-    tokenizer_class: str
     # (task) -> the `config.json` fields besides model_type and architectures.
     config: Callable
     # (task) -> {safetensors key: float32 array}.
@@ -63,10 +60,10 @@ def export_transformers(
         raise MlmError(f"output {out} already exists; pass --overwrite or choose another --out.")
     preset, card = _resolve_source(Path(source), step=step)
     task = _load_task(preset)
-    row, target = _target_of(task)
+    row = _exportable_row(task)
     with atomic.writing_dir(out) as tmp:
-        _write_model(task, target=target, folder=tmp)
-        write_tokenizer(task.preprocessor.tokenizer, row=row, target=target, folder=tmp,
+        _write_model(task, row=row, folder=tmp)
+        write_tokenizer(task.preprocessor.tokenizer, row=row, folder=tmp,
                         max_length=_max_length(task))
         if card is not None:
             shutil.copy(card, tmp / MODEL_CARD)
@@ -100,37 +97,37 @@ def _load_task(preset: Path):
     return load_masked_lm(str(preset))
 
 
-def _target_of(task):
-    from mlm.architectures import architecture_of_backbone
-
+def _exportable_row(task) -> Architecture:
     row = architecture_of_backbone(task.backbone)
-    if row.name not in TARGETS:
+    if row.hf is None:
+        supported = sorted(name for name, arch in ARCHITECTURES.items() if arch.hf is not None)
         raise MlmError(
             f"architecture {row.name} cannot be exported to transformers (no transformers "
             f"masked-LM class computes what keras-hub's {row.backbone} does); "
-            f"supported: {', '.join(sorted(TARGETS))}."
+            f"supported: {', '.join(supported)}."
         )
-    return row, TARGETS[row.name]
+    return row
 
 
 def _max_length(task) -> int:
     return int(getattr(task.backbone, "max_sequence_length", None) or 512)
 
 
-def _write_model(task, *, target: _Target, folder: Path) -> None:
+def _write_model(task, *, row: Architecture, folder: Path) -> None:
     from safetensors.numpy import save_file
 
+    writer = _WRITERS[row.hf.model_type]
     config = {
-        "architectures": [target.hf_class],
-        "model_type": target.model_type,
-        **target.config(task),
+        "architectures": [row.hf.hf_class],
+        "model_type": row.hf.model_type,
+        **writer.config(task),
         "initializer_range": 0.02,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
     atomic.write_json(folder / "config.json", config)
     tensors = {key: np.ascontiguousarray(value, dtype=np.float32)
-               for key, value in target.weights(task).items()}
+               for key, value in writer.weights(task).items()}
     # "pt": transformers reads safetensors files without this as another framework's.
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
@@ -196,9 +193,9 @@ def _put_encoder_layer(tensors: dict, block, *, prefix: str, names: dict) -> Non
     _put_norm(tensors, p + names["ffn_norm"], block._feedforward_layer_norm)
 
 
-def _put_head(tensors: dict, task, *, model_type: str) -> None:
+def _put_head(tensors: dict, task) -> None:
     """keras-hub's `MaskedLMHead`: dense + gelu, layer norm, tied decoder and its bias."""
-    names, head = HEADS[model_type], task.masked_lm_head
+    names, head = architecture_of_backbone(task.backbone).hf.head, task.masked_lm_head
     _put_linear(tensors, names.dense, head._intermediate_dense)
     _put_norm(tensors, names.norm, head._intermediate_layer_norm)
     tensors[names.bias] = _np(head._bias)
@@ -220,7 +217,7 @@ def _bert_weights(task) -> dict:
     # Not used by BertForMaskedLM (it ignores them), but kept so that keras-hub's
     # converter, which needs a pooler, restores the preset's classifier start.
     _put_linear(tensors, "bert.pooler.dense", backbone.get_layer("pooled_dense"))
-    _put_head(tensors, task, model_type="bert")
+    _put_head(tensors, task)
     return tensors
 
 
@@ -265,7 +262,7 @@ def _roberta_weights(task) -> dict:
     tensors["roberta.embeddings.token_type_embeddings.weight"] = np.zeros((1, hidden), np.float32)
     _put_norm(tensors, "roberta.embeddings.LayerNorm", backbone.embeddings_layer_norm)
     _put_encoder_layers(tensors, backbone, prefix="roberta.encoder.layer.", names=_BERT_LAYER)
-    _put_head(tensors, task, model_type="roberta")
+    _put_head(tensors, task)
     return tensors
 
 
@@ -294,7 +291,7 @@ def _distil_bert_weights(task) -> dict:
     _put_norm(tensors, "distilbert.embeddings.LayerNorm", backbone.embeddings_layer_norm)
     _put_encoder_layers(tensors, backbone, prefix="distilbert.transformer.layer.",
                         names=_DISTIL_BERT_LAYER)
-    _put_head(tensors, task, model_type="distilbert")
+    _put_head(tensors, task)
     return tensors
 
 
@@ -340,7 +337,7 @@ def _albert_weights(task) -> dict:
                 prefix=f"albert.encoder.albert_layer_groups.{g}.albert_layers.{i}.",
                 names=_ALBERT_LAYER)
     _put_linear(tensors, "albert.pooler", backbone.pooled_dense)  # see `_bert_weights`
-    _put_head(tensors, task, model_type="albert")
+    _put_head(tensors, task)
     return tensors
 
 
@@ -382,7 +379,7 @@ def _deberta_v3_weights(task) -> dict:
         _put_linear(tensors, p + "intermediate.dense", block._feedforward_intermediate_dense)
         _put_linear(tensors, p + "output.dense", block._feedforward_output_dense)
         _put_norm(tensors, p + "output.LayerNorm", block._feedforward_layer_norm)
-    _put_head(tensors, task, model_type="deberta-v2")
+    _put_head(tensors, task)
     return tensors
 
 
@@ -426,7 +423,7 @@ def _f_net_weights(task) -> dict:
         _put_linear(tensors, p + "output.dense", block._output_dense)
         _put_norm(tensors, p + "output.LayerNorm", block._output_layer_norm)
     _put_linear(tensors, "fnet.pooler.dense", backbone.pooled_dense)
-    _put_head(tensors, task, model_type="fnet")
+    _put_head(tensors, task)
     return tensors
 
 
@@ -451,27 +448,23 @@ def _f_net_config(task) -> dict:
     }
 
 
-TARGETS = {
-    "bert": _Target("bert", "BertForMaskedLM", "BertTokenizer", _bert_config, _bert_weights),
-    "roberta": _Target("roberta", "RobertaForMaskedLM", "RobertaTokenizer", _roberta_config,
-                       _roberta_weights),
-    "xlm_roberta": _Target("xlm-roberta", "XLMRobertaForMaskedLM", "XLMRobertaTokenizer",
-                           _roberta_config, _roberta_weights),
-    "albert": _Target("albert", "AlbertForMaskedLM", "AlbertTokenizer", _albert_config,
-                      _albert_weights),
-    "deberta_v3": _Target("deberta-v2", "DebertaV2ForMaskedLM", "PreTrainedTokenizerFast",
-                          _deberta_v3_config, _deberta_v3_weights),
-    "f_net": _Target("fnet", "FNetForMaskedLM", "PreTrainedTokenizerFast", _f_net_config,
-                     _f_net_weights),
-    "distil_bert": _Target("distilbert", "DistilBertForMaskedLM", "DistilBertTokenizer",
-                           _distil_bert_config, _distil_bert_weights),
+# By the `hf.model_type` of the architecture rows that export; xlm-roberta is
+# written as roberta is.
+_WRITERS = {
+    "bert": _Writer(_bert_config, _bert_weights),
+    "roberta": _Writer(_roberta_config, _roberta_weights),
+    "xlm-roberta": _Writer(_roberta_config, _roberta_weights),
+    "albert": _Writer(_albert_config, _albert_weights),
+    "deberta-v2": _Writer(_deberta_v3_config, _deberta_v3_weights),
+    "fnet": _Writer(_f_net_config, _f_net_weights),
+    "distilbert": _Writer(_distil_bert_config, _distil_bert_weights),
 }
 
 
-def write_tokenizer(tokenizer, *, row, target: _Target, folder: Path, max_length: int) -> None:
+def write_tokenizer(tokenizer, *, row: Architecture, folder: Path, max_length: int) -> None:
     """Writes the tokenizer files of `tokenizer` (keras-hub) into `folder`."""
     from mlm.run import hf_tokenizer
 
     hf_tokenizer.write_tokenizer(tokenizer, family=row.tokenizer_family,
-                                 tokenizer_class=target.tokenizer_class, folder=folder,
+                                 tokenizer_class=row.hf.tokenizer_class, folder=folder,
                                  max_length=max_length)
