@@ -2,6 +2,7 @@
 a tiny task, running the CLI, reading a run's metrics, and comparing weights."""
 
 import contextlib
+import dataclasses
 import gzip
 import importlib.resources
 import io
@@ -46,6 +47,28 @@ def held_out_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("held") / "kjv_held.txt"
     path.write_text("\n\n".join(sample_documents(10, start=1000)) + "\n", encoding="utf-8")
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A finished run: its folder and what `mlm pretrain` printed (stderr is no terminal)."""
+
+    run_dir: Path
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_corpus, held_out_corpus) -> TrainedRun:
+    """The one trained `bert_test` run (6 steps on the small corpus, held-out file) that
+    every test reading a finished run shares: report, export, predict, evaluate,
+    fine-tuning, classify. Trained once per session through the real CLI, in this
+    process. Read it, never change it: copy it first (`shutil.copytree`)."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    _, out, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                          "--held-out", held_out_corpus, "--run-dir", run_dir,
+                          in_process=True, check=True)
+    return TrainedRun(run_dir, out, err)
 
 
 def corpus_overrides(corpus, held_out=None) -> list[str]:

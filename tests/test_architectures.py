@@ -148,8 +148,12 @@ def test_presets_reload_in_a_fresh_process_with_identical_predictions(runs, name
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_continue_pretraining_from_the_exported_preset(runs, name, tmp_path,
-                                                       small_corpus, held_out_corpus):
+def test_continued_bf16_run_of_every_row_exports_a_float32_preset(runs, name, tmp_path,
+                                                                  small_corpus, held_out_corpus):
+    """Continues the row's float32 preset for 2 steps in bf16: the preset's tokenizer is
+    kept, and the export is a float32 preset keras-hub loads (one run checks both)."""
+    import keras_hub
+
     import mlm
 
     preset = runs[name][0] / "preset"
@@ -159,17 +163,23 @@ def test_continue_pretraining_from_the_exported_preset(runs, name, tmp_path,
             "train.steps=2", "train.batch_size=8", "model.sequence_length=32",
             "train.eval_every=2", "train.eval_batches=1", "train.log_every=1",
             "train.checkpoint_every=2", "train.jit_compile=false",
+            "train.mixed_precision=mixed_bfloat16",
             *corpus_overrides(small_corpus, held_out_corpus),
         ],
         quiet=True,
     )
     assert np.isfinite(summary["held_out"]["loss"])
+    assert summary["step_settings"] == "bf16 no XLA"
     # The preset's tokenizer is kept: no vocabulary is learned.
     assert not (tmp_path / "continued" / "vocab").exists()
-    import keras_hub
-
-    task = keras_hub.models.MaskedLM.from_preset(summary["preset"])
+    continued = tmp_path / "continued" / "preset"
+    assert json.loads((continued / "config.json").read_text())["config"]["dtype"]["config"][
+        "name"] == "float32"
+    task = keras_hub.models.MaskedLM.from_preset(str(continued))
     assert type(task).__name__ == ARCHITECTURES[name].masked_lm
+    assert task.backbone.compute_dtype == "float32"
+    assert np.isfinite(np.asarray(task.predict(["In the beginning [MASK] created"],
+                                               verbose=0))).all()
 
 
 def test_byte_fallback_vocabulary_is_learned_trained_and_exported(
@@ -189,24 +199,3 @@ def test_byte_fallback_vocabulary_is_learned_trained_and_exported(
     assert [tokenizer.id_to_token(i) for i in ids if tokenizer.id_to_token(i).startswith("<0x")] \
         == ["<0xE2>", "<0x98>", "<0x83>"]
     assert tokenizer.detokenize(ids) == "the \u2603"
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_a_bf16_run_of_every_row_exports_a_float32_preset(name, tmp_path, small_corpus,
-                                                         held_out_corpus):
-    import keras_hub
-
-    import mlm
-
-    recipe = apply_overrides(tiny_recipe(name, corpus=small_corpus, held_out=held_out_corpus),
-                             ["train.mixed_precision=mixed_bfloat16", "train.steps=2",
-                              "train.checkpoint_every=2", "train.eval_every=2"])
-    summary = mlm.pretrain(recipe, run_dir=tmp_path / "run", quiet=True)
-    assert summary["step_settings"] == "bf16 no XLA"
-    preset = tmp_path / "run" / "preset"
-    assert json.loads((preset / "config.json").read_text())["config"]["dtype"]["config"][
-        "name"] == "float32"
-    task = keras_hub.models.MaskedLM.from_preset(str(preset))
-    assert task.backbone.compute_dtype == "float32"
-    assert np.isfinite(np.asarray(task.predict(["In the beginning [MASK] created"],
-                                               verbose=0))).all()

@@ -21,7 +21,7 @@ from mlm.errors import MlmError
 from mlm.finetuning import data
 from mlm.finetuning.config import FinetuneConfig, load_finetune_config
 from mlm.finetuning.metrics import classification_metrics
-from tests.conftest import sample_documents
+from tests.conftest import run_mlm, sample_documents
 
 # The recipe file of this checkout (the installed `mlm.presets` may be another's).
 RECIPE = str(Path(__file__).resolve().parents[1] / "presets" / "finetune.json")
@@ -67,15 +67,9 @@ def labelled(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory, small_corpus, held_out_corpus):
-    """A tiny mlm preset: the `bert_test` recipe pretrained for a few steps."""
-    run_dir = tmp_path_factory.mktemp("encoder") / "run"
-    recipe = mlm.apply_overrides(mlm.load_recipe("bert_test"), [
-        f"corpus.paths={json.dumps([str(small_corpus)])}",
-        f"corpus.held_out_paths={json.dumps([str(held_out_corpus)])}",
-    ])
-    mlm.pretrain(recipe, run_dir=run_dir, quiet=True)
-    return run_dir / "preset"
+def encoder(trained_run):
+    """A tiny mlm preset: the shared `bert_test` run's (`trained_run` in conftest.py)."""
+    return trained_run.run_dir / "preset"
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +83,9 @@ def finetuned(tmp_path_factory, encoder, labelled):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlm", *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+    """`mlm *args` through the CLI in this process."""
+    code, out, err = run_mlm(*args, in_process=True)
+    return subprocess.CompletedProcess(["mlm", *map(str, args)], code, out, err)
 
 
 # The recipe and the pieces.

@@ -331,8 +331,10 @@ def test_mlm_continue_from_the_export_starts_from_the_presets_metrics(
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mlm", "export", *args],
-                          capture_output=True, text=True, timeout=300)
+    """`mlm export *args` through the CLI in this process (the one-line error path is
+    tested in a fresh process by tests/test_cli.py)."""
+    code, out, err = run_mlm("export", *args, in_process=True)
+    return subprocess.CompletedProcess(["mlm", "export", *args], code, out, err)
 
 
 def test_cli_refuses_an_existing_out_without_overwrite(exports, tmp_path):

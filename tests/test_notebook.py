@@ -23,6 +23,8 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
     # A smoke run: few steps, every file under tmp_path (the kernel inherits the environment).
     monkeypatch.setenv("MLM_NOTEBOOK_STEPS", "2")
     monkeypatch.setenv("MLM_NOTEBOOK_EPOCHS", "1")
+    monkeypatch.setenv("MLM_NOTEBOOK_RECIPE", "bert_test")  # the recipes run elsewhere
+    monkeypatch.setenv("MLM_NOTEBOOK_SEEDS", "1")
     monkeypatch.setenv("MLM_NOTEBOOK_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     nb = nbformat.read(NOTEBOOK, as_version=4)

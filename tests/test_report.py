@@ -1,7 +1,5 @@
 """The run report, its PNGs and the TensorBoard scalars agree with metrics.jsonl and the cache."""
 
-import contextlib
-import io
 import json
 import shutil
 import statistics
@@ -11,22 +9,18 @@ import pytest
 
 from mlm.progress import format_duration
 from mlm.run.report import wall_time
-from tests.conftest import read_metrics, run_mlm, small_recipe, tensorboard_scalars
+from tests.conftest import read_metrics, run_mlm, tensorboard_scalars
 
-# Not marked slow: the one run here is the fast loop's end-to-end run of the test
-# recipe (pretraining, the loop, evaluation, export, the report, fill-mask).
+# Not marked slow: the shared run (`trained_run` in conftest.py) is the fast loop's
+# end-to-end run of the test recipe (pretraining, the loop, evaluation, export, the
+# report, fill-mask).
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, small_corpus, held_out_corpus):
-    """A finished `bert_test` run, with what it printed (stderr is no terminal here)."""
-    import mlm
-
-    run_dir = tmp_path_factory.mktemp("report") / "run"
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mlm.pretrain(small_recipe(small_corpus, held_out_corpus), run_dir=run_dir)
-    return run_dir, read_metrics(run_dir), out.getvalue(), err.getvalue()
+def run(trained_run):
+    """The shared finished `bert_test` run, its records and what it printed."""
+    return (trained_run.run_dir, read_metrics(trained_run.run_dir), trained_run.out,
+            trained_run.err)
 
 
 def test_report_numbers_come_from_metrics_jsonl(run):

@@ -42,6 +42,7 @@ from mlm.run import directory
 from mlm.run.checkpoints import optimizer_left_out, seed_states
 from mlm.run.directory import RunDir
 from mlm.training.schedule import WarmupLinearDecay
+from mlm.training.task import adamw
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
@@ -225,14 +226,12 @@ def fit_epochs(model, *, splits: Splits, config: FinetuneConfig, run_dir: Path,
 
 def compile_classifier(model, config: FinetuneConfig, *, total_steps: int) -> None:
     """AdamW with warmup then linear decay to 0 at `total_steps`, cross-entropy on logits."""
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=WarmupLinearDecay(
+    # keras' AdamW defaults for the moments (epsilon 1e-7), as fine-tuning always had.
+    optimizer = adamw(
+        WarmupLinearDecay(
             config.learning_rate, round(config.warmup_fraction * total_steps), total_steps),
-        weight_decay=config.weight_decay,
-        global_clipnorm=config.clip_norm or None,
+        weight_decay=config.weight_decay, clip_norm=config.clip_norm, epsilon=1e-7,
     )
-    # As in BERT: no weight decay on biases and LayerNorm scales/offsets.
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -18,6 +18,7 @@ are float32 under every mixed policy, so nothing is lost.
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -80,6 +81,7 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     return bool(set(cpuinfo.split()) & {"avx512_bf16", "amx_bf16"})
 
 
+@functools.cache  # a fact of the machine: detected once per process
 def detect_accelerator(backend: str) -> Accelerator:
     """The first device `backend` computes on: a GPU or TPU if it has one, else the CPU."""
     if backend == "jax":

@@ -87,16 +87,8 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
         else WarmupLinearDecay(
             config.learning_rate, round(config.warmup_fraction * config.steps), config.steps)
     )
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=schedule,
-        weight_decay=config.weight_decay,
-        beta_1=config.beta_1,
-        beta_2=config.beta_2,
-        epsilon=config.epsilon,
-        global_clipnorm=config.clip_norm or None,
-    )
-    # As in BERT: no weight decay on biases and LayerNorm scales/offsets.
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    optimizer = adamw(schedule, weight_decay=config.weight_decay, clip_norm=config.clip_norm,
+                      beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon)
     task.compile(
         optimizer=optimizer,
         # Mean over masked tokens only (weights are 0 on unused mask slots).
@@ -110,6 +102,23 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
         jit_compile=settings.jit_compile,
     )
     accumulate_gradients(task, config.accumulation_steps)
+
+
+def adamw(learning_rate, *, weight_decay: float, clip_norm: float, beta_1: float = 0.9,
+          beta_2: float = 0.999, epsilon: float = 1e-6):
+    """BERT's AdamW: decoupled weight decay except on biases and LayerNorm scales and
+    offsets, the global gradient norm clipped to `clip_norm` (0: not clipped).
+
+    The one optimizer of pretraining (`compile_task`) and fine-tuning
+    (`mlm.finetuning.train.compile_classifier`).
+    """
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2,
+        epsilon=epsilon, global_clipnorm=clip_norm or None,
+    )
+    # As in BERT: no weight decay on biases and LayerNorm scales/offsets.
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
 
 
 def accumulate_gradients(task, micro_batches: int) -> None:

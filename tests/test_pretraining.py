@@ -1,4 +1,8 @@
-"""End to end: the test recipe through the real CLI, exported, reloaded, used."""
+"""End to end: the test recipe through the real CLI, exported, reloaded, used.
+
+The commands run in this process (`run_mlm(..., in_process=True)`); a fresh
+process only where the process boundary is what is tested (keras-hub alone).
+"""
 
 import json
 import re
@@ -16,15 +20,11 @@ from tests.conftest import (
     tiny_task,
 )
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, small_corpus, held_out_corpus):
-    run_dir = tmp_path_factory.mktemp("runs") / "demo"
-    _, out, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
-                          "--held-out", held_out_corpus, "--run-dir", run_dir, check=True)
-    return run_dir, out, err
+def run_dir(trained_run):
+    """The shared `bert_test` run (`trained_run` in conftest.py), through the CLI."""
+    return trained_run.run_dir, trained_run.out, trained_run.err
 
 
 def test_pretrain_writes_a_complete_run_directory(run_dir):
@@ -51,6 +51,7 @@ def test_curves_png_is_a_valid_image(run_dir):
     assert (width, height) == (1000, 400)
 
 
+@pytest.mark.slow  # a fresh process: keras-hub alone, mlm never imported
 def test_preset_loads_in_a_fresh_process_with_only_keras_hub(run_dir):
     run_dir, _, _ = run_dir
     out = run_python(f"""
@@ -66,7 +67,7 @@ def test_preset_loads_in_a_fresh_process_with_only_keras_hub(run_dir):
 def test_predict_prints_top_k_fillers_for_each_mask(run_dir):
     run_dir, _, _ = run_dir
     _, out, _ = run_mlm("predict", run_dir / "preset", "And God said, Let there be [MASK]: and "
-                        "there was [MASK].", "--top-k", "3", check=True)
+                        "there was [MASK].", "--top-k", "3", in_process=True, check=True)
     vocabulary = set((run_dir / "vocab" / "vocabulary.txt").read_text().splitlines())
     candidate = r"(\S+) \(([01]\.\d{3})\)"
     lines = out.strip().splitlines()
@@ -86,7 +87,8 @@ def test_evaluate_reports_metrics_of_a_preset(run_dir, held_out_corpus):
     # The run's last evaluation exactly: the same held-out windows (train.eval_batches=2
     # batches of train.batch_size=8) with the same masks (train.seed=0).
     _, out, _ = run_mlm("evaluate", run_dir / "preset", "--corpus", held_out_corpus,
-                        "--batch-size", "8", "--max-batches", "2", "--seed", "0", check=True)
+                        "--batch-size", "8", "--max-batches", "2", "--seed", "0",
+                        in_process=True, check=True)
     match = re.fullmatch(r"masked accuracy (\S+), masked loss (\S+), perplexity (\S+) "
                          r"\((\d+) windows\)\n", out)
     assert match, out
@@ -101,11 +103,13 @@ def test_evaluate_reports_metrics_of_a_preset(run_dir, held_out_corpus):
 
 def test_export_any_checkpoint_to_a_preset(run_dir, tmp_path):
     run_dir, _, _ = run_dir
-    run_mlm("export", run_dir, "--step", "3", "--out", tmp_path / "step3", check=True)
+    run_mlm("export", run_dir, "--step", "3", "--out", tmp_path / "step3", in_process=True,
+            check=True)
     assert (tmp_path / "step3" / "task.weights.h5").is_file()
     # step 3 differs from the final step 6
     assert max_weight_difference(tmp_path / "step3", run_dir / "preset") > 0
-    code, _, err = run_mlm("export", run_dir, "--step", "99", "--out", tmp_path / "nope")
+    code, _, err = run_mlm("export", run_dir, "--step", "99", "--out", tmp_path / "nope",
+                           in_process=True)
     assert code == 2 and "available steps: 3, 6" in err
     assert not (tmp_path / "nope").exists()
 
@@ -118,7 +122,8 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(run_dir, tmp_
     shutil.rmtree(resumed / "checkpoints" / "step-6")
     shutil.rmtree(resumed / "preset")
     cache_entries = sorted(p.name for p in (resumed / "cache").iterdir())
-    _, _, err = run_mlm("pretrain", "--run-dir", resumed, "--resume", check=True)
+    _, _, err = run_mlm("pretrain", "--run-dir", resumed, "--resume", in_process=True,
+                        check=True)
     assert "resuming from" in err and "step 3" in err
     # Resuming does not tokenize again: the cache entry is reused.
     assert "tokenizing" not in err
@@ -126,6 +131,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(run_dir, tmp_
     assert max_weight_difference(resumed / "preset", run_dir / "preset") == 0.0
 
 
+@pytest.mark.slow  # a fresh process: keras-hub alone
 def test_exported_predictions_equal_the_in_memory_model(tmp_path):
     """Exact round trip: logits of the reloaded preset equal the trained task's."""
     from mlm.run import checkpoints
