@@ -154,6 +154,36 @@ def run_mlm(*args, in_process=False, env=None, check=False) -> tuple[int, str, s
     return code, out, err
 
 
+def pretrain_arguments(run_dir, *, corpus=None, steps=None, settings=(), extra=(),
+                       fault=None, deterministic=True) -> tuple[list[str], dict]:
+    """`mlm pretrain`'s arguments and environment for `pretrain_process`."""
+    env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
+    if fault:
+        env["MLM_FAULT"] = fault
+    args = ["pretrain", "--run-dir", str(run_dir)]
+    if steps is not None:
+        args += ["--steps", str(steps)]
+    if corpus is None:
+        args.append("--resume")
+    else:
+        args += ["--recipe", "bert_test", "--corpus", str(corpus), *map(str, extra)]
+        args += ["--deterministic"] if deterministic else []
+        args += ["--set", *settings] if settings else []
+    return args, env
+
+
+def pretrain_process(run_dir, **kwargs) -> tuple[int, str, str]:
+    """The kill-and-resume helper of the crash tests: `mlm pretrain` in a fresh process.
+
+    With `corpus`, a new `bert_test` run (`--deterministic` unless told not,
+    `--set settings`, `extra` arguments); without, `--resume` of `run_dir`.
+    `fault` is an `MLM_FAULT` spec (`mlm.faults`) that kills, stops or fails the
+    process at an exact point. Returns `(exit status, stdout, stderr)`.
+    """
+    args, env = pretrain_arguments(run_dir, **kwargs)
+    return run_mlm(*args, env=env)
+
+
 def run_python(code: str, *, env=None) -> str:
     """Runs `code` (dedented) in a fresh interpreter; fails unless it exits 0; its stdout."""
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,

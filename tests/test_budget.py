@@ -1,14 +1,13 @@
 """`train.budget` / `--budget`: training to a wall-clock budget instead of a step count."""
 
 import json
-import os
 import time
 
 import pytest
 
 from mlm.config import parse_duration
 from mlm.errors import MlmError
-from tests.conftest import read_metrics, run_mlm
+from tests.conftest import pretrain_process, read_metrics, run_mlm
 
 BUDGET = 6.0
 # One device call (4 steps of bert_test) may end past the budget; a few seconds is
@@ -60,14 +59,10 @@ def _checkpoint_states(run_dir):
 
 
 def _budget_run(run_dir, corpus, *, resume=False, fault=None):
-    env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
-    if fault:
-        env["MLM_FAULT"] = fault
-    args = ["pretrain", "--run-dir", run_dir]
-    args += ["--resume"] if resume else ["--recipe", "bert_test", "--corpus", corpus,
-                                         "--budget", f"{BUDGET:g}s", "--set", *SETTINGS]
     began = time.perf_counter()
-    code, out, err = run_mlm(*args, env=env)
+    code, out, err = pretrain_process(
+        run_dir, corpus=None if resume else corpus, fault=fault, deterministic=False,
+        extra=["--budget", f"{BUDGET:g}s"], settings=SETTINGS)
     return code, out, err, time.perf_counter() - began
 
 

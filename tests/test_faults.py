@@ -5,7 +5,6 @@ die at exact points through the test-only `MLM_FAULT` hook (`mlm.faults`).
 """
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,6 +21,8 @@ from mlm.run import checkpoints
 from mlm.run.directory import RunDir
 from tests.conftest import (
     max_weight_difference,
+    pretrain_arguments,
+    pretrain_process,
     read_metrics,
     run_mlm,
     saved_arrays,
@@ -36,23 +37,11 @@ SETTINGS = ["model.backbone.dropout=0.1", "train.checkpoint_every=2", "train.log
 
 
 def _arguments(run_dir, *, corpus=None, fault=None):
-    """`mlm pretrain`'s arguments and environment: a new run when `corpus` is given, else
-    --resume."""
-    env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
-    if fault:
-        env["MLM_FAULT"] = fault
-    args = ["pretrain", "--run-dir", str(run_dir), "--steps", str(STEPS)]
-    if corpus is None:
-        args.append("--resume")
-    else:
-        args += ["--recipe", "bert_test", "--corpus", str(corpus), "--deterministic",
-                 "--set", *SETTINGS]
-    return args, env
+    return pretrain_arguments(run_dir, corpus=corpus, fault=fault, steps=STEPS, settings=SETTINGS)
 
 
 def _pretrain(run_dir, *, corpus=None, fault=None):
-    args, env = _arguments(run_dir, corpus=corpus, fault=fault)
-    return run_mlm(*args, env=env)
+    return pretrain_process(run_dir, corpus=corpus, fault=fault, steps=STEPS, settings=SETTINGS)
 
 
 def _final_state(run_dir):
@@ -153,7 +142,7 @@ def test_a_metrics_line_cut_by_a_kill_is_skipped_by_report_and_trimmed_by_resume
     torn = metrics.read_text().splitlines()[-1]
     assert torn.startswith('{"step": 5') and not metrics.read_text().endswith("\n")
 
-    code, _, err = run_mlm("report", str(run))
+    code, _, err = run_mlm("report", str(run), in_process=True)
     assert code == 0, err[-3000:]
     assert err.count("cut short by an interrupted write") == 1
     assert RunDir(run).report.is_file()

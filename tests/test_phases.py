@@ -1,7 +1,6 @@
 """`train.phases` and `train.batch_warmup`: segments, errors, and exact resume across phases."""
 
 import json
-import os
 import signal
 
 import pytest
@@ -9,7 +8,12 @@ import pytest
 from mlm.config import load_recipe
 from mlm.errors import MlmError
 from mlm.training.schedule import Segment, segments
-from tests.conftest import max_weight_difference, read_metrics, run_mlm, small_recipe
+from tests.conftest import (
+    max_weight_difference,
+    pretrain_process,
+    read_metrics,
+    small_recipe,
+)
 
 BERT_PHASES = [{"fraction": 0.9, "sequence_length": 128},
                {"fraction": 0.1, "sequence_length": 512}]
@@ -64,13 +68,7 @@ SETTINGS = [f"train.phases={json.dumps(PHASES)}", "train.batch_warmup=0.25",
 
 
 def _run(run_dir, corpus=None, fault=None):
-    env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
-    if fault:
-        env["MLM_FAULT"] = fault
-    args = ["pretrain", "--run-dir", run_dir, "--steps", "8"]
-    args += ["--resume"] if corpus is None else [
-        "--recipe", "bert_test", "--corpus", corpus, "--deterministic", "--set", *SETTINGS]
-    return run_mlm(*args, env=env)
+    return pretrain_process(run_dir, corpus=corpus, fault=fault, steps=8, settings=SETTINGS)
 
 
 @pytest.mark.slow  # four runs of 8 steps

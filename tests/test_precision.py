@@ -291,14 +291,18 @@ def test_a_bf16_run_resumes_exactly_evaluates_predicts_and_continues(
     _, _, err = run_mlm("pretrain", "--run-dir", resumed, "--resume", check=True)
     assert "train step: bf16 no XLA" in err
     assert max_weight_difference(resumed / "preset", bf16_run / "preset") == 0.0
-    _, out, _ = run_mlm("evaluate", bf16_run / "preset", "--corpus", held_out_corpus, check=True)
+    # A fresh process resumes (the run is --deterministic, a setting of the whole process);
+    # the commands that read the preset run in this one.
+    _, out, _ = run_mlm("evaluate", bf16_run / "preset", "--corpus", held_out_corpus,
+                        in_process=True, check=True)
     assert out.startswith("masked accuracy ")
-    _, out, _ = run_mlm("predict", bf16_run / "preset", "Let there be [MASK].", check=True)
+    _, out, _ = run_mlm("predict", bf16_run / "preset", "Let there be [MASK].",
+                        in_process=True, check=True)
     assert "mask 1:" in out
     _, out, _ = run_mlm("continue", "--preset", bf16_run / "preset", "--corpus", small_corpus,
                         "--held-out", held_out_corpus, "--run-dir", tmp_path / "continued",
                         "--steps", "2", "--set", "train.mixed_precision=mixed_bfloat16",
                         "--set", "train.jit_compile=false", "--set", "train.eval_batches=1",
-                        check=True)
+                        in_process=True, check=True)
     assert "held-out masked accuracy" in out
     assert (tmp_path / "continued" / "preset" / "task.weights.h5").is_file()

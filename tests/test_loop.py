@@ -1,51 +1,19 @@
 """The training loop: several steps per device call, with the results of one step a call."""
 
-import os
 import signal
 
 import pytest
 
-from mlm.config import TrainConfig
-from mlm.training.plan import strides
-from tests.conftest import max_weight_difference, run_mlm
+from tests.conftest import max_weight_difference, pretrain_process, run_mlm
 from tests.test_faults import STEPS, _final_state, _train_records
-
-
-@pytest.mark.parametrize(
-    ("intervals", "start_step", "cap", "expected"),
-    [((50, 250, 500, 2000), 0, 16, (50, 10)),  # the tiny recipe: epochs of 50, calls of 10
-     ((2, 3, 3, 6), 0, 16, (1, 1)),  # the test recipe: every step is a boundary
-     ((50, 250, 500, 2000), 500, 16, (50, 10)),  # resumed at a checkpoint
-     ((50, 250, 500, 2000), 7, 16, (1, 1)),  # resumed after an odd step: one step a call
-     ((64, 640, 640, 6400), 0, 16, (64, 16)),
-     ((64, 640, 640, 6400), 0, 1, (64, 1))],
-)
-def test_strides_divide_every_boundary(intervals, start_step, cap, expected):
-    log, evaluate, checkpoint, steps = intervals
-    cfg = TrainConfig(log_every=log, eval_every=evaluate, checkpoint_every=checkpoint,
-                      steps=steps, steps_per_execution=cap)
-    epoch, per_call = strides(cfg, steps=steps, start_step=start_step)
-    assert (epoch, per_call) == expected
-    for boundary in (log, evaluate, checkpoint, steps, start_step):
-        assert boundary % epoch == 0
-    assert epoch % per_call == 0
-
 
 SETTINGS = ["model.backbone.dropout=0.1", "train.checkpoint_every=4", "train.log_every=4",
             "train.eval_every=100", "train.keep_checkpoints=2"]
 
 
 def _pretrain(run_dir, corpus, *extra, fault=None, resume=False):
-    env = {k: v for k, v in os.environ.items() if k != "MLM_FAULT"}
-    if fault:
-        env["MLM_FAULT"] = fault
-    args = ["pretrain", "--run-dir", run_dir, "--steps", STEPS]
-    if resume:
-        args.append("--resume")
-    else:
-        args += ["--recipe", "bert_test", "--corpus", corpus, "--deterministic",
-                 "--set", *SETTINGS, *extra]
-    return run_mlm(*args, env=env)
+    return pretrain_process(run_dir, corpus=None if resume else corpus, steps=STEPS,
+                            settings=[*SETTINGS, *extra], fault=fault)
 
 
 @pytest.mark.slow
@@ -79,7 +47,7 @@ def test_held_out_evaluations_mask_at_the_evaluation_rate(tmp_path, small_corpus
         code, _, err = run_mlm(
             "pretrain", "--run-dir", run, "--steps", "2", "--recipe", "bert_test",
             "--corpus", small_corpus, "--set", "masking.selection_rate=0.3",
-            f"masking.eval_selection_rate={eval_rate}")
+            f"masking.eval_selection_rate={eval_rate}", in_process=True)
         assert code == 0, err[-3000:]
         held_out = [r for r in read_metrics(run) if r.get("split") == "held_out"]
         assert held_out, "no held-out evaluation was recorded"
@@ -103,5 +71,5 @@ def test_held_out_evaluations_mask_at_the_evaluation_rate(tmp_path, small_corpus
     assert 8 * 4 <= masked("eval_0.15") <= 8 * 5
     assert 8 * 8 <= masked("eval_0.0") <= 8 * 9 and 8 * 4 <= masked("eval_0.0", 0.15) <= 8 * 5
     code, _, err = run_mlm("evaluate", tmp_path / "eval_0.15" / "preset", "--corpus", small_corpus,
-                           "--selection-rate", "1.5")
+                           "--selection-rate", "1.5", in_process=True)
     assert code == 2 and "--selection-rate must be in (0, 1]" in err, err[-2000:]
