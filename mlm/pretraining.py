@@ -5,25 +5,21 @@ vocabulary, from a preset, or from the run's newest checkpoint), tokenize
 once, train with dynamic masking, export.
 """
 
-import collections
 import contextlib
-import functools
 from pathlib import Path
 
 import keras
 
 from mlm import atomic
 from mlm.architectures import (
-    ARCHITECTURES,
     architecture_of_backbone,
     get_architecture,
     preprocessor_detached,
 )
 from mlm.config import Recipe, apply_overrides, load_recipe
-from mlm.data import corpus, token_cache, vocab
+from mlm.data import corpus, token_cache, tokenizing
 from mlm.data.masking import resolve_masking
 from mlm.data.pipeline import padding_fraction
-from mlm.progress import track
 from mlm.run import checkpoints, directory
 from mlm.run.directory import RunDir
 from mlm.run.export import write_model_card
@@ -250,30 +246,14 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
 def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: MetricsLog):
     """The run's tokenizer: learned once into `run_dir/vocab`, then reloaded."""
     arch = get_architecture(recipe.model.architecture)
-    vocab_dir = RunDir(run_dir).vocab
-    family = recipe.vocab.family or arch.tokenizer_family
-    path = vocab.vocabulary_path(vocab_dir, family=family)
-    if not path.exists():
-        log.say(f"training a {family} vocabulary of up to {recipe.vocab.size:,} entries")
-        vocab.train_vocabulary(
-            _with_progress(source, label="vocabulary: counting words", quiet=log.quiet),
-            family=family,
-            size=recipe.vocab.size, lowercase=recipe.vocab.lowercase,
-            min_frequency=recipe.vocab.min_frequency, out_dir=vocab_dir,
-            special_tokens=arch.special_tokens, byte_fallback=recipe.vocab.byte_fallback,
-        )
-    tokenizer = vocab.build_tokenizer(
-        path, family=family, lowercase=recipe.vocab.lowercase, tokenizer=arch.tokenizer
-    )
+    path = tokenizing.learn_vocabulary(source, config=recipe.vocab, arch=arch,
+                                       out_dir=RunDir(run_dir).vocab, say=log.say,
+                                       quiet=log.quiet)
+    tokenizer = tokenizing.load_tokenizer(
+        path, family=recipe.vocab.family or arch.tokenizer_family,
+        lowercase=recipe.vocab.lowercase, arch=arch)
     log.say(f"vocabulary: {tokenizer.vocabulary_size():,} entries in {path}")
     return tokenizer
-
-
-def _with_progress(source, *, label: str, quiet: bool):
-    """The training documents, counted on a progress line (counting first gives the ETA)."""
-    total = None if quiet else corpus.count_documents(source, split="train")
-    return track(corpus.iter_documents(source, split="train"), label=label, total=total,
-                 unit="documents", enabled=not quiet)
 
 
 def tokenize_corpus(
@@ -287,33 +267,12 @@ def tokenize_corpus(
     What the reader repaired or skipped on the way (see `corpus.iter_documents`)
     is reported on stderr and in `metrics.jsonl` when the cache is built.
     """
-    tallies = {}
-
-    def documents(split):
-        # The last full read counts (a progress line may count the documents first).
-        tallies[split] = collections.Counter()
-        return corpus.iter_documents(source, split=split, tally=tallies[split])
-
-    labeller = None
-    if segmenter:
-        from mlm.data.segmenter import Segmenter
-
-        family = next(a.tokenizer_family for a in ARCHITECTURES.values()
-                      if a.tokenizer == type(tokenizer).__name__)
-        labeller = Segmenter(
-            segmenter, family=family, special_tokens=tokenizer.special_tokens,
-            vocabulary=[tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())])
-    cache = token_cache.load_or_build_cache(
-        {split: functools.partial(documents, split) for split in token_cache.SPLITS},
-        tokenizer,
-        cache_root=RunDir(run_dir).cache,
+    cache, tallies = tokenizing.tokenize(
+        source, tokenizer, cache_root=RunDir(run_dir).cache,
         key=token_cache.cache_key(source.fingerprint, tokenizer, segmenter=segmenter),
-        progress=not log.quiet,
-        segmenter=labeller,
-    )
+        segmenter=segmenter, say=log.say, quiet=log.quiet)
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
-            log.say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
             log.write({"split": "corpus", "part": split, **tally})
     return cache
 
