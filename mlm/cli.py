@@ -160,13 +160,39 @@ def _run_recipe(args, *, preset: str | None = None):
             overrides.append(f"{field}={getattr(args, flag)}")
     if args.deterministic:
         overrides.append("train.deterministic=true")
+    overrides += _corpus_overrides(args)
+    if args.data is not None:
+        # Absolute: the run reads the folder for its whole life (resumes, `mlm report`),
+        # from whatever directory it is started in.
+        overrides.append(f"corpus.prepared={json.dumps(str(Path(args.data).absolute()))}")
+    if preset is not None and not args.resume:
+        overrides.append(f"model.preset={json.dumps(preset)}")
+    return config.apply_overrides(recipe, overrides)
+
+
+def _prepare(args) -> None:
+    from mlm import config
+
+    overrides = list(args.set)
+    overrides += _corpus_overrides(args)
+    recipe = config.apply_overrides(config.load_recipe(args.recipe), overrides)
+    _import_tensorflow_quietly()
+    from mlm.preparing import describe, prepare
+
+    manifest = prepare(recipe, out=Path(args.out), vocab_dir=args.vocab,
+                       overwrite=args.overwrite, quiet=args.quiet)
+    print(f"prepared corpus written to {args.out}: {describe(manifest)}; train from it with "
+          f"--data {args.out}")
+
+
+def _corpus_overrides(args) -> list[str]:
+    """The recipe overrides of `--corpus` and `--held-out`."""
+    overrides = []
     if args.corpus is not None:
         overrides.append(f"corpus.paths={json.dumps(args.corpus)}")
     if args.held_out is not None:
         overrides.append(f"corpus.held_out_paths={json.dumps(args.held_out)}")
-    if preset is not None and not args.resume:
-        overrides.append(f"model.preset={json.dumps(preset)}")
-    return config.apply_overrides(recipe, overrides)
+    return overrides
 
 
 def _evaluate(args) -> None:
@@ -309,6 +335,7 @@ def _classify(args) -> None:
 COMMANDS = {
     "pretrain": _pretrain,
     "continue": _continue,
+    "prepare": _prepare,
     "evaluate": _evaluate,
     "predict": _predict,
     "export": _export,

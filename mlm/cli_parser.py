@@ -29,6 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(p, default_run_dir="runs/continued")
     _add_backend_arguments(p)
 
+    p = sub.add_parser("prepare", help="read, learn a vocabulary for and tokenize a corpus once, "
+                       "into a folder that runs train from (--data)")
+    _add_corpus_arguments(p)
+    p.add_argument("--recipe", default="bert_tiny_en_uncased",
+                   help="the recipe whose architecture, vocab and corpus settings to prepare "
+                   "for (default: %(default)s)")
+    p.add_argument("--vocab", metavar="DIR",
+                   help="copy this vocabulary folder (a run's vocab/, mlm vocab --out) instead "
+                   "of learning one")
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any recipe field, e.g. --set vocab.size=50000")
+    p.add_argument("--out", required=True, help="the prepared corpus folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the result")
+
     p = sub.add_parser("evaluate", help="held-out masked accuracy and perplexity of a preset")
     p.add_argument("preset", help="preset folder (e.g. runs/demo/preset) or keras-hub handle")
     p.add_argument("--corpus", nargs="+", required=True, metavar="PATH")
@@ -117,11 +132,18 @@ def _add_finetune_arguments(p: argparse.ArgumentParser, *, default_run_dir: str)
     p.add_argument("--quiet", action="store_true", help="print only errors and the result")
 
 
-def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> None:
+def _add_corpus_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", nargs="+", default=None, metavar="PATH",
                    help="text files, folders, globs or a hub dataset (default: the sample corpus)")
     p.add_argument("--held-out", nargs="+", default=None, metavar="PATH",
                    help="held-out files (default: a hashed fraction of the corpus)")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, *, default_run_dir: str) -> None:
+    _add_corpus_arguments(p)
+    p.add_argument("--data", metavar="DIR",
+                   help="train from a prepared corpus (mlm prepare --out DIR) instead of "
+                   "--corpus: no text read, no vocabulary learned, nothing tokenized")
     p.add_argument("--run-dir", default=default_run_dir,
                    help="run directory (default: %(default)s)")
     p.add_argument("--steps", type=int, help="override train.steps")

@@ -2,7 +2,9 @@
 
 Both are one story: read the corpus, get a task (fresh with a learned
 vocabulary, from a preset, or from the run's newest checkpoint), tokenize
-once, train with dynamic masking, export.
+once, train with dynamic masking, export. From a prepared corpus
+(`corpus.prepared`, `mlm prepare`), the vocabulary is copied and the tokens
+read in place instead.
 """
 
 import contextlib
@@ -17,9 +19,10 @@ from mlm.architectures import (
     preprocessor_detached,
 )
 from mlm.config import Recipe, apply_overrides, load_recipe
-from mlm.data import corpus, token_cache, tokenizing
+from mlm.data import corpus, prepared, token_cache, tokenizing
 from mlm.data.masking import resolve_masking
 from mlm.data.pipeline import padding_fraction
+from mlm.errors import MlmError
 from mlm.run import checkpoints, directory
 from mlm.run.directory import RunDir
 from mlm.run.export import write_model_card
@@ -45,6 +48,9 @@ def pretrain(
 
     From scratch (a vocabulary is learned and a backbone built from the
     recipe), or, when `recipe.model.preset` is set, continued from that preset.
+    With `recipe.corpus.prepared`, the prepared corpus's vocabulary and tokens
+    are used: nothing is read, learned or tokenized, and the folder is never
+    written.
 
     Args:
         recipe: the resolved recipe. When resuming, the run's saved recipe is
@@ -80,7 +86,7 @@ def pretrain(
     if resume:
         recipe = directory.with_steps(directory.load_run_recipe(run_dir), recipe.train.steps,
                                       recipe.train.budget)
-    source = corpus.resolve_corpus(recipe.corpus)
+    source = open_source(recipe, run_dir=run_dir)
     if not resume and chief:
         directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     run = RunDir(run_dir)
@@ -109,8 +115,8 @@ def pretrain(
         log.trim(step=start_step)  # records after the step resumed from are written again
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
         with preprocessor_detached(task) as preprocessor:
-            cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
-                                    segmenter=recipe.masking.segmenter)
+            cache = corpus_tokens(source, preprocessor.tokenizer, recipe=recipe, run_dir=run_dir,
+                                  log=log)
             stats = describe_data(cache, recipe=recipe, log=log)
             result = train(
                 task, plan=plan,
@@ -163,6 +169,21 @@ def continue_pretraining(
     return pretrain(recipe, run_dir=run_dir, **kwargs)
 
 
+def open_source(recipe: Recipe, *, run_dir: Path):
+    """What the run reads: its corpus, validated and fingerprinted (`corpus.resolve_corpus`),
+    or its prepared corpus (`corpus.prepared`), checked to suit the recipe."""
+    if not recipe.corpus.prepared:
+        return corpus.resolve_corpus(recipe.corpus)
+    source = prepared.open_prepared(recipe.corpus.prepared, recipe=recipe)
+    folder = source.path.resolve()
+    if Path(run_dir).resolve() in (folder, *folder.parents):
+        raise MlmError(
+            f"prepared corpus {source.path} is inside run directory {run_dir}, which "
+            f"--overwrite or a failed start deletes; keep it outside the run directory."
+        )
+    return source
+
+
 def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
                 topology: distributed.Topology) -> None:
     """In a multi-process run, process 0 learns the vocabulary and tokenizes first.
@@ -175,8 +196,7 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
         return
     if topology.is_chief:
         tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
-        tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log,
-                        segmenter=recipe.masking.segmenter)
+        corpus_tokens(source, tokenizer, recipe=recipe, run_dir=run_dir, log=log)
     distributed.barrier(topology, "shared files")
     distributed.check_visible(RunDir(run_dir).recipe, topology=topology)
 
@@ -244,16 +264,36 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
 
 
 def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: MetricsLog):
-    """The run's tokenizer: learned once into `run_dir/vocab`, then reloaded."""
+    """The run's tokenizer: learned (or copied from a prepared corpus) once into
+    `run_dir/vocab`, then reloaded."""
     arch = get_architecture(recipe.model.architecture)
-    path = tokenizing.learn_vocabulary(source, config=recipe.vocab, arch=arch,
-                                       out_dir=RunDir(run_dir).vocab, say=log.say,
-                                       quiet=log.quiet)
-    tokenizer = tokenizing.load_tokenizer(
-        path, family=recipe.vocab.family or arch.tokenizer_family,
-        lowercase=recipe.vocab.lowercase, arch=arch)
+    vocab_dir = RunDir(run_dir).vocab
+    if isinstance(source, prepared.PreparedCorpus):
+        path, family, lowercase = source.copy_vocabulary(vocab_dir), source.family, source.lowercase
+    else:
+        path = tokenizing.learn_vocabulary(source, config=recipe.vocab, arch=arch,
+                                           out_dir=vocab_dir, say=log.say, quiet=log.quiet)
+        family, lowercase = recipe.vocab.family or arch.tokenizer_family, recipe.vocab.lowercase
+    tokenizer = tokenizing.load_tokenizer(path, family=family, lowercase=lowercase, arch=arch)
     log.say(f"vocabulary: {tokenizer.vocabulary_size():,} entries in {path}")
     return tokenizer
+
+
+def corpus_tokens(source, tokenizer, *, recipe: Recipe, run_dir: Path,
+                  log: MetricsLog) -> token_cache.TokenCache:
+    """The run's tokens: its corpus tokenized once (`tokenize_corpus`), or its prepared
+    corpus's, read in place once checked to come from `tokenizer` and to be the tokens
+    the run started with (the run's first session records them in `metrics.jsonl`)."""
+    if not isinstance(source, prepared.PreparedCorpus):
+        return tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log,
+                               segmenter=recipe.masking.segmenter)
+    prepared.check_tokenizer(source, tokenizer, preset=recipe.model.preset)
+    records = [r for r in log.read() if r.get("part") == "prepared"]
+    prepared.check_unchanged(source, recorded=records[-1] if records else None)
+    if not records:
+        log.write(source.record())
+    log.say(f"tokens read in place from prepared corpus {source.path}")
+    return source.cache()
 
 
 def tokenize_corpus(
