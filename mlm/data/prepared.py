@@ -222,6 +222,8 @@ def manifest(recipe: Recipe, *, corpus_fingerprint: str, tokenizer, stats: dict,
                            for key in ("documents", "tokens", "unknown_tokens")}
                    for split in token_cache.SPLITS},
         "repaired_or_skipped": {split: dict(tally) for split, tally in tallies.items()},
-        "recipe": {"name": recipe.name, "corpus": dataclasses.asdict(recipe.corpus),
-                   "vocab": dataclasses.asdict(recipe.vocab)},
+        # Through JSON, so that what is returned equals what is read back (lists, not tuples).
+        "recipe": json.loads(json.dumps({"name": recipe.name,
+                                         "corpus": dataclasses.asdict(recipe.corpus),
+                                         "vocab": dataclasses.asdict(recipe.vocab)})),
     }
