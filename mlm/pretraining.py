@@ -170,8 +170,12 @@ def continue_pretraining(
 
 
 def open_source(recipe: Recipe, *, run_dir: Path):
-    """What the run reads: its corpus, validated and fingerprinted (`corpus.resolve_corpus`),
-    or its prepared corpus (`corpus.prepared`), checked to suit the recipe."""
+    """What the run reads: its corpus, or its prepared corpus (`corpus.prepared`).
+
+    The corpus is validated and fingerprinted (`corpus.resolve_corpus`); a
+    prepared corpus is checked to be complete and to suit the recipe, and to
+    lie outside the run directory, which a failed start deletes.
+    """
     if not recipe.corpus.prepared:
         return corpus.resolve_corpus(recipe.corpus)
     source = prepared.open_prepared(recipe.corpus.prepared, recipe=recipe)
@@ -264,8 +268,7 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
 
 
 def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: MetricsLog):
-    """The run's tokenizer: learned (or copied from a prepared corpus) once into
-    `run_dir/vocab`, then reloaded."""
+    """The run's tokenizer: learned (or copied from a prepared corpus) once into `run_dir/vocab`."""
     arch = get_architecture(recipe.model.architecture)
     vocab_dir = RunDir(run_dir).vocab
     if isinstance(source, prepared.PreparedCorpus):
@@ -281,9 +284,12 @@ def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: Metri
 
 def corpus_tokens(source, tokenizer, *, recipe: Recipe, run_dir: Path,
                   log: MetricsLog) -> token_cache.TokenCache:
-    """The run's tokens: its corpus tokenized once (`tokenize_corpus`), or its prepared
-    corpus's, read in place once checked to come from `tokenizer` and to be the tokens
-    the run started with (the run's first session records them in `metrics.jsonl`)."""
+    """The run's tokens: its corpus tokenized once, or its prepared corpus's, read in place.
+
+    A prepared corpus's tokens are checked to come from `tokenizer` and to be
+    the ones the run started with: its first session records them in
+    `metrics.jsonl` (`PreparedCorpus.record`).
+    """
     if not isinstance(source, prepared.PreparedCorpus):
         return tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log,
                                segmenter=recipe.masking.segmenter)
