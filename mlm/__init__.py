@@ -18,6 +18,7 @@ _EXPORTS = {
     "MlmError": "mlm.errors",
     "pretrain": "mlm.pretraining",
     "continue_pretraining": "mlm.pretraining",
+    "prepare": "mlm.preparing",
     "evaluate_preset": "mlm.evaluate",
     "fill_mask": "mlm.predict",
     "load_masked_lm": "mlm.hub",

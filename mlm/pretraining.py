@@ -2,28 +2,27 @@
 
 Both are one story: read the corpus, get a task (fresh with a learned
 vocabulary, from a preset, or from the run's newest checkpoint), tokenize
-once, train with dynamic masking, export.
+once, train with dynamic masking, export. From a prepared corpus
+(`corpus.prepared`, `mlm prepare`), the vocabulary is copied and the tokens
+read in place instead.
 """
 
-import collections
 import contextlib
-import functools
 from pathlib import Path
 
 import keras
 
 from mlm import atomic
 from mlm.architectures import (
-    ARCHITECTURES,
     architecture_of_backbone,
     get_architecture,
     preprocessor_detached,
 )
 from mlm.config import Recipe, apply_overrides, load_recipe
-from mlm.data import corpus, token_cache, vocab
+from mlm.data import corpus, prepared, token_cache, tokenizing
 from mlm.data.masking import resolve_masking
 from mlm.data.pipeline import padding_fraction
-from mlm.progress import track
+from mlm.errors import MlmError
 from mlm.run import checkpoints, directory
 from mlm.run.directory import RunDir
 from mlm.run.export import write_model_card
@@ -49,6 +48,9 @@ def pretrain(
 
     From scratch (a vocabulary is learned and a backbone built from the
     recipe), or, when `recipe.model.preset` is set, continued from that preset.
+    With `recipe.corpus.prepared`, the prepared corpus's vocabulary and tokens
+    are used: nothing is read, learned or tokenized, and the folder is never
+    written.
 
     Args:
         recipe: the resolved recipe. When resuming, the run's saved recipe is
@@ -84,7 +86,7 @@ def pretrain(
     if resume:
         recipe = directory.with_steps(directory.load_run_recipe(run_dir), recipe.train.steps,
                                       recipe.train.budget)
-    source = corpus.resolve_corpus(recipe.corpus)
+    source = open_source(recipe, run_dir=run_dir)
     if not resume and chief:
         directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     run = RunDir(run_dir)
@@ -113,8 +115,8 @@ def pretrain(
         log.trim(step=start_step)  # records after the step resumed from are written again
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
         with preprocessor_detached(task) as preprocessor:
-            cache = tokenize_corpus(source, preprocessor.tokenizer, run_dir=run_dir, log=log,
-                                    segmenter=recipe.masking.segmenter)
+            cache = corpus_tokens(source, preprocessor.tokenizer, recipe=recipe, run_dir=run_dir,
+                                  log=log)
             stats = describe_data(cache, recipe=recipe, log=log)
             result = train(
                 task, plan=plan,
@@ -167,6 +169,25 @@ def continue_pretraining(
     return pretrain(recipe, run_dir=run_dir, **kwargs)
 
 
+def open_source(recipe: Recipe, *, run_dir: Path):
+    """What the run reads: its corpus, or its prepared corpus (`corpus.prepared`).
+
+    The corpus is validated and fingerprinted (`corpus.resolve_corpus`); a
+    prepared corpus is checked to be complete and to suit the recipe, and to
+    lie outside the run directory, which a failed start deletes.
+    """
+    if not recipe.corpus.prepared:
+        return corpus.resolve_corpus(recipe.corpus)
+    source = prepared.open_prepared(recipe.corpus.prepared, recipe=recipe)
+    folder = source.path.resolve()
+    if Path(run_dir).resolve() in (folder, *folder.parents):
+        raise MlmError(
+            f"prepared corpus {source.path} is inside run directory {run_dir}, which "
+            f"--overwrite or a failed start deletes; keep it outside the run directory."
+        )
+    return source
+
+
 def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
                 topology: distributed.Topology) -> None:
     """In a multi-process run, process 0 learns the vocabulary and tokenizes first.
@@ -179,8 +200,7 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
         return
     if topology.is_chief:
         tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
-        tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log,
-                        segmenter=recipe.masking.segmenter)
+        corpus_tokens(source, tokenizer, recipe=recipe, run_dir=run_dir, log=log)
     distributed.barrier(topology, "shared files")
     distributed.check_visible(RunDir(run_dir).recipe, topology=topology)
 
@@ -248,32 +268,38 @@ def preset_task(recipe: Recipe, *, log: MetricsLog):
 
 
 def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: MetricsLog):
-    """The run's tokenizer: learned once into `run_dir/vocab`, then reloaded."""
+    """The run's tokenizer: learned (or copied from a prepared corpus) once into `run_dir/vocab`."""
     arch = get_architecture(recipe.model.architecture)
     vocab_dir = RunDir(run_dir).vocab
-    family = recipe.vocab.family or arch.tokenizer_family
-    path = vocab.vocabulary_path(vocab_dir, family=family)
-    if not path.exists():
-        log.say(f"training a {family} vocabulary of up to {recipe.vocab.size:,} entries")
-        vocab.train_vocabulary(
-            _with_progress(source, label="vocabulary: counting words", quiet=log.quiet),
-            family=family,
-            size=recipe.vocab.size, lowercase=recipe.vocab.lowercase,
-            min_frequency=recipe.vocab.min_frequency, out_dir=vocab_dir,
-            special_tokens=arch.special_tokens, byte_fallback=recipe.vocab.byte_fallback,
-        )
-    tokenizer = vocab.build_tokenizer(
-        path, family=family, lowercase=recipe.vocab.lowercase, tokenizer=arch.tokenizer
-    )
+    if isinstance(source, prepared.PreparedCorpus):
+        path, family, lowercase = source.copy_vocabulary(vocab_dir), source.family, source.lowercase
+    else:
+        path = tokenizing.learn_vocabulary(source, config=recipe.vocab, arch=arch,
+                                           out_dir=vocab_dir, say=log.say, quiet=log.quiet)
+        family, lowercase = recipe.vocab.family or arch.tokenizer_family, recipe.vocab.lowercase
+    tokenizer = tokenizing.load_tokenizer(path, family=family, lowercase=lowercase, arch=arch)
     log.say(f"vocabulary: {tokenizer.vocabulary_size():,} entries in {path}")
     return tokenizer
 
 
-def _with_progress(source, *, label: str, quiet: bool):
-    """The training documents, counted on a progress line (counting first gives the ETA)."""
-    total = None if quiet else corpus.count_documents(source, split="train")
-    return track(corpus.iter_documents(source, split="train"), label=label, total=total,
-                 unit="documents", enabled=not quiet)
+def corpus_tokens(source, tokenizer, *, recipe: Recipe, run_dir: Path,
+                  log: MetricsLog) -> token_cache.TokenCache:
+    """The run's tokens: its corpus tokenized once, or its prepared corpus's, read in place.
+
+    A prepared corpus's tokens are checked to come from `tokenizer` and to be
+    the ones the run started with: its first session records them in
+    `metrics.jsonl` (`PreparedCorpus.record`).
+    """
+    if not isinstance(source, prepared.PreparedCorpus):
+        return tokenize_corpus(source, tokenizer, run_dir=run_dir, log=log,
+                               segmenter=recipe.masking.segmenter)
+    prepared.check_tokenizer(source, tokenizer, preset=recipe.model.preset)
+    records = [r for r in log.read() if r.get("part") == "prepared"]
+    prepared.check_unchanged(source, recorded=records[-1] if records else None)
+    if not records:
+        log.write(source.record())
+    log.say(f"tokens read in place from prepared corpus {source.path}")
+    return source.cache()
 
 
 def tokenize_corpus(
@@ -287,33 +313,12 @@ def tokenize_corpus(
     What the reader repaired or skipped on the way (see `corpus.iter_documents`)
     is reported on stderr and in `metrics.jsonl` when the cache is built.
     """
-    tallies = {}
-
-    def documents(split):
-        # The last full read counts (a progress line may count the documents first).
-        tallies[split] = collections.Counter()
-        return corpus.iter_documents(source, split=split, tally=tallies[split])
-
-    labeller = None
-    if segmenter:
-        from mlm.data.segmenter import Segmenter
-
-        family = next(a.tokenizer_family for a in ARCHITECTURES.values()
-                      if a.tokenizer == type(tokenizer).__name__)
-        labeller = Segmenter(
-            segmenter, family=family, special_tokens=tokenizer.special_tokens,
-            vocabulary=[tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())])
-    cache = token_cache.load_or_build_cache(
-        {split: functools.partial(documents, split) for split in token_cache.SPLITS},
-        tokenizer,
-        cache_root=RunDir(run_dir).cache,
+    cache, tallies = tokenizing.tokenize(
+        source, tokenizer, cache_root=RunDir(run_dir).cache,
         key=token_cache.cache_key(source.fingerprint, tokenizer, segmenter=segmenter),
-        progress=not log.quiet,
-        segmenter=labeller,
-    )
+        segmenter=segmenter, say=log.say, quiet=log.quiet)
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
-            log.say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
             log.write({"split": "corpus", "part": split, **tally})
     return cache
 

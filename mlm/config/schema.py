@@ -44,6 +44,13 @@ class CorpusConfig:
     # corpora) or "file" (each file is one document). Other formats are one
     # document per record either way.
     document_boundary: str = "blank_line"
+    # A prepared corpus folder (`mlm prepare`; `--data` on the command line)
+    # to train from instead of `paths`: its tokens are read in place, its
+    # vocabulary is copied into the run, and no text is read, learned from or
+    # tokenized. The other corpus fields and the vocab section are then the
+    # ones its manifest records, and the recipe's are not used. Empty: read
+    # `paths`.
+    prepared: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

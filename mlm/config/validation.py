@@ -109,7 +109,7 @@ def _validate_masking(m: MaskingConfig) -> None:
 
 
 def _validate_corpus(c: CorpusConfig) -> None:
-    """The held-out fraction, decode-error policy and document boundary are valid."""
+    """The corpus fields are in range; a prepared corpus comes without paths to read."""
     _raise_first_failure([
         ("corpus.held_out_fraction", c.held_out_fraction, 0.0 <= c.held_out_fraction < 1.0,
          "in [0, 1)"),
@@ -118,6 +118,13 @@ def _validate_corpus(c: CorpusConfig) -> None:
         ("corpus.document_boundary", repr(c.document_boundary),
          c.document_boundary in DOCUMENT_BOUNDARIES, _choices(DOCUMENT_BOUNDARIES)),
     ])
+    if c.prepared and (c.paths or c.held_out_paths):
+        given = "paths" if c.paths else "held_out_paths"
+        raise MlmError(
+            f"'corpus.prepared' trains from the prepared corpus {c.prepared}, but "
+            f"corpus.{given} is set too: received {given}={list(c.paths or c.held_out_paths)}; "
+            f"pass --data or --corpus/--held-out, not both."
+        )
 
 
 def _validate_vocab(v: VocabConfig) -> None:

@@ -2,9 +2,10 @@
 
 Every number comes from the run directory alone: `config.json` (the resolved
 recipe), `metrics.jsonl` (curves, held-out evaluations, throughput, wall
-time), the token cache (corpus statistics) and the exported preset, or the
-newest checkpoint of a stopped run (fill-mask examples). So `mlm report
-RUN_DIR` rebuilds the report of any run without training again.
+time), the token cache (corpus statistics; for a run from a prepared corpus,
+that folder's tokens) and the exported preset, or the newest checkpoint of a
+stopped run (fill-mask examples). So `mlm report RUN_DIR` rebuilds the report
+of any run without training again.
 
 Example:
 ```python
@@ -75,7 +76,7 @@ def build_report(
     preset = _preset_of(run_dir)
     task = load_masked_lm(str(preset))
     tokenizer = task.preprocessor.tokenizer
-    cache = _newest_cache(run_dir)
+    cache = _run_cache(run_dir, prepared=recipe["corpus"].get("prepared", ""))
     return {
         "run_dir": str(run_dir),
         "recipe": recipe,
@@ -365,6 +366,20 @@ def _preset_of(run_dir: Path) -> Path:
             f"checkpoint."
         )
     return checkpoints.preset_of(latest)
+
+
+def _run_cache(run_dir: Path, *, prepared: str):
+    """The tokens the run read: its prepared corpus's (`corpus.prepared`), else its own cache's."""
+    from mlm.data.prepared import TOKENS
+    from mlm.data.token_cache import load_cache
+
+    if not prepared:
+        return _newest_cache(run_dir)
+    cache = load_cache(Path(prepared) / TOKENS)
+    if cache is None:
+        raise MlmError(f"the run read the prepared corpus {prepared}, which is gone or "
+                       f"incomplete; restore it to report on the run.")
+    return cache
 
 
 def _newest_cache(run_dir: Path):

@@ -1,0 +1,102 @@
+"""A corpus's vocabulary and token ids, made the one way runs and `mlm prepare` share.
+
+`learn_vocabulary` learns a recipe's vocabulary from the training documents
+(with the family, size, case and special tokens of its architecture),
+`load_tokenizer` builds the architecture's keras-hub tokenizer on it, and
+`tokenize` writes the corpus's token cache entry with that tokenizer. A run
+(`mlm.pretraining`) puts them in its run directory; `mlm.preparing` puts them
+in a prepared corpus folder that many runs read. Both go through these
+functions, so the same recipe and corpus give the same ids either way.
+"""
+
+import collections
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+from mlm.architectures import ARCHITECTURES, Architecture
+from mlm.config import VocabConfig
+from mlm.data import corpus, token_cache, vocab
+from mlm.progress import track
+
+
+def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture,
+                     out_dir: Path, say: Callable[[str], None], quiet: bool) -> Path:
+    """The main vocabulary asset in `out_dir`, learned from `source` unless already there.
+
+    Args:
+        source: the corpus; its training documents are read.
+        config: the recipe's vocab section (size, case, minimum frequency).
+        arch: the architecture's row: its tokenizer family (unless
+            `config.family` names it) and special tokens.
+        out_dir: the folder of the vocabulary files, written atomically.
+        say: prints one line (what is learned).
+        quiet: no progress line.
+    """
+    family = config.family or arch.tokenizer_family
+    path = vocab.vocabulary_path(out_dir, family=family)
+    if path.exists():
+        return path
+    say(f"training a {family} vocabulary of up to {config.size:,} entries")
+    vocab.train_vocabulary(
+        _with_progress(source, label="vocabulary: counting words", quiet=quiet),
+        family=family, size=config.size, lowercase=config.lowercase,
+        min_frequency=config.min_frequency, out_dir=out_dir,
+        special_tokens=arch.special_tokens, byte_fallback=config.byte_fallback,
+    )
+    return path
+
+
+def load_tokenizer(path: Path, *, family: str, lowercase: bool, arch: Architecture):
+    """The keras-hub tokenizer of `arch` on the vocabulary asset at `path`."""
+    return vocab.build_tokenizer(path, family=family, lowercase=lowercase,
+                                 tokenizer=arch.tokenizer)
+
+
+def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, segmenter: str,
+             say: Callable[[str], None], quiet: bool
+             ) -> tuple[token_cache.TokenCache, dict[str, collections.Counter]]:
+    """The token cache entry `cache_root/key` of `source`, built unless it is complete.
+
+    With a `segmenter` (`masking.segmenter`), every token's word label is
+    stored too (`mlm.data.segmenter`).
+
+    Returns:
+        The entry, and per split what the reader repaired or skipped (see
+        `corpus.iter_documents`), each said in one line; empty when the entry
+        was already there.
+    """
+    tallies = {}
+
+    def documents(split):
+        # The last full read counts (a progress line may count the documents first).
+        tallies[split] = collections.Counter()
+        return corpus.iter_documents(source, split=split, tally=tallies[split])
+
+    cache = token_cache.load_or_build_cache(
+        {split: functools.partial(documents, split) for split in token_cache.SPLITS},
+        tokenizer, cache_root=cache_root, key=key, progress=not quiet,
+        segmenter=_labeller(segmenter, tokenizer) if segmenter else None,
+    )
+    for split, tally in tallies.items():
+        if corpus.describe_tally(tally):
+            say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
+    return cache, tallies
+
+
+def _labeller(segmenter: str, tokenizer):
+    """The word labeller of `segmenter`, aligned to `tokenizer`'s pieces."""
+    from mlm.data.segmenter import Segmenter
+
+    family = next(a.tokenizer_family for a in ARCHITECTURES.values()
+                  if a.tokenizer == type(tokenizer).__name__)
+    return Segmenter(
+        segmenter, family=family, special_tokens=tokenizer.special_tokens,
+        vocabulary=[tokenizer.id_to_token(i) for i in range(tokenizer.vocabulary_size())])
+
+
+def _with_progress(source: corpus.Corpus, *, label: str, quiet: bool):
+    """The training documents, counted on a progress line (counting first gives the ETA)."""
+    total = None if quiet else corpus.count_documents(source, split="train")
+    return track(corpus.iter_documents(source, split="train"), label=label, total=total,
+                 unit="documents", enabled=not quiet)
