@@ -121,7 +121,7 @@ def _add_finetune_arguments(p: argparse.ArgumentParser, *, default_run_dir: str)
     p.add_argument("--label-column", help="override label_column (default: label)")
     p.add_argument("--recipe", default="finetune",
                    help="fine-tuning recipe name in presets/ or a JSON file (default: %(default)s)")
-    p.add_argument("--epochs", type=int, help="override epochs")
+    p.add_argument("--epochs", type=int, help="override epochs (0: from the training set's size)")
     p.add_argument("--batch-size", type=int, help="override batch_size")
     p.add_argument("--learning-rate", type=float, help="override learning_rate")
     p.add_argument("--sequence-length", type=int, help="override sequence_length (0: as needed)")

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import keras_hub
 import numpy as np
 import pytest
 
@@ -116,6 +117,58 @@ def test_overrides_are_checked_and_named():
         load_finetune_config(RECIPE, ["epoch=5"])
     with pytest.raises(MlmError, match="must be an integer"):
         load_finetune_config(RECIPE, ["epochs=two"])
+
+
+def test_epochs_scale_with_the_labelled_set():
+    from mlm.finetuning.config import resolved_epochs
+
+    config = FinetuneConfig()  # epochs 0: at least 300 steps, 3 to 30 epochs, batches of 32
+    # 270 examples: 9 steps an epoch; 34 epochs would be needed, 30 is the cap.
+    assert resolved_epochs(config, examples=270) == 30
+    assert resolved_epochs(config, examples=1800) == 6  # 57 steps an epoch: 6 give 342
+    assert resolved_epochs(config, examples=100_000) == 3  # never fewer than 3
+    assert resolved_epochs(load_finetune_config(RECIPE, ["epochs=2"]), examples=270) == 2
+    assert resolved_epochs(load_finetune_config(RECIPE, ["min_steps=90"]), examples=270) == 10
+    for bad, named in (("epochs=-1", "'epochs' must be 0"), ("max_epochs=2", "'max_epochs'"),
+                       ("min_steps=0", "'min_steps' must be positive")):
+        with pytest.raises(MlmError, match=named):
+            load_finetune_config(RECIPE, [bad])
+
+
+def test_an_automatic_length_is_capped_but_an_asked_one_is_not():
+    from mlm.finetuning.classifier import choose_sequence_length
+
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]",
+                                                           "[MASK]", "word"])
+    long_text, short_text = " ".join(["word"] * 400), "word word"
+    assert choose_sequence_length(tokenizer, [short_text], requested=0, maximum=512,
+                                  cap=256) == 8
+    assert choose_sequence_length(tokenizer, [long_text], requested=0, maximum=512,
+                                  cap=256) == 256
+    assert choose_sequence_length(tokenizer, [long_text], requested=0, maximum=512,
+                                  cap=None) == 408
+    assert choose_sequence_length(tokenizer, [long_text], requested=512, maximum=512,
+                                  cap=256) == 512
+
+
+def test_compare_says_whether_a_difference_is_beyond_the_seeds_noise():
+    from mlm.finetuning.compare import paired_difference
+
+    def runs(*accuracies):
+        return [{"seed": seed, "accuracy": a} for seed, a in enumerate(accuracies)]
+
+    # Paired by seed: +0.10, +0.12, +0.08 -> mean 0.10, standard error 0.02/sqrt(3).
+    beyond = paired_difference(runs(0.8, 0.82, 0.78), runs(0.7, 0.7, 0.7))
+    assert beyond["mean"] == pytest.approx(0.10)
+    assert beyond["standard_error"] == pytest.approx(0.02 / np.sqrt(3))
+    assert "better, beyond the seeds' noise" in beyond["verdict"]
+    # +0.2, -0.1, +0.05: a mean of +0.05 whose standard error is larger.
+    within = paired_difference(runs(0.9, 0.6, 0.75), runs(0.7, 0.7, 0.7))
+    assert "within the seeds' noise" in within["verdict"]
+    worse = paired_difference(runs(0.6, 0.61, 0.59), runs(0.7, 0.7, 0.7))
+    assert "worse, beyond" in worse["verdict"]
+    one = paired_difference(runs(0.9), runs(0.7))
+    assert one["standard_error"] is None and "no noise estimate" in one["verdict"]
 
 
 def test_stratified_split_holds_out_each_class():
@@ -278,6 +331,10 @@ def test_compare_pretrained_against_random_gives_both_rows(encoder, labelled, tm
     for name in (str(encoder), f"random:{encoder}"):
         assert f"| {name} | 2 |" in table
         assert f"| {name} | 2 |" in printed
+    # The second encoder against the first, paired by seed, and whether it is noise.
+    assert "(reference) |" in table and "accuracy vs the first (± s.e.)" in table
+    assert f"random:{encoder} against {encoder}: " in printed
+    assert "seeds' noise" in printed
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [len(r["runs"]) for r in rows] == [2, 2]

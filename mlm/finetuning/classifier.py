@@ -50,8 +50,9 @@ def max_sequence_length(backbone) -> int | None:
 
 
 def choose_sequence_length(tokenizer, texts, pairs=None, *, requested: int,
-                           maximum: int | None) -> int:
-    """`requested`, or (when 0) what the longest example needs, capped at `maximum`."""
+                           maximum: int | None, cap: int | None = None) -> int:
+    """`requested`, or (when 0) what the longest example needs, capped at `cap` and at
+    `maximum` (the backbone's)."""
     if maximum is not None and requested > maximum:
         raise MlmError(
             f"sequence_length must be at most the backbone's max_sequence_length={maximum}, "
@@ -66,7 +67,8 @@ def choose_sequence_length(tokenizer, texts, pairs=None, *, requested: int,
         lengths = lengths + token_counts(tokenizer, pairs)
         specials = 4  # [CLS] a [SEP] b [SEP]; RoBERTa puts two separators between
     needed = 8 * math.ceil((int(lengths.max()) + specials) / 8)
-    return min(needed, maximum) if maximum is not None else needed
+    limits = [limit for limit in (maximum, cap) if limit is not None]
+    return min(needed, *limits) if limits else needed
 
 
 def token_counts(tokenizer, texts, *, batch_size: int = 1024) -> np.ndarray:

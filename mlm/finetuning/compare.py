@@ -14,7 +14,12 @@ import numpy as np
 
 from mlm import atomic
 from mlm.errors import MlmError
-from mlm.finetuning.config import FinetuneConfig, apply_finetune_overrides, load_finetune_config
+from mlm.finetuning.config import (
+    FinetuneConfig,
+    apply_finetune_overrides,
+    load_finetune_config,
+    resolved_epochs,
+)
 from mlm.finetuning.train import finetune_splits, load_splits
 from mlm.progress import format_duration
 
@@ -71,36 +76,87 @@ def compare(presets, *, train=None, validation=None, task: str | None = None, ru
                                       sources=sources, quiet=quiet)
             runs.append({"seed": seed, "seconds": time.monotonic() - began,
                          **{k: summary["validation"][k] for k in ("accuracy", "macro_f1")}})
-        rows.append(_row(preset, runs))
+        rows.append(_row(preset, runs, first=rows[0] if rows else None))
     write_comparison(run_dir, rows=rows, splits=splits, config=config)
     print(format_table(rows))
+    for row in rows[1:]:
+        print(f"{row['encoder']} against {rows[0]['encoder']}: {row['difference']['verdict']}")
     return rows
 
 
-def _row(preset: str, runs: list[dict]) -> dict:
+def _row(preset: str, runs: list[dict], *, first: dict | None = None) -> dict:
     accuracy = np.array([r["accuracy"] for r in runs])
     macro_f1 = np.array([r["macro_f1"] for r in runs])
-    return {
+    row = {
         "encoder": preset, "seeds": len(runs),
         "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std()),
         "macro_f1_mean": float(macro_f1.mean()), "macro_f1_std": float(macro_f1.std()),
         "seconds_per_run": float(np.mean([r["seconds"] for r in runs])),
         "runs": runs,
     }
+    if first is not None:
+        row["difference"] = paired_difference(runs, first["runs"])
+    return row
+
+
+# A difference is told apart from the seeds' noise when it exceeds this many standard
+# errors (about 95% two-sided for a normal mean; with 3 seeds a t-test would ask 4.3).
+NOISE_STANDARD_ERRORS = 2.0
+
+
+def paired_difference(runs: list[dict], baseline: list[dict]) -> dict:
+    """Accuracy of `runs` minus `baseline`, paired by seed, with its standard error.
+
+    A seed fixes the data order, the hold-out and the head's initialisation
+    for every encoder, so the per-seed differences measure the encoders alone;
+    their mean and its standard error (sample standard deviation / sqrt(n))
+    say whether the gap is within the seeds' noise.
+
+    Returns:
+        `{"mean", "standard_error", "seeds", "verdict"}`; the standard error is
+        None with one seed.
+    """
+    by_seed = {r["seed"]: r["accuracy"] for r in baseline}
+    diffs = np.array([r["accuracy"] - by_seed[r["seed"]] for r in runs if r["seed"] in by_seed])
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return {"mean": mean, "standard_error": None, "seeds": len(diffs),
+                "verdict": f"{mean:+.4f} accuracy on one seed: no noise estimate (use --seeds 3)"}
+    error = float(diffs.std(ddof=1) / np.sqrt(len(diffs)))
+    if abs(mean) > NOISE_STANDARD_ERRORS * error:
+        verdict = (f"{mean:+.4f} ± {error:.4f} accuracy over {len(diffs)} seeds: "
+                   f"{'better' if mean > 0 else 'worse'}, beyond the seeds' noise")
+    else:
+        verdict = (f"{mean:+.4f} ± {error:.4f} accuracy over {len(diffs)} seeds: within the "
+                   f"seeds' noise ({NOISE_STANDARD_ERRORS:g} standard errors)")
+    return {"mean": mean, "standard_error": error, "seeds": len(diffs), "verdict": verdict}
 
 
 def format_table(rows: list[dict]) -> str:
-    """The comparison as a Markdown table (mean ± standard deviation over seeds)."""
-    lines = ["| encoder | seeds | validation accuracy | validation macro-F1 | time per run |",
-             "|---|---:|---:|---:|---:|"]
+    """The comparison as a Markdown table (mean ± standard deviation over seeds), each
+    encoder after the first with its paired accuracy difference from the first."""
+    lines = ["| encoder | seeds | validation accuracy | validation macro-F1 | time per run | "
+             "accuracy vs the first (± s.e.) |",
+             "|---|---:|---:|---:|---:|---|"]
     for row in rows:
         lines.append(
             f"| {row['encoder']} | {row['seeds']} | "
             f"{row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f} | "
             f"{row['macro_f1_mean']:.4f} ± {row['macro_f1_std']:.4f} | "
-            f"{format_duration(row['seconds_per_run'])} |"
+            f"{format_duration(row['seconds_per_run'])} | {_difference_cell(row)} |"
         )
     return "\n".join(lines)
+
+
+def _difference_cell(row: dict) -> str:
+    difference = row.get("difference")
+    if difference is None:
+        return "(reference)"
+    if difference["standard_error"] is None:
+        return f"{difference['mean']:+.4f} (one seed)"
+    noise = abs(difference["mean"]) <= NOISE_STANDARD_ERRORS * difference["standard_error"]
+    return (f"{difference['mean']:+.4f} ± {difference['standard_error']:.4f}"
+            f"{' (within noise)' if noise else ''}")
 
 
 def write_comparison(run_dir: Path, *, rows: list[dict], splits, config: FinetuneConfig
@@ -111,8 +167,11 @@ def write_comparison(run_dir: Path, *, rows: list[dict], splits, config: Finetun
         "# Encoder comparison",
         "",
         f"{len(splits.train)} training and {len(splits.validation)} validation examples "
-        f"({splits.validation_source}), {len(splits.names)} classes; {config.epochs} epoch(s) "
-        f"per run, best epoch by validation macro-F1; mean ± standard deviation over seeds.",
+        f"({splits.validation_source}), {len(splits.names)} classes; "
+        f"{resolved_epochs(config, examples=len(splits.train))} epoch(s) "
+        f"per run, best epoch by validation macro-F1; mean ± standard deviation over seeds. "
+        f"The last column is each encoder's accuracy minus the first's, paired by seed, "
+        f"± its standard error; within noise when under {NOISE_STANDARD_ERRORS:g} of them.",
         "",
         format_table(rows),
         "",

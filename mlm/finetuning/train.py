@@ -34,6 +34,7 @@ from mlm.finetuning.config import (
     apply_finetune_overrides,
     config_from_dict,
     load_finetune_config,
+    resolved_epochs,
 )
 from mlm.finetuning.metrics import classification_metrics
 from mlm.finetuning.report import write_finetune_report
@@ -137,7 +138,10 @@ def finetune_splits(preset: str, splits: Splits, *, run_dir: Path, config: Finet
     backbone, tokenizer = classifiers.load_encoder(encoder, fresh=fresh, seed=config.seed)
     length = classifiers.choose_sequence_length(
         tokenizer, splits.train.texts, splits.train.pairs, requested=config.sequence_length,
-        maximum=classifiers.max_sequence_length(backbone))
+        maximum=classifiers.max_sequence_length(backbone), cap=config.length_cap)
+    # The epochs a run takes are decided here, once, from the training set's size.
+    config = dataclasses.replace(config, epochs=resolved_epochs(config,
+                                                                examples=len(splits.train)))
     model = classifiers.build_classifier(
         backbone, tokenizer, num_classes=len(splits.names), sequence_length=length,
         dropout=config.dropout, seed=config.seed)
@@ -152,7 +156,8 @@ def finetune_splits(preset: str, splits: Splits, *, run_dir: Path, config: Finet
         atomic.write_json(run_dir / "label_map.json", dict(enumerate(splits.names)))
         say(f"fine-tuning {preset}: {len(splits.train)} training and "
             f"{len(splits.validation)} validation examples, {len(splits.names)} classes, "
-            f"sequence length {length}")
+            f"sequence length {length}, {config.epochs} epochs of "
+            f"{math.ceil(len(splits.train) / config.batch_size)} steps")
         history, best = fit_epochs(model, splits=splits, config=config, run_dir=run_dir,
                                    resume=resume, say=say, quiet=quiet)
         saved = save_best(model, run_dir=run_dir, epoch=best["epoch"], names=splits.names)
