@@ -396,7 +396,7 @@ def run_mlm(spec: dict) -> dict:
     from mlm.architectures import get_architecture
     from mlm.config import ModelConfig, TrainConfig
     from mlm.data.masking import Masking
-    from mlm.training.precision import StepSettings
+    from mlm.training.step_settings import StepSettings
 
     train, how = import_mlm_train()
     shape, per_call = spec["shape"], spec["steps_per_execution"]

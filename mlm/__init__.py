@@ -21,7 +21,7 @@ _EXPORTS = {
     "prepare": "mlm.preparing",
     "evaluate_preset": "mlm.evaluate",
     "fill_mask": "mlm.predict",
-    "load_masked_lm": "mlm.hub",
+    "load_masked_lm": "mlm.preset_loading",
     "export_checkpoint": "mlm.run.export",
     "export_transformers": "mlm.run.hf_export",
     "train_vocabulary": "mlm.data.vocab",

@@ -212,8 +212,8 @@ def _evaluate(args) -> None:
 
 def _predict(args) -> None:
     _import_tensorflow_quietly()
-    from mlm.hub import load_masked_lm
     from mlm.predict import fill_mask
+    from mlm.preset_loading import load_masked_lm
 
     task = load_masked_lm(args.preset)
     text = " ".join(args.text)

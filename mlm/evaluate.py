@@ -89,7 +89,7 @@ def evaluate_preset(
     from mlm.config import CorpusConfig
     from mlm.data import corpus, token_cache
     from mlm.errors import MlmError
-    from mlm.hub import load_masked_lm
+    from mlm.preset_loading import load_masked_lm
 
     if batch_size < 1:
         raise MlmError(f"--batch-size must be at least 1, but received batch_size={batch_size}.")

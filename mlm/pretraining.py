@@ -28,7 +28,7 @@ from mlm.run.directory import RunDir
 from mlm.run.export import write_model_card
 from mlm.run.log import MetricsLog, tensorboard_hint
 from mlm.run.report import write_report
-from mlm.training import distributed, precision
+from mlm.training import distributed, step_settings
 from mlm.training.loop import train
 from mlm.training.plan import resolve_plan
 from mlm.training.task import build_preprocessor, build_task, compile_task, make_deterministic
@@ -64,7 +64,7 @@ def pretrain(
             (`mlm.training.distributed.use_all_devices`); default one process. Process 0
             writes the run directory, which every process must see.
         settings_cache: the per-machine cache of the train step's measured
-            precision and XLA settings (`mlm.training.precision`); default
+            precision and XLA settings (`mlm.training.step_settings`); default
             `$MLM_CACHE_DIR`, `$XDG_CACHE_HOME/mlm` or `~/.cache/mlm`.
 
     Returns:
@@ -81,7 +81,7 @@ def pretrain(
     """
     run_dir = Path(run_dir)
     topology = topology or distributed.Topology()
-    settings_cache = Path(settings_cache) if settings_cache else precision.default_cache_dir()
+    settings_cache = Path(settings_cache) if settings_cache else step_settings.default_cache_dir()
     chief = topology.is_chief
     if resume:
         recipe = directory.with_steps(directory.load_run_recipe(run_dir), recipe.train.steps,
@@ -207,7 +207,7 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
 
 def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
     """The tokenizer of the task `starting_task` returns, without building a model."""
-    from mlm.hub import load_tokenizer
+    from mlm.preset_loading import load_tokenizer
 
     latest = checkpoints.latest_checkpoint(run_dir)
     if latest is not None:
@@ -219,7 +219,7 @@ def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog
 
 def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
     """The task to train and its step: newest checkpoint, preset, or fresh."""
-    from mlm.hub import load_masked_lm
+    from mlm.preset_loading import load_masked_lm
 
     # Also before loading a checkpoint: its layers are built with initial values
     # before the saved ones are loaded, and in a multi-process run every process
@@ -248,7 +248,7 @@ def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
 
 def preset_task(recipe: Recipe, *, log: MetricsLog):
     """The preset's MaskedLM with its tokenizer, set to the run's length and masking."""
-    from mlm.hub import load_masked_lm, preset_has_masked_lm_head
+    from mlm.preset_loading import load_masked_lm, preset_has_masked_lm_head
 
     task = load_masked_lm(recipe.model.preset)
     # The run's length (the plan checks it against the backbone's) and evaluation masking.

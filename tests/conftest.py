@@ -21,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_settings_cache(tmp_path_factory):
-    """Measured step settings (`mlm.training.precision`) cached per test session, not per user."""
+    """Measured step settings (`mlm.training.step_settings`) cached per test session,
+    not per user."""
     os.environ["MLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("mlm_cache"))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlm.errors import MlmError
-from mlm.hub import load_masked_lm
+from mlm.preset_loading import load_masked_lm
 from mlm.run import checkpoints
 from mlm.run.directory import RunDir
 from tests.conftest import (

@@ -135,7 +135,7 @@ def report():
 
 
 def _keras_task(preset):
-    from mlm.hub import load_masked_lm
+    from mlm.preset_loading import load_masked_lm
 
     return load_masked_lm(str(preset))
 
@@ -287,7 +287,7 @@ def test_fill_mask_pipeline_gives_mlm_top5(exports, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_round_trip_through_keras_hub_converter(exports, name):
-    from mlm.hub import load_masked_lm
+    from mlm.preset_loading import load_masked_lm
 
     if name in NO_CONVERTER_BACK:
         pytest.skip(f"keras-hub has no converter from transformers for {name}")

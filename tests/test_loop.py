@@ -60,7 +60,7 @@ def test_held_out_evaluations_mask_at_the_evaluation_rate(tmp_path, small_corpus
     # The preset carries the evaluation rate, and `mlm evaluate` masks at the preset's
     # rate unless told otherwise.
     from mlm.evaluate import evaluate_preset
-    from mlm.hub import load_masked_lm
+    from mlm.preset_loading import load_masked_lm
 
     def masked(run, rate=None):
         return evaluate_preset(str(tmp_path / run / "preset"), paths=[str(small_corpus)],

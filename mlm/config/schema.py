@@ -210,7 +210,7 @@ class TrainConfig:
     # fp32 and bf16, with and without XLA (where `jit_compile` is "auto" too),
     # are timed on the run's own model and batch and the fastest kept, since
     # the best setting depends on the model's size even on one CPU (see
-    # `mlm.training.precision`); on a GPU or TPU, bf16 where native, else fp16. The
+    # `mlm.training.step_settings`); on a GPU or TPU, bf16 where native, else fp16. The
     # choice is recorded in `run_dir/step_settings.json`. Presets are saved
     # in float32 whatever the precision.
     mixed_precision: str = "auto"

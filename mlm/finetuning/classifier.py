@@ -13,7 +13,7 @@ import numpy as np
 
 from mlm.architectures import architecture_of_backbone, preprocessor_detached
 from mlm.errors import MlmError
-from mlm.hub import load_masked_lm
+from mlm.preset_loading import load_masked_lm
 
 # "random:PRESET" names PRESET's architecture and tokenizer with fresh weights.
 RANDOM_PREFIX = "random:"

@@ -7,7 +7,7 @@ import numpy as np
 
 from mlm.errors import MlmError
 from mlm.finetuning.classifier import predict_probabilities, preprocess
-from mlm.hub import load_text_classifier
+from mlm.preset_loading import load_text_classifier
 
 LABELS_FILE = "labels.json"
 

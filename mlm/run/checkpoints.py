@@ -35,7 +35,7 @@ from mlm.architectures import preprocessor_attached
 from mlm.errors import MlmError
 from mlm.faults import fault_point
 from mlm.training.distributed import outside_distribution
-from mlm.training.precision import float32_for_saving
+from mlm.training.step_settings import float32_for_saving
 
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -208,7 +208,7 @@ def optimizer_left_out(model):
 
 def _write_checkpoint(task, *, preprocessor, folder: Path, step: int, state: dict) -> None:
     optimizer = task.optimizer
-    # See mlm.training.precision: keras-hub loads no mixed policy.
+    # See mlm.training.step_settings: keras-hub loads no mixed policy.
     with optimizer_left_out(task), preprocessor_attached(task, preprocessor), \
             float32_for_saving(task):
         task.save_to_preset(str(preset_of(folder)))

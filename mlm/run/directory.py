@@ -19,7 +19,7 @@ from mlm.config import Recipe, recipe_from_dict
 from mlm.errors import MlmError
 from mlm.faults import fault_point
 from mlm.run import checkpoints
-from mlm.training import precision
+from mlm.training import step_settings
 
 CONFIG_FILE = "config.json"
 
@@ -60,10 +60,10 @@ class RunDir:
         """The run plan (`mlm.training.plan.RunPlan.to_dict`), rewritten by each session."""
         return self.root / "plan.json"
 
-    # The measured precision and XLA settings of the train step (`mlm.training.precision`).
+    # The measured precision and XLA settings of the train step (`mlm.training.step_settings`).
     @property
     def step_settings(self) -> Path:
-        return self.root / precision.RUN_FILE
+        return self.root / step_settings.RUN_FILE
 
     @property
     def vocab(self) -> Path:

@@ -87,7 +87,7 @@ def _resolve_source(source: Path, *, step: int | None) -> tuple[Path, Path | Non
 
 
 def _load_task(preset: Path):
-    from mlm.hub import load_masked_lm, preset_has_masked_lm_head
+    from mlm.preset_loading import load_masked_lm, preset_has_masked_lm_head
 
     if not preset_has_masked_lm_head(str(preset)):
         raise MlmError(

@@ -68,7 +68,7 @@ def build_report(
 
     `records` are those of `metrics.jsonl`, read here when not given.
     """
-    from mlm.hub import load_masked_lm
+    from mlm.preset_loading import load_masked_lm
 
     run_dir = Path(run_dir)
     recipe = _read_recipe(run_dir)

@@ -16,7 +16,7 @@ from mlm.errors import MlmError, RunStopped
 from mlm.evaluate import evaluate_tokens
 from mlm.faults import fault_point
 from mlm.progress import format_duration
-from mlm.training import distributed, precision, schedule
+from mlm.training import distributed, schedule, step_settings
 from mlm.training.plan import RunPlan
 
 if TYPE_CHECKING:  # the caller passes the log in; training does not import it
@@ -61,7 +61,7 @@ def train(
     None) a word segmenter's labels of them. In a distributed run
     (`topology`) each process feeds its slice of every batch and only process
     0 writes checkpoints. "auto" step settings are resolved first
-    (`mlm.training.precision.choose_step_settings`, cached in `settings_cache`).
+    (`mlm.training.step_settings.choose_step_settings`, cached in `settings_cache`).
 
     Returns:
         The held-out evaluations at the start (step 0 only) and at the end, the
@@ -94,7 +94,7 @@ def train(
     data = data_for(first)
     # Before the probe, whose traced train function the loop then reuses.
     task.steps_per_execution = plan.strides(start_step)[1]
-    chosen = precision.choose_step_settings(
+    chosen = step_settings.choose_step_settings(
         task, next(distributed.host_batches(data.take(1), backend=keras.backend.backend())),
         mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
         steps=plan.steps - start_step, record=checkpoints.step_settings, cache_dir=settings_cache,

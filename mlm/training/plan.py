@@ -8,7 +8,7 @@ length limit and the per-device batch. It raises every user error those
 values can have. The pipeline, the loop, evaluation and export read the plan;
 none of them re-derives or re-checks a value. The loop's strides come from
 `RunPlan.strides`, and the measured step settings are added to the plan by
-`with_settings` once the probe has run (`mlm.training.precision`).
+`with_settings` once the probe has run (`mlm.training.step_settings`).
 """
 
 import dataclasses
@@ -20,8 +20,8 @@ from mlm.data.masking import Masking, resolve_masking
 from mlm.data.pipeline import TokenIds
 from mlm.errors import MlmError
 from mlm.training.distributed import Topology
-from mlm.training.precision import StepSettings
 from mlm.training.schedule import Segment, segments
+from mlm.training.step_settings import StepSettings
 
 # The step bound of a run with `train.budget`: never reached, the budget ends it first.
 BUDGET_STEPS = 10**9

@@ -6,9 +6,9 @@ from mlm.architectures import Architecture
 from mlm.config import ModelConfig, TrainConfig
 from mlm.data.masking import Masking
 from mlm.errors import MlmError
-from mlm.training import precision
-from mlm.training.precision import StepSettings
+from mlm.training import step_settings
 from mlm.training.schedule import BudgetWarmupLinearDecay, WarmupLinearDecay
+from mlm.training.step_settings import StepSettings
 
 
 def make_deterministic(seed: int) -> None:
@@ -67,8 +67,8 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
     """AdamW with warmup and linear decay, clipping, masked loss and metrics.
 
     `settings` (precision and XLA) default to the first candidate of the
-    config's (`mlm.training.precision.candidates`): what it sets, or fp32 with XLA on
-    a CPU for "auto", which `mlm.training.precision.choose_step_settings` may change
+    config's (`mlm.training.step_settings.candidates`): what it sets, or fp32 with XLA on
+    a CPU for "auto", which `mlm.training.step_settings.choose_step_settings` may change
     before training.
     """
     backend = keras.backend.backend()
@@ -77,11 +77,11 @@ def compile_task(task, config: TrainConfig, *, settings: StepSettings | None = N
             f"train.budget needs the TensorFlow backend (its learning rate follows the time "
             f"trained, which the {backend} train step cannot read); set train.steps instead."
         )
-    settings = settings or precision.candidates(
+    settings = settings or step_settings.candidates(
         config.mixed_precision, config.jit_compile, backend=backend,
-        accelerator=precision.detect_accelerator(backend),
+        accelerator=step_settings.detect_accelerator(backend),
     )[0]
-    precision.set_precision(task, settings.precision)
+    step_settings.set_precision(task, settings.precision)
     schedule = (
         BudgetWarmupLinearDecay(config.learning_rate, config.warmup_fraction) if config.budget
         else WarmupLinearDecay(

@@ -14,8 +14,8 @@ import pytest
 
 from mlm import config
 from mlm.errors import MlmError
-from mlm.training import precision
-from mlm.training.precision import Accelerator, StepSettings
+from mlm.training import step_settings
+from mlm.training.step_settings import Accelerator, StepSettings
 from tests.conftest import (
     max_weight_difference,
     run_mlm,
@@ -36,30 +36,30 @@ FP32, BF16 = StepSettings("float32", False), StepSettings("mixed_bfloat16", Fals
      ("amx_bf16 amx_tile", True)],
 )
 def test_native_bf16_is_read_from_the_cpu_flags(extra, expected):
-    assert precision.cpu_has_native_bf16(CPUINFO.format(extra=extra)) is expected
+    assert step_settings.cpu_has_native_bf16(CPUINFO.format(extra=extra)) is expected
 
 
 def test_candidates_on_cpu_gpu_tpu_and_jax():
     # The fallback first, then the cheap compiles (no XLA), XLA's second compile last.
-    assert precision.candidates("auto", "auto", backend="tensorflow", accelerator=CPU) == [
+    assert step_settings.candidates("auto", "auto", backend="tensorflow", accelerator=CPU) == [
         FP32_XLA, BF16, FP32, BF16_XLA]
     # Native bf16 or not, the CPU candidates are the same: the probe decides.
     native = Accelerator("cpu", True)
-    assert precision.candidates("auto", "auto", backend="tensorflow", accelerator=native) == [
+    assert step_settings.candidates("auto", "auto", backend="tensorflow", accelerator=native) == [
         FP32_XLA, BF16, FP32, BF16_XLA]
-    assert precision.candidates("auto", "auto", backend="jax", accelerator=CPU) == [
+    assert step_settings.candidates("auto", "auto", backend="jax", accelerator=CPU) == [
         FP32_XLA, BF16_XLA]
-    assert precision.candidates("auto", False, backend="tensorflow", accelerator=CPU) == [
+    assert step_settings.candidates("auto", False, backend="tensorflow", accelerator=CPU) == [
         FP32, BF16]
-    assert precision.candidates("mixed_bfloat16", "auto", backend="tensorflow",
+    assert step_settings.candidates("mixed_bfloat16", "auto", backend="tensorflow",
                                 accelerator=CPU) == [BF16_XLA, BF16]
-    assert precision.candidates("float32", True, backend="tensorflow", accelerator=CPU) == [
+    assert step_settings.candidates("float32", True, backend="tensorflow", accelerator=CPU) == [
         FP32_XLA]
     ampere, volta = Accelerator("gpu", True), Accelerator("gpu", False)
-    assert precision.candidates("auto", "auto", backend="jax", accelerator=ampere) == [BF16_XLA]
-    assert precision.candidates("auto", "auto", backend="tensorflow", accelerator=volta) == [
+    assert step_settings.candidates("auto", "auto", backend="jax", accelerator=ampere) == [BF16_XLA]
+    assert step_settings.candidates("auto", "auto", backend="tensorflow", accelerator=volta) == [
         StepSettings("mixed_float16", True)]
-    assert precision.candidates("float32", "auto", backend="jax",
+    assert step_settings.candidates("float32", "auto", backend="jax",
                                 accelerator=Accelerator("tpu", True)) == [FP32_XLA]
 
 
@@ -79,7 +79,7 @@ def fake_measure(clock, timings):
     def measure(option, seconds_left):
         calls.append(option)
         first, step = timings[option]
-        clock.now += first + precision.PROBE_STEPS * step
+        clock.now += first + step_settings.PROBE_STEPS * step
         return first, step
 
     return measure, calls
@@ -91,7 +91,7 @@ TIMINGS = {FP32_XLA: (6.0, 0.25), BF16: (2.5, 0.20), FP32: (3.0, 0.26), BF16_XLA
 def test_probe_picks_the_fastest_step():
     clock = FakeClock()
     measure, calls = fake_measure(clock, TIMINGS)
-    result = precision.probe(list(TIMINGS), measure=measure, steps=2000, clock=clock)
+    result = step_settings.probe(list(TIMINGS), measure=measure, steps=2000, clock=clock)
     assert result.chosen == BF16 and calls == list(TIMINGS)
     assert result.seconds == pytest.approx(sum(f + 3 * s for f, s in TIMINGS.values()))
     assert "| bf16 no XLA (chosen) | 2.5 | 0.2000 |" in result.table()
@@ -101,10 +101,10 @@ def test_a_candidate_within_the_noise_margin_does_not_replace_the_earlier_one():
     clock = FakeClock()
     timings = {FP32_XLA: (6.0, 0.250), BF16: (2.5, 0.246), FP32: (3.0, 0.240)}
     measure, _ = fake_measure(clock, timings)
-    assert precision.probe(list(timings), measure=measure, steps=10**6,
+    assert step_settings.probe(list(timings), measure=measure, steps=10**6,
                            clock=clock).chosen == FP32  # 4% faster; 1.6% is not enough
     measure, _ = fake_measure(clock, {FP32_XLA: (6.0, 0.250), BF16: (2.5, 0.246)})
-    assert precision.probe([FP32_XLA, BF16], measure=measure, steps=10**6,
+    assert step_settings.probe([FP32_XLA, BF16], measure=measure, steps=10**6,
                            clock=clock).chosen == FP32_XLA
 
 
@@ -113,7 +113,7 @@ def test_probe_stays_within_its_budget():
     # more and is always measured, no other fits.
     clock = FakeClock()
     measure, calls = fake_measure(clock, TIMINGS)
-    result = precision.probe(list(TIMINGS), measure=measure, steps=200, clock=clock)
+    result = step_settings.probe(list(TIMINGS), measure=measure, steps=200, clock=clock)
     assert calls == [FP32_XLA] and result.chosen == FP32_XLA
     assert [r["step_seconds"] for r in result.rows] == [0.25, None, None, None]
     assert "over the probe's budget" in result.table()
@@ -121,7 +121,7 @@ def test_probe_stays_within_its_budget():
     # takes the first three only.
     clock = FakeClock()
     measure, calls = fake_measure(clock, TIMINGS)
-    result = precision.probe(list(TIMINGS), measure=measure, steps=10**6, clock=clock,
+    result = step_settings.probe(list(TIMINGS), measure=measure, steps=10**6, clock=clock,
                              max_seconds=18)
     assert calls == [FP32_XLA, BF16, FP32] and result.chosen == BF16
 
@@ -139,37 +139,37 @@ def test_choice_is_recorded_then_reused_on_resume_and_from_the_cache(tmp_path, b
                   write=True, say=said.append)
 
     def record(run):
-        return tmp_path / run / precision.RUN_FILE
+        return tmp_path / run / step_settings.RUN_FILE
 
-    first = precision.choose_step_settings(task, batch, record=record("a"), measure=measure,
+    first = step_settings.choose_step_settings(task, batch, record=record("a"), measure=measure,
                                            **kwargs)
     assert first.chosen == BF16 and calls == [FP32, BF16]
     assert task.backbone.compute_dtype == "bfloat16" and task.jit_compile is False
-    assert json.loads((tmp_path / "a" / precision.RUN_FILE).read_text())["chosen"] == {
+    assert json.loads((tmp_path / "a" / step_settings.RUN_FILE).read_text())["chosen"] == {
         "precision": "mixed_bfloat16", "jit_compile": False}
     assert any("bf16 no XLA (chosen)" in line for line in said)
     # --resume: the run's record; a new run on this machine: the cache. Nothing is timed.
-    precision.set_precision(task, "float32")
-    again = precision.choose_step_settings(task, batch, record=record("a"),
+    step_settings.set_precision(task, "float32")
+    again = step_settings.choose_step_settings(task, batch, record=record("a"),
                                            measure=_measure_never, **kwargs)
     assert again.chosen == BF16 and again.source == "run directory"
     assert task.backbone.compute_dtype == "bfloat16"
-    other = precision.choose_step_settings(task, batch, record=record("b"),
+    other = step_settings.choose_step_settings(task, batch, record=record("b"),
                                            measure=_measure_never, **kwargs)
     assert other.chosen == BF16 and other.source == "cache"
     # Another shape is another key: measured again.
     measure, calls = fake_measure(clock, {FP32: (1.0, 0.1), BF16: (1.0, 0.3)})
     x, y, w = batch
     shorter = ({k: v[:4] for k, v in x.items()}, y[:4], w[:4])
-    third = precision.choose_step_settings(task, shorter, record=record("c"),
+    third = step_settings.choose_step_settings(task, shorter, record=record("c"),
                                            measure=measure, **kwargs)
     assert third.chosen == FP32 and calls == [FP32, BF16]
     # Explicit settings are never timed; a multi-process run takes the first candidate.
-    explicit = precision.choose_step_settings(
+    explicit = step_settings.choose_step_settings(
         task, batch, **{**kwargs, "mixed_precision": "mixed_bfloat16"}, record=record("d"),
         measure=_measure_never)
     assert explicit.chosen == BF16 and explicit.source == "recipe"
-    multi = precision.choose_step_settings(
+    multi = step_settings.choose_step_settings(
         task, batch, **{**kwargs, "cache_dir": None}, record=record("e"),
         measure=_measure_never, multi_process=True)
     assert multi.chosen == FP32
@@ -193,9 +193,9 @@ def bert_task(tmp_path):
 def test_real_probe_leaves_the_task_as_it_found_it(tmp_path, bert_task):
     task, batch, _ = bert_task
     before = [np.array(v.numpy()) for v in task.variables]
-    result = precision.choose_step_settings(
+    result = step_settings.choose_step_settings(
         task, batch, mixed_precision="auto", jit_compile=False, steps=10**6,
-        record=tmp_path / "run" / precision.RUN_FILE, cache_dir=None, write=False,
+        record=tmp_path / "run" / step_settings.RUN_FILE, cache_dir=None, write=False,
         say=lambda _: None)
     assert [r["label"] for r in result.rows] == ["fp32 no XLA", "bf16 no XLA"]
     assert all(r["step_seconds"] > 0 for r in result.rows)
@@ -227,11 +227,11 @@ def test_mixed_precision_trains_and_saves_a_float32_preset(tmp_path, bert_task, 
                                                            tolerance):
     import keras_hub
 
-    from mlm.hub import load_masked_lm
+    from mlm.preset_loading import load_masked_lm
     from mlm.run import checkpoints
 
     task, batch, preprocessor = bert_task
-    precision.apply(task, StepSettings(policy, False))
+    step_settings.apply(task, StepSettings(policy, False))
     x, y, w = batch
     losses = [float(task.train_on_batch(x, y, sample_weight=w, return_dict=True)["loss"])
               for _ in range(3)]
@@ -250,7 +250,7 @@ def test_mixed_precision_trains_and_saves_a_float32_preset(tmp_path, bert_task, 
         got = np.asarray(reloaded.predict_on_batch(x))
         # float32 logits of the same weights: within the precision's rounding.
         np.testing.assert_allclose(got, expected, atol=tolerance * max(1, np.abs(got).max()))
-    precision.apply(reloaded, StepSettings(policy, False))  # same precision: same logits
+    step_settings.apply(reloaded, StepSettings(policy, False))  # same precision: same logits
     np.testing.assert_allclose(np.asarray(reloaded.predict_on_batch(x), dtype="float32"),
                                expected, atol=1e-6)
 
@@ -277,7 +277,7 @@ def test_a_bf16_run_exports_a_preset_keras_hub_alone_loads(bf16_run):
     """)
     assert out.split() == ["BertMaskedLM", "BertTextClassifier", "BertBackbone", "float32",
                            "(1,", "2)", "False"]
-    recorded = json.loads((bf16_run / precision.RUN_FILE).read_text())
+    recorded = json.loads((bf16_run / step_settings.RUN_FILE).read_text())
     assert recorded["chosen"]["precision"] == "mixed_bfloat16"
 
 
