@@ -191,7 +191,7 @@ def main(argv=None) -> int:
             summary = pretrain(args.recipe, budget=budget, run_dir=run_dir, seed=0)
             preset = summary["preset"]
         for task in args.tasks.split(","):
-            for per_class in (args.few, args.many):
+            for per_class in (n for n in (args.few, args.many) if n > 0):  # 0: skip
                 folder = args.work_dir / label / task / f"per-class-{per_class}"
                 row = measure(preset, task=task, per_class=per_class, seeds=args.seeds,
                               folder=folder, overrides=args.set)

@@ -20,6 +20,7 @@ from mlm.preset_loading import load_masked_lm
 from mlm.run import checkpoints
 from mlm.run.directory import RunDir
 from tests.conftest import (
+    TINY_VOCABULARY,
     max_weight_difference,
     pretrain_arguments,
     pretrain_process,
@@ -203,16 +204,16 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_one(
 
 # Untrusted presets.
 
-_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
+
 
 
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory):
     """A tiny BertMaskedLM preset folder."""
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=_VOCAB, lowercase=True)
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCABULARY, lowercase=True)
     preprocessor = keras_hub.models.BertMaskedLMPreprocessor(tokenizer, sequence_length=8)
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(_VOCAB), num_layers=1, num_heads=1, hidden_dim=8,
+        vocabulary_size=len(TINY_VOCABULARY), num_layers=1, num_heads=1, hidden_dim=8,
         intermediate_dim=16, max_sequence_length=8,
     )
     path = tmp_path_factory.mktemp("presets") / "clean"

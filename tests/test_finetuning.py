@@ -22,7 +22,7 @@ from mlm.errors import MlmError
 from mlm.finetuning import data
 from mlm.finetuning.config import FinetuneConfig, load_finetune_config
 from mlm.finetuning.metrics import classification_metrics
-from tests.conftest import run_mlm, sample_documents
+from tests.conftest import TINY_VOCABULARY, run_mlm, sample_documents
 
 # The recipe file of this checkout (the installed `mlm.presets` may be another's).
 RECIPE = str(Path(__file__).resolve().parents[1] / "presets" / "finetune.json")
@@ -138,9 +138,8 @@ def test_epochs_scale_with_the_labelled_set():
 def test_an_automatic_length_is_capped_but_an_asked_one_is_not():
     from mlm.finetuning.classifier import choose_sequence_length
 
-    tokenizer = keras_hub.models.BertTokenizer(vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]",
-                                                           "[MASK]", "word"])
-    long_text, short_text = " ".join(["word"] * 400), "word word"
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCABULARY)
+    long_text, short_text = " ".join(["cat"] * 400), "the cat"
     assert choose_sequence_length(tokenizer, [short_text], requested=0, maximum=512,
                                   cap=256) == 8
     assert choose_sequence_length(tokenizer, [long_text], requested=0, maximum=512,

@@ -100,11 +100,10 @@ def test_tokenizing_progress_follows_the_progress_flag(tmp_path, capsys):
     import keras_hub
 
     from mlm.data.token_cache import load_or_build_cache
+    from tests.conftest import TINY_VOCABULARY
 
-    tokenizer = keras_hub.tokenizers.BertTokenizer(
-        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
-    )
-    documents = {"train": lambda: ["a b", "b a a"], "held_out": lambda: ["a"]}
+    tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=TINY_VOCABULARY)
+    documents = {"train": lambda: ["the cat", "cat the the"], "held_out": lambda: ["the"]}
     load_or_build_cache(documents, tokenizer, cache_root=tmp_path, key="quiet", progress=False)
     assert capsys.readouterr().err == ""
     load_or_build_cache(documents, tokenizer, cache_root=tmp_path, key="shown", progress=True)

@@ -6,8 +6,9 @@ import pytest
 
 from mlm.data.token_cache import cache_key, load_or_build_cache, tokenizer_fingerprint
 from mlm.errors import MlmError
+from tests.conftest import TINY_VOCABULARY
 
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
+VOCAB = TINY_VOCABULARY
 UNK, SEP = 1, 3
 THE, CAT, SAT, ON, MAT, DOT = 5, 6, 7, 8, 9, 10
 
