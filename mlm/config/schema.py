@@ -72,6 +72,14 @@ class VocabConfig:
     # the reference ALBERT, DeBERTaV3, FNet and XLM-R models; turn it on for
     # text with many rare characters (several scripts, emoji, code).
     byte_fallback: bool = False
+    # Learn the vocabulary from at most this many training documents, drawn
+    # uniformly at random (a seeded reservoir sample, one pass over the
+    # corpus), so that its memory and time stop growing with the corpus, as
+    # SentencePiece's `input_sentence_size` bounds its own. 0: every document.
+    # Tokenizing still reads every document.
+    sample: int = 0
+    # Seeds that sample.
+    sample_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

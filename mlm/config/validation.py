@@ -128,10 +128,11 @@ def _validate_corpus(c: CorpusConfig) -> None:
 
 
 def _validate_vocab(v: VocabConfig) -> None:
-    """The vocabulary size and minimum frequency are in range."""
+    """The vocabulary size, minimum frequency and sample are in range."""
     _raise_first_failure([
         ("vocab.size", v.size, v.size >= 100, "at least 100"),
         ("vocab.min_frequency", v.min_frequency, v.min_frequency >= 1, "at least 1"),
+        ("vocab.sample", v.sample, v.sample >= 0, "at least 0 (0: every document)"),
     ])
 
 

@@ -11,8 +11,10 @@ functions, so the same recipe and corpus give the same ids either way.
 
 import collections
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+import numpy as np
 
 from mlm.architectures import ARCHITECTURES, Architecture
 from mlm.config import VocabConfig
@@ -37,14 +39,37 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
     path = vocab.vocabulary_path(out_dir, family=family)
     if path.exists():
         return path
-    say(f"training a {family} vocabulary of up to {config.size:,} entries")
+    say(f"training a {family} vocabulary of up to {config.size:,} entries"
+        + (f" on a sample of at most {config.sample:,} documents" if config.sample else ""))
+    label = "vocabulary: sampling documents" if config.sample else "vocabulary: counting words"
+    documents = _with_progress(source, label=label, quiet=quiet)
+    if config.sample:
+        documents = sample_documents(documents, size=config.sample, seed=config.sample_seed)
     vocab.train_vocabulary(
-        _with_progress(source, label="vocabulary: counting words", quiet=quiet),
+        documents,
         family=family, size=config.size, lowercase=config.lowercase,
         min_frequency=config.min_frequency, out_dir=out_dir,
         special_tokens=arch.special_tokens, byte_fallback=config.byte_fallback,
     )
     return path
+
+
+def sample_documents(documents: Iterable[str], *, size: int, seed: int) -> list[str]:
+    """At most `size` of `documents`, each kept with the same probability, in corpus order.
+
+    One pass, memory of `size` documents (reservoir sampling, Vitter's
+    Algorithm R), seeded by `seed`: the same corpus gives the same sample.
+    """
+    rng = np.random.default_rng(seed)
+    kept: list[tuple[int, str]] = []  # (position in the corpus, document)
+    for index, document in enumerate(documents):
+        if index < size:
+            kept.append((index, document))
+        else:
+            slot = int(rng.integers(index + 1))  # uniform in 0..index
+            if slot < size:
+                kept[slot] = (index, document)
+    return [document for _, document in sorted(kept)]
 
 
 def load_tokenizer(path: Path, *, family: str, lowercase: bool, arch: Architecture):
