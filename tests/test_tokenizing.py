@@ -64,3 +64,88 @@ def test_the_vocabulary_is_learned_from_the_sample_only(tmp_path):
 def test_a_negative_sample_is_refused():
     with pytest.raises(MlmError, match="'vocab.sample' must be at least 0"):
         small_recipe(overrides=["vocab.sample=-1"])
+
+
+# Held-out text that tests the byte-level splits: accents, CJK, emoji, long words, runs
+# of spaces, tabs and newlines, punctuation glued to words, digits.
+HOSTILE = [
+    "Café naïve résumé: Ångström coöperate, façade déjà vu.",
+    "中文文本没有空格，日本語のテキスト、한국어 텍스트。",
+    "Emoji 😀👍🏽 and flags 🇫🇷🇩🇪, zero-width\u200bjoiner 👨\u200d👩\u200d👧.",
+    "a" * 300 + " " + "Pneumonoultramicroscopicsilicovolcanoconiosis" * 3,
+    "  leading spaces,   runs   of  spaces\tand\ttabs\n\nand\r\nnewlines  ",
+    "It's 3.14159 o'clock; don't (won't) [can't] {shan't} <isn't>!?",
+    "And God said, Let there be light: and there was light.",
+]
+
+
+@pytest.fixture(scope="module")
+def roberta_tokenizer(tmp_path_factory):
+    from mlm.data import vocab
+    from tests.conftest import sample_documents
+
+    arch = get_architecture("roberta")
+    path = vocab.train_vocabulary(
+        sample_documents(200), family="byte_bpe", size=800, lowercase=False, min_frequency=2,
+        out_dir=tmp_path_factory.mktemp("roberta"), special_tokens=arch.special_tokens)
+    return vocab.build_tokenizer(path, family="byte_bpe", lowercase=False,
+                                 tokenizer=arch.tokenizer)
+
+
+def test_the_fast_byte_level_bpe_gives_keras_hubs_ids(roberta_tokenizer):
+    from mlm.data.tokenizing import bulk_encoder, keras_hub_ids
+    from tests.conftest import sample_documents
+
+    said = []
+    held_out = sample_documents(40, start=1100)  # chapters the vocabulary never saw
+    encode = bulk_encoder(roberta_tokenizer, probe=held_out[:8], say=said.append)
+    assert encode is not None and said == []
+    texts = HOSTILE + held_out
+    assert encode(texts) == keras_hub_ids(roberta_tokenizer, texts)
+
+
+def test_wordpiece_and_sentencepiece_keep_keras_hubs_own_path():
+    import keras_hub
+
+    from mlm.data.tokenizing import bulk_encoder
+    from tests.conftest import TINY_VOCABULARY
+
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=TINY_VOCABULARY)
+    assert bulk_encoder(tokenizer, probe=["the cat"], say=print) is None
+
+
+def test_a_fast_tokenizer_that_differs_on_the_probe_is_not_used(roberta_tokenizer, monkeypatch):
+    from mlm.data import tokenizing
+    from mlm.data.vocab import byte_bpe
+
+    real = byte_bpe.hf_tokenizer_of
+
+    def without_merges(tokenizer):
+        fast = real(tokenizer)
+        from tokenizers import models
+
+        vocabulary = {str(t): int(i) for t, i in dict(tokenizer.vocabulary).items()}
+        fast.model = models.BPE(vocabulary, [])  # bytes only: other ids
+        return fast
+
+    monkeypatch.setattr(byte_bpe, "hf_tokenizer_of", without_merges)
+    said = []
+    assert tokenizing.bulk_encoder(roberta_tokenizer, probe=HOSTILE[-1:], say=said.append) is None
+    assert said and "tokenizing with keras-hub" in said[0]
+
+
+def test_a_token_cache_is_the_same_whichever_path_built_it(roberta_tokenizer, tmp_path):
+    from mlm.data import token_cache
+    from mlm.data.tokenizing import bulk_encoder
+    from tests.conftest import sample_documents
+
+    documents = {"train": lambda: HOSTILE + sample_documents(30, start=500),
+                 "held_out": lambda: sample_documents(5, start=900)}
+    encode = bulk_encoder(roberta_tokenizer, probe=HOSTILE, say=print)
+    built = {name: token_cache.load_or_build_cache(
+        documents, roberta_tokenizer, cache_root=tmp_path, key=name, progress=False, bulk=bulk)
+        for name, bulk in (("keras_hub", None), ("fast", encode))}
+    for split in token_cache.SPLITS:
+        np.testing.assert_array_equal(built["fast"].tokens(split),
+                                      built["keras_hub"].tokens(split))
+    assert built["fast"].stats == built["keras_hub"].stats

@@ -93,6 +93,7 @@ def load_or_build_cache(
     batch_size: int = 256,
     progress: bool = True,
     segmenter=None,
+    bulk=None,
 ) -> TokenCache:
     """Returns the cache entry `cache_root/key`, tokenizing only if it is missing.
 
@@ -107,6 +108,9 @@ def load_or_build_cache(
         progress: show progress with an ETA (`mlm.progress`).
         segmenter: a `mlm.data.segmenter.Segmenter` whose word labels are stored
             beside the tokens; its name must be in `key`.
+        bulk: a faster encoder giving `tokenizer`'s ids (texts -> lists of ids),
+            checked to (`mlm.data.tokenizing.bulk_encoder`); None: the keras-hub
+            tokenizer mapped over `tf.data`.
     """
     final = Path(cache_root) / key
     cached = load_cache(final)
@@ -117,7 +121,7 @@ def load_or_build_cache(
         stats = {
             split: _tokenize_split(
                 documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
-                batch_size=batch_size, segmenter=segmenter,
+                batch_size=batch_size, segmenter=segmenter, bulk=bulk,
                 bar=_progress(split, documents_by_split[split], enabled=progress),
             )
             for split in SPLITS
@@ -137,44 +141,29 @@ def load_cache(entry: Path) -> TokenCache | None:
 
 
 def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, bar,
-                    segmenter=None):
+                    segmenter=None, bulk=None):
     """Tokenizes `documents` into the flat binary file `out` (and their word labels)."""
-    import tensorflow as tf
-
     vocab_size = int(tokenizer.vocabulary_size())
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     end_id = int(tokenizer.end_token_id)
     unk_id = unknown_token_id(tokenizer)
     failures = []
-
-    def generate():
-        try:
-            yield from documents
-        except Exception as e:
-            # TensorFlow turns it into an UnknownError with a traceback in its
-            # message; the original (e.g. an MlmError naming a bad line) is
-            # raised again below.
-            failures.append(e)
-            raise
-
-    ds = tf.data.Dataset.from_generator(generate, output_signature=tf.TensorSpec([], tf.string))
-    ds = ds.batch(batch_size).map(lambda texts: (texts, tokenizer(texts)),
-                                  num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+    batches = (_bulk_batches(documents, bulk, batch_size=max(batch_size, 1024))
+               if bulk is not None else
+               _keras_hub_batches(documents, tokenizer, batch_size=batch_size, failures=failures))
     n_docs = n_tokens = n_unk = 0
     start = time.time()
     labels_out = out.with_suffix(".words.bin") if segmenter is not None else None
     with open(out, "wb") as f, _reraised(failures), (
             open(labels_out, "wb") if labels_out else contextlib.nullcontext()) as labels:
-        for texts, ragged in ds:
-            flat = ragged.flat_values.numpy()
-            ends = np.cumsum(ragged.row_lengths().numpy())
+        for texts, flat, lengths in batches:
+            ends = np.cumsum(lengths)
             # One end token after each document: doc1 [SEP] doc2 [SEP] ...
             joined = np.insert(flat, ends, end_id).astype(dtype)
             f.write(joined.tobytes())
             if labels is not None:
-                for text, ids in zip(texts.numpy(), ragged.numpy(), strict=True):
-                    labels.write(segmenter.labels(text.decode("utf-8"), np.asarray(ids)).tobytes())
+                for text, ids in zip(texts, np.split(flat, ends[:-1]), strict=True):
+                    labels.write(segmenter.labels(text, np.asarray(ids)).tobytes())
                     labels.write(b"\0")  # the end token's
             n_docs += len(ends)
             n_tokens += len(joined)
@@ -188,6 +177,47 @@ def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_siz
         "unknown_tokens": n_unk,
         "dtype": np.dtype(dtype).name,
     }
+
+
+def _keras_hub_batches(documents: Iterable[str], tokenizer, *, batch_size: int, failures: list):
+    """`(texts, flat ids, ids per text)` of `documents`, by the keras-hub tokenizer mapped over
+    a `tf.data` pipeline (its TensorFlow path, on several cores)."""
+    import tensorflow as tf
+
+    def generate():
+        try:
+            yield from documents
+        except Exception as e:
+            # TensorFlow turns it into an UnknownError with a traceback in its
+            # message; the original (e.g. an MlmError naming a bad line) is
+            # raised again by `_reraised`.
+            failures.append(e)
+            raise
+
+    ds = tf.data.Dataset.from_generator(generate, output_signature=tf.TensorSpec([], tf.string))
+    ds = ds.batch(batch_size).map(lambda texts: (texts, tokenizer(texts)),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    for texts, ragged in ds.prefetch(tf.data.AUTOTUNE):
+        yield ([t.decode("utf-8") for t in texts.numpy()], ragged.flat_values.numpy(),
+               ragged.row_lengths().numpy())
+
+
+def _bulk_batches(documents: Iterable[str], bulk, *, batch_size: int):
+    """`(texts, flat ids, ids per text)` of `documents` by `bulk` (texts -> id lists)."""
+    texts = []
+    for document in documents:
+        texts.append(document)
+        if len(texts) == batch_size:
+            yield _flattened(texts, bulk(texts))
+            texts = []
+    if texts:
+        yield _flattened(texts, bulk(texts))
+
+
+def _flattened(texts: list[str], ids: list[list[int]]):
+    lengths = np.array([len(i) for i in ids], dtype=np.int64)
+    flat = np.fromiter((t for i in ids for t in i), dtype=np.int64, count=int(lengths.sum()))
+    return texts, flat, lengths
 
 
 @contextlib.contextmanager

@@ -197,6 +197,22 @@ def hf_tokenizer(vocab_path: Path, *, lowercase: bool) -> tokenizers.Tokenizer:
     return tokenizer
 
 
+def hf_tokenizer_of(tokenizer) -> tokenizers.Tokenizer:
+    """`hf_tokenizer` of a keras-hub byte-level BPE tokenizer's own vocabulary and merges.
+
+    It gives the ids of that tokenizer's `tf.data` path (up to the known
+    differences above) from Rust, batches spread over every core.
+    """
+    vocabulary = {str(token): int(i) for token, i in dict(tokenizer.vocabulary).items()}
+    # keras-hub keeps merges.txt's lines, its "#version:" header among them.
+    merges = [tuple(str(merge).split(" ")) for merge in tokenizer.merges
+              if merge and not str(merge).startswith("#version:")]
+    fast = base_tokenizer(models.BPE(vocabulary, merges))
+    specials = get_architecture(ARCHITECTURE).special_tokens
+    fast.add_special_tokens([t for t in specials if t != _UNKNOWN and t in vocabulary])
+    return fast
+
+
 def _check_cased(lowercase: bool) -> None:
     if lowercase:
         raise MlmError(
