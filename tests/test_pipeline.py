@@ -12,6 +12,7 @@ from mlm.data.pipeline import (
     TokenIds,
     batch_schedule,
     evaluation_dataset,
+    evaluation_windows,
     num_windows,
     padding_fraction,
     read_windows,
@@ -299,10 +300,9 @@ def test_training_batches_match_the_per_window_reference(
 def test_evaluation_batches_match_the_per_window_reference(max_batches, inputs):
     tokens = _stream(12_345, doc_length=11)  # 412 windows of 30: a last batch of 12
     length, batch = 32, 16
-    windows = num_windows(len(tokens), length)
-    if max_batches:
-        windows = min(windows, max_batches * batch)
-    schedule = [(0, np.arange(s, min(s + batch, windows))) for s in range(0, windows, batch)]
+    chosen = evaluation_windows(num_windows(len(tokens), length), batch_size=batch,
+                                max_batches=max_batches, seed=4)
+    schedule = [(0, chosen[s:s + batch]) for s in range(0, len(chosen), batch)]
     expected = _reference_batches(
         tokens, schedule, count=len(schedule), salt=0x6576616C, seed=4,
         masking=MaskingConfig(), sequence_length=length, batch_size=batch, inputs=inputs,
@@ -313,6 +313,23 @@ def test_evaluation_batches_match_the_per_window_reference(max_batches, inputs):
     got = _batches(ds, len(schedule) + 1)
     _assert_same_batches(got, expected)
     assert ds.element_spec[0]["token_ids"].shape.as_list() == [None, length]
+
+
+def test_a_capped_evaluation_samples_windows_from_the_whole_split():
+    every = evaluation_windows(412, batch_size=16, max_batches=0, seed=0)
+    assert every.tolist() == list(range(412))
+    sample = evaluation_windows(412, batch_size=16, max_batches=3, seed=0)
+    assert len(sample) == len(set(sample.tolist())) == 48
+    assert sample.tolist() == sorted(sample.tolist()) and sample.max() < 412
+    # Spread over the split: each quarter holds about a quarter of the sample.
+    quarters = np.bincount(sample // 103, minlength=4)
+    assert quarters.min() >= 5, quarters
+    # Fixed by the seed; another seed, another sample; a small split is taken whole.
+    assert np.array_equal(sample, evaluation_windows(412, batch_size=16, max_batches=3, seed=0))
+    assert not np.array_equal(sample, evaluation_windows(412, batch_size=16, max_batches=3,
+                                                         seed=1))
+    assert evaluation_windows(40, batch_size=16, max_batches=3, seed=0).tolist() == list(
+        range(40))
 
 
 def test_read_windows_matches_slicing_one_window_at_a_time():

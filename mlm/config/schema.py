@@ -192,7 +192,9 @@ class TrainConfig:
     log_every: int = 50
     # Evaluate on the held-out windows every this many steps (and at the end).
     eval_every: int = 500
-    # Held-out batches per evaluation (0: all held-out windows).
+    # Held-out batches per evaluation (0: all held-out windows). The windows
+    # are a fixed sample, seeded by `seed`, spread over the whole held-out
+    # split (not its first windows, which would favour the first files).
     eval_batches: int = 50
     # Write a checkpoint every this many steps (and at the end).
     checkpoint_every: int = 500

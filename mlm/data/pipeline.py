@@ -149,10 +149,22 @@ def process_slice(
         yield epoch, window_ids[process_index * size : (process_index + 1) * size]
 
 
-def ordered_schedule(windows: int, *, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yields `(0, window_ids)` covering every window once, in order (evaluation)."""
-    for start in range(0, windows, batch_size):
-        yield 0, np.arange(start, min(start + batch_size, windows))
+def evaluation_windows(windows: int, *, batch_size: int, max_batches: int, seed: int
+                       ) -> np.ndarray:
+    """The held-out windows evaluated: all, or with `max_batches` a fixed sample of
+    `max_batches * batch_size` spread over the whole split (seeded, sorted), not the
+    first windows in file order, which would favour the first files."""
+    if not max_batches or windows <= max_batches * batch_size:
+        return np.arange(windows)
+    rng = np.random.default_rng([seed, _EVAL_SALT])
+    return np.sort(rng.choice(windows, size=max_batches * batch_size, replace=False))
+
+
+def ordered_schedule(window_ids: np.ndarray, *, batch_size: int
+                     ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields `(0, window_ids)` covering `window_ids` once, in order (evaluation)."""
+    for start in range(0, len(window_ids), batch_size):
+        yield 0, window_ids[start:start + batch_size]
 
 
 def _model_inputs(masked, positions, mask_ids, weights, *, ids, arch):
@@ -222,10 +234,9 @@ def evaluation_dataset(
     max_batches: int = 0,
     word_labels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Held-out windows in order with fixed masks, so evaluations compare."""
+    """Held-out windows in order with fixed masks, so evaluations compare: every window,
+    or with `max_batches` a fixed sample spread over the split (`evaluation_windows`)."""
     windows = num_windows(len(tokens), sequence_length)
-    if max_batches:
-        windows = min(windows, max_batches * batch_size)
     if windows == 0:
         raise MlmError(
             "the held-out split is empty; raise corpus.held_out_fraction or pass "
@@ -233,7 +244,9 @@ def evaluation_dataset(
             "blank lines reads as one document: set corpus.document_boundary=line)."
         )
 
-    schedule = functools.partial(ordered_schedule, windows, batch_size=batch_size)
+    chosen = evaluation_windows(windows, batch_size=batch_size, max_batches=max_batches,
+                                seed=seed)
+    schedule = functools.partial(ordered_schedule, chosen, batch_size=batch_size)
     ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids,
                          word_labels=word_labels)
     return _mask_and_batch(
