@@ -8,6 +8,7 @@ read in place instead.
 """
 
 import contextlib
+import json
 from pathlib import Path
 
 import keras
@@ -30,7 +31,7 @@ from mlm.run.log import MetricsLog, tensorboard_hint
 from mlm.run.report import write_report
 from mlm.training import distributed, step_settings
 from mlm.training.loop import train
-from mlm.training.plan import resolve_plan
+from mlm.training.plan import check_resumed, resolve_plan
 from mlm.training.task import build_preprocessor, build_task, compile_task, make_deterministic
 
 
@@ -111,6 +112,8 @@ def pretrain(
         # Every value the stages read, and every error they could raise, before tokenizing.
         plan = resolve_plan(recipe, backbone=task.backbone,
                             tokenizer=task.preprocessor.tokenizer, topology=topology)
+        if resume and run.plan.is_file():
+            check_resumed(plan, json.loads(run.plan.read_text()))
         distributed.check_agreement(topology, step=start_step, run_dir=run_dir)
         log.trim(step=start_step)  # records after the step resumed from are written again
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.

@@ -119,3 +119,31 @@ def test_strides_divide_every_boundary(intervals, start_step, cap, expected):
     # Segment ends are boundaries too.
     epoch, _ = strides(cfg, steps=steps, start_step=start_step, boundaries=[steps // 2 + 1])
     assert (steps // 2 + 1) % epoch == 0
+
+
+def test_a_resume_reads_the_plan_back_and_refuses_one_that_changed(trained_run, tmp_path):
+    import shutil
+
+    from mlm.training.plan import check_resumed
+    from tests.conftest import run_mlm
+
+    plan = _plan()
+    recorded = json.loads(json.dumps(plan.to_dict()))
+    check_resumed(plan, recorded)  # the same decisions: nothing to say
+    # More steps change the segments and the step bound, which a resume may do.
+    check_resumed(_plan("train.steps=12"), recorded)
+    with pytest.raises(MlmError, match=r"masking differ from plan.json"):
+        check_resumed(_plan("masking.selection_rate=0.3"), recorded)
+    # Through the CLI: the shared run, its plan.json edited, resumed for two more steps.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run_dir, run)
+    written = json.loads((run / "plan.json").read_text())
+    assert written["architecture"] == "bert" and written["step_settings"] == "fp32 no XLA"
+    written["ids"]["mask_id"] += 1
+    (run / "plan.json").write_text(json.dumps(written))
+    code, _, err = run_mlm("pretrain", "--run-dir", run, "--resume", "--steps", "8",
+                           in_process=True)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        "mlm: error: the run's plan changed since its first session (ids differ from "
+        "plan.json): its vocabulary, preset or recipe was edited; restore them or start a "
+        "new run.")

@@ -12,6 +12,7 @@ none of them re-derives or re-checks a value. The loop's strides come from
 """
 
 import dataclasses
+import json
 import math
 
 from mlm.architectures import Architecture, architecture_of_backbone
@@ -125,6 +126,25 @@ def resolve_plan(recipe: Recipe, *, backbone, tokenizer,
         budget_seconds=budget, max_sequence_length=limit,
         per_device_batch=plan[0].batch_size // topology.device_count,
     )
+
+
+# What a resumed session must decide as the run's first session did (the segments, step
+# bound and step settings may change: `--steps` extends a run, the probe may run again).
+_KEPT_ON_RESUME = ("architecture", "ids", "masking", "eval_masking", "max_sequence_length")
+
+
+def check_resumed(plan: RunPlan, recorded: dict) -> None:
+    """Raises `MlmError` if `plan` decides what the run's recorded plan (`plan.json` of
+    an earlier session) decided differently: its architecture, ids, masking or limits."""
+    current = json.loads(json.dumps(plan.to_dict()))  # tuples as lists, as recorded
+    changed = [key for key in _KEPT_ON_RESUME if key in recorded
+               and recorded[key] != current[key]]
+    if changed:
+        raise MlmError(
+            f"the run's plan changed since its first session ({', '.join(changed)} differ from "
+            f"plan.json): its vocabulary, preset or recipe was edited; restore them or start a "
+            f"new run."
+        )
 
 
 def strides(cfg, *, steps: int, start_step: int, boundaries=()) -> tuple[int, int]:
