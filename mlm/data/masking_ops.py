@@ -139,6 +139,24 @@ def select_whole_words(token_ids, maskable, count, seed, *, masking, ids, word_l
             f"this pipeline was not given; use masking.unit=token."
         )
     length = tf.shape(token_ids)[0]
+    word, word_ok = _words(token_ids, maskable, ids=ids, word_labels=word_labels)
+    unit_of_word = _span_of_word(word_ok, seed, span_law=masking.span_law) if by_span \
+        else tf.range(length)
+    unit = tf.gather(unit_of_word, word)  # (L,) unit index of each token
+    order, ok, sizes, taken, remaining = _take_units(unit, maskable, count, seed,
+                                                     by_span=by_span)
+    chosen = tf.scatter_nd(order[:, None], tf.cast(taken, tf.int32), [length]) > 0  # by unit
+    selected = tf.gather(chosen, unit) & maskable
+    cut = tf.constant(-1)
+    if by_span:
+        selected, cut = _cut_span(selected, unit, word, maskable, order=order,
+                                  rest=ok & ~taken, remaining=remaining)
+    return selected, unit, cut
+
+
+def _words(token_ids, maskable, *, ids, word_labels):
+    """`(L,)` word index of each token and `(L,)` whether word i has a maskable token."""
+    length = tf.shape(token_ids)[0]
     table = tf.constant(ids.word_starts, dtype=tf.bool)
     after_unmaskable = tf.concat([[True], ~maskable[:-1]], axis=0)
     starts = tf.gather(table, token_ids)
@@ -149,21 +167,34 @@ def select_whole_words(token_ids, maskable, count, seed, *, masking, ids, word_l
     word = tf.cumsum(tf.cast(starts, tf.int32)) - 1  # (L,) word index of each token
     # Words are never more than tokens: index them over L slots.
     word_ok = tf.math.unsorted_segment_max(tf.cast(maskable, tf.int32), word, length) > 0
-    unit_of_word = tf.range(length)
-    if by_span:
-        span_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-        law = tf.constant(np.log(np.asarray(masking.span_law))[None, :], dtype=tf.float32)
-        spans = tf.random.stateless_categorical(law, length, seed=span_seed)[0] + 1  # (L,)
-        first_words = tf.cumsum(tf.cast(spans, tf.int32), exclusive=True)  # (L,)
-        span_start = tf.scatter_nd(tf.minimum(first_words, length)[:, None],
-                                   tf.ones_like(first_words), [length + 1])[:length] > 0
-        # Spans never cross a special token: one starts at and after each.
-        prev_ok = tf.concat([[False], word_ok[:-1]], axis=0)
-        span_start = span_start | ~word_ok | ~prev_ok
-        unit_of_word = tf.cumsum(tf.cast(span_start, tf.int32)) - 1
-    unit = tf.gather(unit_of_word, word)  # (L,) unit index of each token
-    ones = tf.ones_like(unit)
-    unit_tokens = tf.math.unsorted_segment_sum(ones, unit, length)  # (U=L,)
+    return word, word_ok
+
+
+def _span_of_word(word_ok, seed, *, span_law):
+    """`(L,)` span index of each word: consecutive words cut into spans whose lengths in
+    words follow `span_law`, a span also ending at a special token."""
+    length = tf.shape(word_ok)[0]
+    span_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    law = tf.constant(np.log(np.asarray(span_law))[None, :], dtype=tf.float32)
+    spans = tf.random.stateless_categorical(law, length, seed=span_seed)[0] + 1  # (L,)
+    first_words = tf.cumsum(tf.cast(spans, tf.int32), exclusive=True)  # (L,)
+    span_start = tf.scatter_nd(tf.minimum(first_words, length)[:, None],
+                               tf.ones_like(first_words), [length + 1])[:length] > 0
+    # Spans never cross a special token: one starts at and after each.
+    prev_ok = tf.concat([[False], word_ok[:-1]], axis=0)
+    span_start = span_start | ~word_ok | ~prev_ok
+    return tf.cumsum(tf.cast(span_start, tf.int32)) - 1
+
+
+def _take_units(unit, maskable, count, seed, *, by_span: bool):
+    """Units in a random order, taken while they fit the budget `count`.
+
+    Returns `(order, ok, sizes, taken, remaining)`: the units in drawn order,
+    whether each holds a maskable token, its tokens, whether it was taken, and
+    the budget left.
+    """
+    length = tf.shape(unit)[0]
+    unit_tokens = tf.math.unsorted_segment_sum(tf.ones_like(unit), unit, length)  # (U=L,)
     unit_ok = tf.math.unsorted_segment_max(tf.cast(maskable, tf.int32), unit, length) > 0
     scores = tf.random.stateless_uniform([length], seed=seed)
     order = tf.argsort(tf.where(unit_ok, scores, -1.0), direction="DESCENDING")
@@ -180,21 +211,21 @@ def select_whole_words(token_ids, maskable, count, seed, *, masking, ids, word_l
         take = candidate & (cumulative <= remaining)
         taken = taken | take
         remaining = remaining - tf.reduce_sum(tf.where(take, sizes, 0))
-    chosen = tf.scatter_nd(order[:, None], tf.cast(taken, tf.int32), [length]) > 0  # by unit
-    selected = tf.gather(chosen, unit) & maskable
-    cut = tf.constant(-1)
-    if by_span:
-        # The first span passed over is cut to the whole words that fit the budget
-        # left, as SpanBERT cuts its last span (SpanBERT also cuts inside a word).
-        rest = ok & ~taken
-        cut = tf.where(tf.reduce_any(rest) & (remaining > 0),
-                       tf.gather(order, tf.argmax(tf.cast(rest, tf.int32))), -1)
-        inside = (unit == cut) & maskable
-        through = tf.cumsum(tf.cast(inside, tf.int32))  # the cut span's tokens so far
-        word_end = tf.math.unsorted_segment_max(tf.where(inside, through, 0), word, length)
-        selected = selected | (inside & (tf.gather(word_end, word) <= remaining))
-        cut = tf.where(tf.reduce_any(inside & (tf.gather(word_end, word) <= remaining)), cut, -1)
-    return selected, unit, cut
+    return order, ok, sizes, taken, remaining
+
+
+def _cut_span(selected, unit, word, maskable, *, order, rest, remaining):
+    """`selected` with the first span passed over cut to the whole words that fit the
+    budget left, as SpanBERT cuts its last span (SpanBERT also cuts inside a word);
+    and that span's index, or -1."""
+    length = tf.shape(unit)[0]
+    cut = tf.where(tf.reduce_any(rest) & (remaining > 0),
+                   tf.gather(order, tf.argmax(tf.cast(rest, tf.int32))), -1)
+    inside = (unit == cut) & maskable
+    through = tf.cumsum(tf.cast(inside, tf.int32))  # the cut span's tokens so far
+    word_end = tf.math.unsorted_segment_max(tf.where(inside, through, 0), word, length)
+    fits = inside & (tf.gather(word_end, word) <= remaining)
+    return selected | fits, tf.where(tf.reduce_any(fits), cut, -1)
 
 
 def select_tokens(token_ids, maskable, count, seed, *, masking: "Masking", num_slots: int,
