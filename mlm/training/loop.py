@@ -68,62 +68,34 @@ def train(
         training throughput in non-padding tokens per second, and the plan with
         its step settings.
     """
-    cfg, budget = plan.train, plan.budget_seconds
+    budget = plan.budget_seconds
     trained = trained_seconds(checkpoints, start_step) if budget else 0.0
     labels = word_labels or {}
     topology = topology or distributed.Topology()
-
-    def data_for(segment: schedule.Segment):
-        """The segment's batches from `start_step` (or its start) on."""
-        # Each later segment shuffles and masks from its own seed; the first keeps the
-        # run's, so a run without phases has the batches it always had.
-        return training_dataset(
-            tokens["train"], sequence_length=segment.sequence_length,
-            batch_size=segment.batch_size, masking=plan.masking, ids=plan.ids,
-            seed=cfg.seed + _SEGMENT_SEED_STRIDE * segment.index,
-            start_step=max(start_step - segment.start, 0), arch=plan.arch,
-            process_index=topology.process_index, process_count=topology.process_count,
-            word_labels=labels.get("train"),
-        )
-
-    def tokens_per_step(segment: schedule.Segment) -> float:
-        length = segment.sequence_length
-        return segment.batch_size * length * (1 - padding_fraction(len(tokens["train"]), length))
-
+    data_for = _batches(plan, tokens["train"], labels=labels.get("train"),
+                        start_step=start_step, topology=topology)
     first = next((s for s in plan.segments if s.end > start_step), plan.segments[-1])
     data = data_for(first)
     # Before the probe, whose traced train function the loop then reuses.
     task.steps_per_execution = plan.strides(start_step)[1]
-    chosen = step_settings.choose_step_settings(
-        task, next(distributed.host_batches(data.take(1), backend=keras.backend.backend())),
-        mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
-        steps=plan.steps - start_step, record=checkpoints.step_settings, cache_dir=settings_cache,
-        max_seconds=None if budget is None else 0.1 * max(budget - trained, 0.0),
-        write=topology.is_chief, say=log.say, multi_process=topology.process_count > 1,
-    ).chosen
-    plan = plan.with_settings(chosen)
-    if topology.is_chief:
-        checkpoints.write_plan(plan)
-
-    def evaluate(step):
-        result = evaluate_tokens(
-            task, tokens["held_out"], sequence_length=plan.recipe.model.sequence_length,
-            masking=plan.eval_masking, ids=plan.ids, batch_size=cfg.batch_size, seed=cfg.seed,
-            max_batches=cfg.eval_batches, arch=plan.arch, word_labels=labels.get("held_out"),
-        )
-        log.write({"step": step, "split": "held_out", **result})
-        log.say(
-            f"step {step}: held-out masked accuracy {result['accuracy']:.4f}, "
-            f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.1f}"
-        )
-        return result
-
+    plan = _with_measured_settings(
+        task, plan, batch=next(distributed.host_batches(data.take(1),
+                                                        backend=keras.backend.backend())),
+        start_step=start_step, trained=trained, checkpoints=checkpoints,
+        settings_cache=settings_cache, log=log, topology=topology)
+    evaluate = _evaluator(task, plan, tokens["held_out"], labels=labels.get("held_out"),
+                          log=log)
     if budget is not None and trained >= budget:
         log.say(f"the run has trained its budget of {format_duration(budget)}; "
                 f"raise train.budget to extend")
     elif start_step >= plan.steps:
         log.say(f"the run is already at step {start_step} of {plan.steps}; pass --steps to extend")
     start = evaluate(start_step) if start_step == 0 else {}
+
+    def tokens_per_step(segment: schedule.Segment) -> float:
+        length = segment.sequence_length
+        return segment.batch_size * length * (1 - padding_fraction(len(tokens["train"]), length))
+
     loop = _Loop(task, plan=plan, checkpoints=checkpoints, start_step=start_step, log=log,
                  topology=topology, evaluate=evaluate, trained=trained,
                  tokens_per_step=tokens_per_step)
@@ -133,16 +105,74 @@ def train(
     with _stop_requests() as stop, progress as bar:
         loop.run(lambda segment: data if segment is first else data_for(segment),
                  stop=stop, bar=bar)
-    result = loop.held_out or start
-    throughput = loop.throughput
+    return _summary(loop, plan=plan, start=start)
+
+
+def _batches(plan: RunPlan, train_tokens, *, labels, start_step: int,
+             topology: distributed.Topology):
+    """`segment -> its training batches from start_step (or its start) on`."""
+    def data_for(segment: schedule.Segment):
+        # Each later segment shuffles and masks from its own seed; the first keeps the
+        # run's, so a run without phases has the batches it always had.
+        return training_dataset(
+            train_tokens, sequence_length=segment.sequence_length,
+            batch_size=segment.batch_size, masking=plan.masking, ids=plan.ids,
+            seed=plan.train.seed + _SEGMENT_SEED_STRIDE * segment.index,
+            start_step=max(start_step - segment.start, 0), arch=plan.arch,
+            process_index=topology.process_index, process_count=topology.process_count,
+            word_labels=labels,
+        )
+
+    return data_for
+
+
+def _with_measured_settings(task, plan: RunPlan, *, batch, start_step: int, trained: float,
+                            checkpoints: Checkpoints, settings_cache, log,
+                            topology: distributed.Topology) -> RunPlan:
+    """The plan with the train step's settings ("auto" measured on `batch`), recorded."""
+    cfg, budget = plan.train, plan.budget_seconds
+    chosen = step_settings.choose_step_settings(
+        task, batch, mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
+        steps=plan.steps - start_step, record=checkpoints.step_settings, cache_dir=settings_cache,
+        max_seconds=None if budget is None else 0.1 * max(budget - trained, 0.0),
+        write=topology.is_chief, say=log.say, multi_process=topology.process_count > 1,
+    ).chosen
+    plan = plan.with_settings(chosen)
+    if topology.is_chief:
+        checkpoints.write_plan(plan)
+    return plan
+
+
+def _evaluator(task, plan: RunPlan, held_out_tokens, *, labels, log):
+    """`step -> held-out metrics`, logged: the plan's evaluation masking and sample."""
+    cfg = plan.train
+
+    def evaluate(step):
+        result = evaluate_tokens(
+            task, held_out_tokens, sequence_length=plan.recipe.model.sequence_length,
+            masking=plan.eval_masking, ids=plan.ids, batch_size=cfg.batch_size, seed=cfg.seed,
+            max_batches=cfg.eval_batches, arch=plan.arch, word_labels=labels,
+        )
+        log.write({"step": step, "split": "held_out", **result})
+        log.say(
+            f"step {step}: held-out masked accuracy {result['accuracy']:.4f}, "
+            f"loss {result['loss']:.4f}, perplexity {result['perplexity']:.1f}"
+        )
+        return result
+
+    return evaluate
+
+
+def _summary(loop: "_Loop", *, plan: RunPlan, start: dict) -> dict:
+    """What `train` returns: the evaluations, steps, time and throughput of the session."""
     # The first window includes tracing and XLA compilation: leave it out when we can.
-    steady = throughput[1:] or throughput
+    steady = loop.throughput[1:] or loop.throughput
     return {
         "steps": loop.step,
-        **({"trained_seconds": round(loop.trained, 1)} if budget else {}),
+        **({"trained_seconds": round(loop.trained, 1)} if plan.budget_seconds else {}),
         "held_out_start": start,
-        "held_out": result,
-        "step_settings": chosen.label(),
+        "held_out": loop.held_out or start,
+        "step_settings": plan.settings.label(),
         "train_tokens_per_second": (
             sum(t for t, _ in steady) / max(sum(s for _, s in steady), 1e-9) if steady else None
         ),
