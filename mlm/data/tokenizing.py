@@ -101,7 +101,9 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
 
     cache = token_cache.load_cache(cache_root / key)
     if cache is None:
-        probe = list(itertools.islice(corpus.iter_documents(source, split="train"), _PROBE))
+        def probe() -> list[str]:
+            return list(itertools.islice(corpus.iter_documents(source, split="train"), _PROBE))
+
         cache = token_cache.load_or_build_cache(
             {split: functools.partial(documents, split) for split in token_cache.SPLITS},
             tokenizer, cache_root=cache_root, key=key, progress=not quiet,
@@ -118,7 +120,7 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
 _PROBE = 256
 
 
-def bulk_encoder(tokenizer, *, probe: list[str], say: Callable[[str], None]):
+def bulk_encoder(tokenizer, *, probe, say: Callable[[str], None]):
     """A faster encoder of `tokenizer`'s ids (texts -> lists of ids), or None.
 
     Byte-level BPE (RoBERTa) only: keras-hub's `tf.data` path runs its merges
@@ -127,7 +129,8 @@ def bulk_encoder(tokenizer, *, probe: list[str], say: Callable[[str], None]):
     For WordPiece and SentencePiece keras-hub's own path is as fast or faster
     (`mlm.data.vocab.hf_tokenizer`: 0.4 s against 1-1.6 s for the sample), so
     they keep it. The encoder is used only if it gives keras-hub's ids on
-    `probe` (the first training documents); otherwise keras-hub tokenizes and
+    `probe` (the first training documents, or a callable returning them, read only
+    for a family that has a bulk encoder); otherwise keras-hub tokenizes and
     that is said.
     """
     if type(tokenizer).__name__ != "RobertaTokenizer":
@@ -139,6 +142,7 @@ def bulk_encoder(tokenizer, *, probe: list[str], say: Callable[[str], None]):
     def encode(texts: list[str]) -> list[list[int]]:
         return [e.ids for e in fast.encode_batch(texts, add_special_tokens=False)]
 
+    probe = probe() if callable(probe) else probe
     if probe and encode(probe) != keras_hub_ids(tokenizer, probe):
         say("tokenizing with keras-hub: the fast byte-level BPE tokenizer differs from it on "
             "the corpus's first documents")
