@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from mlm import atomic
+from mlm import atomic, machine_cache
 from mlm.architectures import (
     architecture_of_backbone,
     get_architecture,
@@ -29,9 +29,9 @@ from mlm.run.directory import RunDir
 from mlm.run.export import write_model_card
 from mlm.run.log import MetricsLog, tensorboard_hint
 from mlm.run.report import write_report
-from mlm.training import distributed, step_settings
+from mlm.training import distributed
 from mlm.training.loop import train
-from mlm.training.plan import check_resumed, resolve_plan
+from mlm.training.plan import check_batches, check_resumed, resolve_plan
 from mlm.training.task import build_preprocessor, build_task, compile_task, make_deterministic
 
 
@@ -82,12 +82,16 @@ def pretrain(
     """
     run_dir = Path(run_dir)
     topology = topology or distributed.Topology()
-    settings_cache = Path(settings_cache) if settings_cache else step_settings.default_cache_dir()
+    settings_cache = Path(settings_cache) if settings_cache else machine_cache.root()
     chief = topology.is_chief
     if resume:
         recipe = directory.with_steps(directory.load_run_recipe(run_dir), recipe.train.steps,
                                       recipe.train.budget)
+    check_batches(recipe, topology=topology)  # before a vocabulary is learned or text read
     source = open_source(recipe, run_dir=run_dir)
+    # Before a vocabulary is learned or text tokenized: every host runs one recipe on one text.
+    distributed.check_same(topology, {"recipe": recipe_identity(recipe),
+                                      "corpus": corpus_identity(source)}, advice=SAME_RUN_ADVICE)
     if not resume and chief:
         directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     run = RunDir(run_dir)
@@ -114,6 +118,9 @@ def pretrain(
                             tokenizer=task.preprocessor.tokenizer, topology=topology)
         if resume and run.plan.is_file():
             check_resumed(plan, json.loads(run.plan.read_text()))
+        distributed.check_same(
+            topology, {"vocabulary": token_cache.tokenizer_fingerprint(
+                task.preprocessor.tokenizer)}, advice=SAME_RUN_ADVICE)
         distributed.check_agreement(topology, step=start_step, run_dir=run_dir)
         log.trim(step=start_step)  # records after the step resumed from are written again
         # Batches come preprocessed from mlm.data.pipeline; the preprocessor is saved alongside.
@@ -170,6 +177,30 @@ def continue_pretraining(
     recipe = recipe or load_recipe("continue_pretraining")
     recipe = apply_overrides(recipe, [*overrides, f"model.preset={preset}"])
     return pretrain(recipe, run_dir=run_dir, **kwargs)
+
+
+# What a process whose recipe, corpus or vocabulary differs from process 0's is told.
+SAME_RUN_ADVICE = ("every process must run the same recipe (--recipe, --set, --steps) on the "
+                   "same text and vocabulary; start every host with the same command and corpus.")
+
+
+def recipe_identity(recipe: Recipe) -> str:
+    """The recipe as the processes of one run must share it: without the places of its
+    corpus and preset, which may differ from host to host (their content is checked)."""
+    data = recipe.to_dict()
+    for section, field in (("corpus", "paths"), ("corpus", "held_out_paths"),
+                           ("corpus", "prepared"), ("model", "preset")):
+        data[section][field] = None
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def corpus_identity(source) -> str:
+    """What the run reads: the corpus fingerprint (content and reading settings), or the
+    prepared corpus's corpus and tokenizer fingerprints."""
+    if isinstance(source, prepared.PreparedCorpus):
+        return json.dumps([source.manifest["corpus_fingerprint"],
+                           source.manifest["tokenizer_fingerprint"]])
+    return source.fingerprint
 
 
 def open_source(recipe: Recipe, *, run_dir: Path):
@@ -308,21 +339,36 @@ def corpus_tokens(source, tokenizer, *, recipe: Recipe, run_dir: Path,
 def tokenize_corpus(
     source, tokenizer, *, run_dir: Path, log: MetricsLog, segmenter: str = ""
 ) -> token_cache.TokenCache:
-    """The token cache of `source`, built on first use under `run_dir/cache`.
+    """The token cache entry of `source`, built on first use in the machine cache.
 
-    With a `segmenter` (`masking.segmenter`), every token's word label is
-    stored too (`mlm.data.segmenter`).
+    The entry lives in `mlm.machine_cache` (`tokens/<key>`), keyed by the
+    corpus and the tokenizer: a run that fails keeps it, and every run of the
+    same corpus and tokenizer on this machine reads it instead of tokenizing.
+    The entry is recorded in `metrics.jsonl`, where the report and a resumed
+    session find it (a run directory from before kept its entry in
+    `run_dir/cache/`, read where it is). With a `segmenter` (`masking.segmenter`), every token's
+    word label is stored too (`mlm.data.segmenter`).
 
     What the reader repaired or skipped on the way (see `corpus.iter_documents`)
     is reported on stderr and in `metrics.jsonl` when the cache is built.
     """
-    cache, tallies = tokenizing.tokenize(
-        source, tokenizer, cache_root=RunDir(run_dir).cache,
-        key=token_cache.cache_key(source.fingerprint, tokenizer, segmenter=segmenter),
-        segmenter=segmenter, say=log.say, quiet=log.quiet)
+    key = token_cache.cache_key(source.fingerprint, tokenizer, segmenter=segmenter)
+    recorded = [Path(r["path"]) for r in log.read() if r.get("part") == "tokens"]
+    # Where this run read these tokens before (a resume), else the machine cache.
+    found = [p for p in [*recorded[::-1], RunDir(run_dir).cache / key]
+             if p.name == key and token_cache.load_cache(p)]
+    root = found[0].parent if found else machine_cache.root() / machine_cache.TOKENS
+    # Two runs on this machine that need the same entry build it once.
+    with contextlib.nullcontext() if found else machine_cache.building(root / key):
+        cache, tallies = tokenizing.tokenize(
+            source, tokenizer, cache_root=root, key=key, segmenter=segmenter, say=log.say,
+            quiet=log.quiet)
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
             log.write({"split": "corpus", "part": split, **tally})
+    if not any(r.get("part") == "tokens" and r.get("path") == str(cache.path)
+               for r in log.read()):
+        log.write({"split": "corpus", "part": "tokens", "path": str(cache.path)})
     return cache
 
 

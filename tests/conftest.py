@@ -20,10 +20,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _private_settings_cache(tmp_path_factory):
-    """Measured step settings (`mlm.training.step_settings`) cached per test session,
-    not per user."""
+def _session_machine_cache(tmp_path_factory):
+    """The machine cache (`mlm.machine_cache`) of the session-scoped fixtures' runs, not
+    the user's."""
     os.environ["MLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("mlm_cache"))
+    return Path(os.environ["MLM_CACHE_DIR"])
+
+
+@pytest.fixture(autouse=True)
+def _private_machine_cache(_session_machine_cache, tmp_path_factory, monkeypatch):
+    """Each test's own machine cache, so that no test finds a vocabulary or tokens that
+    another test's run left; only the measured step settings
+    (`mlm.training.step_settings`) are shared by the session."""
+    from mlm import machine_cache
+
+    root = tmp_path_factory.mktemp("mlm_cache")
+    shared = _session_machine_cache / machine_cache.STEP_SETTINGS
+    shared.mkdir(exist_ok=True)
+    (root / machine_cache.STEP_SETTINGS).symlink_to(shared, target_is_directory=True)
+    monkeypatch.setenv("MLM_CACHE_DIR", str(root))
+    return root
 
 
 def sample_documents(count: int, *, start: int = 0) -> list[str]:
@@ -191,6 +207,12 @@ def run_python(code: str, *, env=None) -> str:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
+
+
+def token_entry(run_dir) -> Path:
+    """The token cache entry a run recorded reading (in the machine cache)."""
+    (path,) = {r["path"] for r in read_metrics(run_dir) if r.get("part") == "tokens"}
+    return Path(path)
 
 
 def read_metrics(run_dir) -> list[dict]:

@@ -13,7 +13,7 @@ from mlm.architectures import get_architecture
 from mlm.config import MaskingConfig
 from mlm.data.pipeline import TokenIds, batch_schedule, process_slice, training_dataset
 from mlm.errors import MlmError
-from mlm.training.distributed import Topology, peer_failures
+from mlm.training.distributed import Topology, check_same, peer_failures
 from tests.conftest import (
     JAX_RUN_OVERRIDES,
     max_weight_difference,
@@ -114,14 +114,43 @@ def test_a_failed_collective_becomes_one_line_and_other_errors_pass_through():
         raise lost
 
 
+def test_processes_that_differ_are_named_and_the_same_pass(monkeypatch):
+    from jax.experimental import multihost_utils
+
+    from mlm.training.distributed import agreement_code
+
+    three = Topology(process_index=0, process_count=3, device_count=3)
+    mine = {"recipe": "r", "corpus": "c"}
+    everyone = [mine, {"recipe": "r", "corpus": "other text"},
+                {"recipe": "r", "corpus": "more text"}]
+
+    def gather(codes):  # every process's codes, in process order
+        assert codes.tolist() == [agreement_code(v) for v in mine.values()]
+        return np.asarray([[agreement_code(v) for v in values.values()]
+                           for values in everyone], dtype=np.int32)
+
+    monkeypatch.setattr(multihost_utils, "process_allgather", gather)
+    with pytest.raises(MlmError) as caught:
+        check_same(three, mine, advice="start every host with the same command.")
+    assert str(caught.value) == ("process 1 has another corpus than process 0 (2 of 3 "
+                                 "processes differ); start every host with the same command.")
+    everyone[1:] = [mine, mine]
+    check_same(three, mine, advice="")  # all agree: no error
+    monkeypatch.setattr(multihost_utils, "process_allgather", None)
+    check_same(Topology(), {"recipe": "anything"}, advice="")  # one process: no collective
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _start_processes(run_dir, *, corpus, held_out, env, logs, extra=()):
-    """Starts the two processes of a loopback run; stderr goes to `logs[i]`."""
+def _start_processes(run_dir, *, corpus, held_out, env, logs, extra=(), extra_of=None):
+    """Starts the two processes of a loopback run; stderr goes to `logs[i]`.
+
+    `extra` is added to every process's command line, `extra_of[i]` to process i's.
+    """
     port = _free_port()
     procs = []
     for i in range(2):
@@ -129,7 +158,7 @@ def _start_processes(run_dir, *, corpus, held_out, env, logs, extra=()):
                "bert_test", "--set", *JAX_RUN_OVERRIDES, "--corpus", str(corpus),
                "--held-out", str(held_out), "--run-dir", str(run_dir),
                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-               "--process-id", str(i), *extra]
+               "--process-id", str(i), *extra, *(extra_of or {}).get(i, ())]
         with open(logs[i], "w") as err:
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err))
     return procs
@@ -142,6 +171,28 @@ def _wait_all(procs, *, timeout):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+@pytest.mark.slow
+def test_a_process_with_another_recipe_stops_every_process_before_any_long_work(
+    tmp_path, jax_env, small_corpus, held_out_corpus
+):
+    run_dir = tmp_path / "run"
+    logs = [tmp_path / "p0.log", tmp_path / "p1.log"]
+    procs = _start_processes(run_dir, corpus=small_corpus, held_out=held_out_corpus,
+                             env=jax_env, logs=logs,
+                             extra_of={1: ("--set", "train.learning_rate=0.002")})
+    statuses = _wait_all(procs, timeout=300)
+    for log in logs:
+        err = log.read_text()
+        assert err.strip().splitlines()[-1] == (
+            "mlm: error: process 1 has another recipe than process 0 (1 of 2 processes "
+            "differ); every process must run the same recipe (--recipe, --set, --steps) on "
+            "the same text and vocabulary; start every host with the same command and "
+            "corpus."), err
+        assert "Traceback" not in err and "vocabulary of up to" not in err  # none learned
+    assert statuses == [2, 2]
+    assert not run_dir.exists()  # checked before the run directory is made
 
 
 @pytest.mark.slow

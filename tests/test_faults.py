@@ -15,6 +15,7 @@ import keras_hub
 import numpy as np
 import pytest
 
+from mlm import atomic, machine_cache
 from mlm.errors import MlmError
 from mlm.preset_loading import load_masked_lm
 from mlm.run import checkpoints
@@ -72,6 +73,8 @@ def test_killed_stopped_and_corrupted_run_resumes_to_the_exact_weights(tmp_path,
     reference, run = tmp_path / "reference", tmp_path / "run"
     # The uninterrupted run, beside the faulty ones (the machine may have a spare core).
     args, env = _arguments(reference, corpus=small_corpus)
+    # Its own machine cache: it must not tokenize for the run below, which is killed doing so.
+    env["MLM_CACHE_DIR"] = str(tmp_path / "reference_cache")
     with open(tmp_path / "reference.log", "w") as log:
         uninterrupted = subprocess.Popen([sys.executable, "-m", "mlm", *args], env=env,
                                          stdout=log, stderr=log)
@@ -80,12 +83,17 @@ def test_killed_stopped_and_corrupted_run_resumes_to_the_exact_weights(tmp_path,
     code, _, err = _pretrain(run, corpus=small_corpus, fault="read_document:split=held_out:index=3")
     assert code == -signal.SIGKILL, err[-3000:]
     assert not checkpoints.list_checkpoints(run)
-    assert [p.startswith("cache/.") for p in _leftovers(run)] == [True]
+    tokens = machine_cache.root() / machine_cache.TOKENS
+    assert [atomic.is_temporary(p) for p in tokens.iterdir() if p.is_dir()] == [True]
+    assert _leftovers(run) == []
 
-    # 2. SIGKILL mid-step 3: the lock of the killed process does not block the resume.
+    # 2. SIGKILL mid-step 3: the locks of the killed process (the run's, the machine
+    # cache entry's) do not block the resume, which tokenizes again in place of the
+    # half-written entry.
     code, _, err = _pretrain(run, fault="train_step:step=3")
     assert code == -signal.SIGKILL, err[-3000:]
-    assert "removed what an interrupted run left half-written: cache/." in err
+    assert "tokenizing" in err
+    assert [atomic.is_temporary(p) for p in tokens.iterdir() if p.is_dir()] == [False]
     assert list(checkpoints.list_checkpoints(run)) == [2]
 
     # 3. SIGKILL mid-checkpoint-write at step 6: the preset is written, the rest not.
@@ -200,6 +208,32 @@ def test_a_full_disk_mid_checkpoint_keeps_the_previous_one(
     )
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-2"]
     assert checkpoints.verify_checkpoint(previous) is None
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_its_vocabulary_and_tokens(
+    tmp_path, monkeypatch, small_corpus
+):
+    """The run directory goes, but the machine cache keeps what took long: the next run
+    of the same corpus and recipe neither learns a vocabulary nor tokenizes."""
+    run_dir = tmp_path / "run"
+    args = ("pretrain", "--recipe", "bert_test", "--corpus", small_corpus, "--run-dir", run_dir,
+            "--steps", "4", "--set", "train.checkpoint_every=2", "train.eval_every=100")
+    monkeypatch.setenv("MLM_FAULT", "checkpoint_write:step=2:action=enospc")
+    code, _, err = run_mlm(*args, in_process=True)
+    assert code == 2 and "Traceback" not in err
+    assert "training a wordpiece vocabulary" in err and "tokenizing train" in err
+    assert not run_dir.exists()
+    monkeypatch.delenv("MLM_FAULT")
+    code, _, err = run_mlm(*args, in_process=True)
+    assert code == 0, err[-3000:]
+    assert "training a wordpiece vocabulary" not in err and "tokenizing" not in err
+    assert "vocabulary: learned before from this corpus and vocab section" in err
+    cache = machine_cache.root()
+    (vocabulary,) = (cache / machine_cache.VOCAB).glob("*/vocabulary.txt")
+    assert (run_dir / "vocab" / "vocabulary.txt").read_bytes() == vocabulary.read_bytes()
+    (entry,) = [p for p in (cache / machine_cache.TOKENS).iterdir() if p.is_dir()]
+    assert {r["path"] for r in read_metrics(run_dir) if r.get("part") == "tokens"} == {str(entry)}
 
 
 # Untrusted presets.

@@ -291,4 +291,5 @@ def test_the_run_log_reports_what_was_repaired(tmp_path, tokenizer, capsys):
             "1 NUL characters replaced by spaces") in err
     records = [{k: v for k, v in r.items() if k != "time"} for r in log.read()]
     assert records == [{"split": "corpus", "part": "train", "invalid_replaced": 1,
-                        "nul_replaced": 1, "documents": 41}]
+                        "nul_replaced": 1, "documents": 41},
+                       {"split": "corpus", "part": "tokens", "path": str(cache.path)}]

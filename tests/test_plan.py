@@ -5,13 +5,15 @@ import json
 import keras_hub
 import pytest
 
+from mlm import machine_cache
 from mlm.architectures import get_architecture
 from mlm.data.masking import Masking, max_selections
 from mlm.data.masking_ops import select_tokens, select_words
 from mlm.errors import MlmError
 from mlm.training.distributed import Topology
 from mlm.training.plan import BUDGET_STEPS, resolve_plan, strides
-from tests.conftest import TINY_VOCABULARY, small_recipe
+from tests.conftest import TINY_VOCABULARY, run_mlm, small_recipe
+from tests.test_cli import assert_one_line_error
 
 
 def _backbone(max_sequence_length=64):
@@ -94,6 +96,19 @@ def test_every_error_of_the_derived_values_is_raised_while_resolving(overrides, 
                                                                      named):
     with pytest.raises(MlmError, match=named.replace("[", r"\[")):
         _plan(*overrides, topology=topology)
+
+
+def test_a_batch_that_does_not_split_stops_a_run_before_it_reads_text(tmp_path, small_corpus):
+    run_dir = tmp_path / "run"
+    phases = 'train.phases=[{"fraction": 0.5}, {"fraction": 0.5, "batch_size": 6}]'
+    code, _, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                           "--run-dir", run_dir, "--set", "train.accumulation_steps=4", phases,
+                           in_process=True)
+    assert_one_line_error(code, err, "does not split into train.accumulation_steps=4 parts")
+    assert "vocabulary" not in err and not run_dir.exists()
+    # Nothing learned, nothing tokenized.
+    assert not any((machine_cache.root() / kind).exists()
+                   for kind in (machine_cache.VOCAB, machine_cache.TOKENS))
 
 
 @pytest.mark.parametrize(

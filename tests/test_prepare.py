@@ -11,7 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.conftest import max_weight_difference, read_metrics, run_mlm, small_recipe
+from tests.conftest import (
+    max_weight_difference,
+    read_metrics,
+    run_mlm,
+    small_recipe,
+    token_entry,
+)
 from tests.test_cli import assert_one_line_error
 
 run_main = functools.partial(run_mlm, in_process=True)
@@ -132,7 +138,7 @@ def test_prepare_with_the_vocabulary_of_a_run_gives_its_token_arrays(trained_run
     out = tmp_path / "prepared"
     run_main(*prepare_args(out, small_corpus, held_out_corpus, "--vocab",
                            trained_run.run_dir / "vocab"), check=True)
-    (entry,) = (trained_run.run_dir / "cache").iterdir()
+    entry = token_entry(trained_run.run_dir)
     assert token_arrays(out / "tokens") == token_arrays(entry)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["vocabulary"] == str(trained_run.run_dir / "vocab")

@@ -9,7 +9,7 @@ import pytest
 
 from mlm.progress import format_duration
 from mlm.run.report import wall_time
-from tests.conftest import read_metrics, run_mlm, tensorboard_scalars
+from tests.conftest import read_metrics, run_mlm, tensorboard_scalars, token_entry
 
 # Not marked slow: the shared run (`trained_run` in conftest.py) is the fast loop's
 # end-to-end run of the test recipe (pretraining, the loop, evaluation, export, the
@@ -52,7 +52,7 @@ def test_report_corpus_statistics_come_from_the_token_cache(run):
     from mlm.run.report import build_report
 
     run_dir, _, _, _ = run
-    (entry,) = (run_dir / "cache").iterdir()
+    entry = token_entry(run_dir)
     meta = json.loads((entry / "meta.json").read_text())
     vocabulary = (run_dir / "vocab" / "vocabulary.txt").read_text().splitlines()
     end_id, unk_id = vocabulary.index("[SEP]"), vocabulary.index("[UNK]")

@@ -10,13 +10,17 @@ functions, so the same recipe and corpus give the same ids either way.
 """
 
 import collections
+import dataclasses
 import functools
+import hashlib
 import itertools
+import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from mlm import atomic, machine_cache
 from mlm.architectures import ARCHITECTURES, Architecture
 from mlm.config import VocabConfig
 from mlm.data import corpus, token_cache, vocab
@@ -24,8 +28,14 @@ from mlm.progress import track
 
 
 def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture,
-                     out_dir: Path, say: Callable[[str], None], quiet: bool) -> Path:
+                     out_dir: Path, say: Callable[[str], None], quiet: bool,
+                     cache_root: Path | None = None) -> Path:
     """The main vocabulary asset in `out_dir`, learned from `source` unless already there.
+
+    It is learned once per machine into the machine cache
+    (`mlm.machine_cache`, `vocab/<key>`, keyed by `vocabulary_key`) and copied
+    to `out_dir`: a run that fails later, and every later run of the same
+    corpus and vocab section, copy it instead of learning it again.
 
     Args:
         source: the corpus; its training documents are read.
@@ -35,11 +45,38 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
         out_dir: the folder of the vocabulary files, written atomically.
         say: prints one line (what is learned).
         quiet: no progress line.
+        cache_root: the machine cache; default `mlm.machine_cache.root()`.
     """
     family = config.family or arch.tokenizer_family
     path = vocab.vocabulary_path(out_dir, family=family)
     if path.exists():
         return path
+    entry = (cache_root or machine_cache.root()) / machine_cache.VOCAB / vocabulary_key(
+        source.fingerprint, config=config, arch=arch)
+    with machine_cache.building(entry):
+        if entry.is_dir():
+            say(f"vocabulary: learned before from this corpus and vocab section ({entry})")
+        else:
+            with atomic.writing_dir(entry) as tmp:
+                _learn(source, config=config, arch=arch, family=family, out_dir=tmp, say=say,
+                       quiet=quiet)
+    atomic.copy_dir(entry, out_dir)
+    return path
+
+
+def vocabulary_key(corpus_fingerprint: str, *, config: VocabConfig, arch: Architecture) -> str:
+    """The machine cache's name for the vocabulary of this corpus, vocab section and
+    architecture tokenizer (family and special tokens)."""
+    identity = {"corpus": corpus_fingerprint, "vocab": dataclasses.asdict(config),
+                "family": config.family or arch.tokenizer_family,
+                "special_tokens": list(arch.special_tokens), "version": 1}
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, family: str,
+           out_dir: Path, say: Callable[[str], None], quiet: bool) -> None:
+    """Learns the vocabulary of `config` from `source` into `out_dir`."""
     say(f"training a {family} vocabulary of up to {config.size:,} entries"
         + (f" on a sample of at most {config.sample:,} documents" if config.sample else ""))
     label = "vocabulary: sampling documents" if config.sample else "vocabulary: counting words"
@@ -52,7 +89,6 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
         min_frequency=config.min_frequency, out_dir=out_dir,
         special_tokens=arch.special_tokens, byte_fallback=config.byte_fallback,
     )
-    return path
 
 
 def sample_documents(documents: Iterable[str], *, size: int, seed: int) -> list[str]:

@@ -369,21 +369,34 @@ def _preset_of(run_dir: Path) -> Path:
 
 
 def _run_cache(run_dir: Path, *, prepared: str):
-    """The tokens the run read: its prepared corpus's (`corpus.prepared`), else its own cache's."""
+    """The tokens the run read: its prepared corpus's (`corpus.prepared`), else the token
+    cache entry it recorded (in the machine cache), else its own `cache/` folder's."""
     from mlm.data.prepared import TOKENS
     from mlm.data.token_cache import load_cache
 
-    if not prepared:
-        return _newest_cache(run_dir)
-    cache = load_cache(Path(prepared) / TOKENS)
-    if cache is None:
-        raise MlmError(f"the run read the prepared corpus {prepared}, which is gone or "
-                       f"incomplete; restore it to report on the run.")
-    return cache
+    if prepared:
+        cache = load_cache(Path(prepared) / TOKENS)
+        if cache is None:
+            raise MlmError(f"the run read the prepared corpus {prepared}, which is gone or "
+                           f"incomplete; restore it to report on the run.")
+        return cache
+    recorded = [r["path"] for r in RunDir(run_dir).read_metrics()
+                if r.get("split") == "corpus" and r.get("part") == "tokens"]
+    if recorded:
+        cache = load_cache(Path(recorded[-1]))
+        if cache is None:
+            raise MlmError(
+                f"the run's token cache {recorded[-1]} is gone (the machine cache, "
+                f"$MLM_CACHE_DIR, cleared or another machine?); report where the run trained, "
+                f"or resume it here (`mlm pretrain --resume {run_dir}`) to tokenize again."
+            )
+        return cache
+    return _newest_cache(run_dir)
 
 
 def _newest_cache(run_dir: Path):
-    """The run's token cache entry; the newest if the corpus changed between sessions."""
+    """The run's token cache entry in its own `cache/` folder (runs from before the machine
+    cache); the newest if the corpus changed between sessions."""
     from mlm.data.token_cache import load_cache
 
     entries = [e for e in _children(RunDir(run_dir).cache) if load_cache(e) is not None]

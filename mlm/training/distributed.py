@@ -17,6 +17,7 @@ the README); nothing here imports JAX unless the JAX backend was chosen.
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib.util
 import ipaddress
 import os
@@ -318,6 +319,38 @@ def check_agreement(topology: Topology, *, step: int, run_dir) -> None:
             f"{', '.join(map(str, steps.tolist()))}); the run directory must be on a "
             f"filesystem shared by every process."
         )
+
+
+def check_same(topology: Topology, values: dict[str, str], *, advice: str) -> None:
+    """Raises `MlmError` unless every process holds the same value of each entry of `values`.
+
+    Each value (a recipe, a corpus fingerprint, a tokenizer fingerprint: any
+    text) is hashed to a 28-bit code and the codes are gathered from every
+    process, so this costs one small collective. Every process finds the same
+    difference and stops with the same line, naming the first process that
+    differs from process 0 and what differs; `advice` says what to do.
+    """
+    if topology.process_count == 1:
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    codes = np.asarray([agreement_code(v) for v in values.values()], dtype=np.int32)
+    gathered = np.asarray(multihost_utils.process_allgather(codes)).reshape(
+        topology.process_count, len(values))
+    for column, name in enumerate(values):
+        differing = [p for p in range(topology.process_count)
+                     if gathered[p, column] != gathered[0, column]]
+        if differing:
+            raise MlmError(
+                f"process {differing[0]} has another {name} than process 0 "
+                f"({len(differing)} of {topology.process_count} processes differ); {advice}"
+            )
+
+
+def agreement_code(value: str) -> int:
+    """The 28-bit code of `value` that `check_same` gathers (fits an int32)."""
+    return int(hashlib.sha256(value.encode()).hexdigest()[:7], 16)
 
 
 @contextlib.contextmanager

@@ -109,11 +109,7 @@ def resolve_plan(recipe: Recipe, *, backbone, tokenizer,
     steps = BUDGET_STEPS if budget else cfg.steps
     masking = resolve_masking(recipe.masking)
     eval_masking = resolve_masking(recipe.masking, evaluation=True)
-    plan = segments(
-        steps=steps, sequence_length=recipe.model.sequence_length,
-        batch_size=cfg.batch_size, phases=cfg.phases, batch_warmup=cfg.batch_warmup,
-        batch_multiple=math.lcm(cfg.accumulation_steps, topology.device_count),
-    )
+    plan = _segments(recipe, steps=steps, topology=topology)
     check_sequence_length(recipe.model.sequence_length, limit=limit)
     for segment in plan:
         check_segment(segment, accumulation_steps=cfg.accumulation_steps, limit=limit,
@@ -125,6 +121,25 @@ def resolve_plan(recipe: Recipe, *, backbone, tokenizer,
         masking=masking, eval_masking=eval_masking, segments=tuple(plan), steps=steps,
         budget_seconds=budget, max_sequence_length=limit,
         per_device_batch=plan[0].batch_size // topology.device_count,
+    )
+
+
+def check_batches(recipe: Recipe, *, topology: Topology) -> None:
+    """Raises `MlmError` unless every segment's batch splits over the devices of
+    `topology` and the accumulation parts: `resolve_plan`'s batch checks, made
+    from the recipe alone before a run learns a vocabulary or tokenizes."""
+    steps = BUDGET_STEPS if recipe.train.budget else recipe.train.steps
+    for segment in _segments(recipe, steps=steps, topology=topology):
+        check_segment(segment, accumulation_steps=recipe.train.accumulation_steps, limit=None,
+                      topology=topology)
+
+
+def _segments(recipe: Recipe, *, steps: int, topology: Topology) -> list[Segment]:
+    cfg = recipe.train
+    return segments(
+        steps=steps, sequence_length=recipe.model.sequence_length,
+        batch_size=cfg.batch_size, phases=cfg.phases, batch_warmup=cfg.batch_warmup,
+        batch_multiple=math.lcm(cfg.accumulation_steps, topology.device_count),
     )
 
 

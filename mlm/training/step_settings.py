@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from mlm import atomic
+from mlm import atomic, machine_cache
 
 # The record of the choice inside a run directory (`mlm.run.directory.RunDir.step_settings`).
 RUN_FILE = "step_settings.json"
@@ -328,14 +328,6 @@ def fingerprint(*, backend: str, accelerator: Accelerator, shapes: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def default_cache_dir() -> Path:
-    """`$MLM_CACHE_DIR`, else `$XDG_CACHE_HOME/mlm`, else `~/.cache/mlm`."""
-    if os.environ.get("MLM_CACHE_DIR"):
-        return Path(os.environ["MLM_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mlm"
-
-
 def read_record(path: Path, *, source: str) -> ProbeResult | None:
     """A `ProbeResult` saved at `path`, or None if there is none (or it is unreadable)."""
     try:
@@ -372,7 +364,7 @@ def choose_step_settings(task, batch, *, mixed_precision: str, jit_compile, step
     accelerator = detect_accelerator(backend)
     options = candidates(mixed_precision, jit_compile, backend=backend, accelerator=accelerator)
     key = fingerprint(backend=backend, accelerator=accelerator, shapes=_shapes(task, batch))
-    cache_path = cache_dir / "step_settings" / f"{key}.json" if cache_dir else None
+    cache_path = cache_dir / machine_cache.STEP_SETTINGS / f"{key}.json" if cache_dir else None
     found = read_record(record, source="run directory")
     if found is None and cache_path is not None:
         found = read_record(cache_path, source="cache")
