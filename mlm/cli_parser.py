@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any recipe field, e.g. --set vocab.size=50000")
     p.add_argument("--out", required=True, help="the prepared corpus folder to write")
+    p.add_argument("--hosts", type=int, default=1,
+                   help="prepare one host's share of the training documents for a run on this "
+                   "many hosts (default: %(default)s, all of them)")
+    p.add_argument("--host", type=int, default=0,
+                   help="with --hosts: the host whose share to prepare, 0 to hosts-1 (its "
+                   "--process-id)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus")
     p.add_argument("--quiet", action="store_true", help="print only errors and the result")
 

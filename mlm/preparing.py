@@ -25,6 +25,7 @@ def prepare(
     vocab_dir: str | Path | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    share: tuple[int, int] = (0, 1),
 ) -> dict:
     """Prepares `recipe.corpus` into the folder `out`: vocabulary, tokens, manifest.
 
@@ -46,6 +47,12 @@ def prepare(
             architecture family's files, learned with `recipe.vocab.lowercase`.
         overwrite: replace an existing prepared corpus at `out`.
         quiet: print nothing but errors.
+        share: `(host, hosts)`: prepare host `host`'s share of the training
+            documents for a run on `hosts` hosts (documents `i` with
+            `i % hosts == host`, in corpus order), on that host, with no
+            shared filesystem. The vocabulary is learned from the whole
+            corpus, so every host learns the same one (or pass `vocab_dir`),
+            and the held-out split is kept whole. `(0, 1)`: everything.
 
     Returns:
         The manifest written to `out/manifest.json`.
@@ -63,6 +70,7 @@ def prepare(
     arch = get_architecture(recipe.model.architecture)
     family = recipe.vocab.family or arch.tokenizer_family
     _check_recipe(recipe)
+    check_share(share)
     check_out(out, overwrite=overwrite)
     if vocab_dir is not None:
         vocabulary_files(Path(vocab_dir), family=family)
@@ -70,25 +78,43 @@ def prepare(
     source = corpus.resolve_corpus(recipe.corpus)
     for hint in source.hints:
         say(hint)
+    host, hosts = share
+    if hosts > 1:
+        say(f"host {host} of {hosts}: its share of the training documents (number i where "
+            f"i % {hosts} == {host}), and the whole held-out split")
     with atomic.writing_dir(out) as tmp:
         tokenizer = prepared_tokenizer(source, recipe=recipe, vocab_dir=vocab_dir,
                                        out_dir=tmp / prepared.VOCAB, say=say, quiet=quiet)
         cache, tallies = tokenizing.tokenize(
             source, tokenizer, cache_root=tmp, key=prepared.TOKENS,
-            segmenter=recipe.masking.segmenter, say=say, quiet=quiet)
+            segmenter=recipe.masking.segmenter, say=say, quiet=quiet, share=share)
         manifest = prepared.manifest(
             recipe, corpus_fingerprint=source.fingerprint, tokenizer=tokenizer,
-            stats=cache.stats, tallies=tallies,
+            stats=cache.stats, tallies=tallies, share=share,
             vocab_source=str(vocab_dir) if vocab_dir is not None else "learned")
         # Last: only a folder with its manifest is a prepared corpus.
         atomic.write_json(tmp / prepared.MANIFEST, manifest)
     return manifest
 
 
+def check_share(share: tuple[int, int]) -> None:
+    """Raises `MlmError` unless `share` = `(host, hosts)` names one of `hosts` hosts."""
+    host, hosts = share
+    if hosts < 1:
+        raise MlmError(f"--hosts must be at least 1, but received {hosts}; pass the number "
+                       f"of hosts the run will train on.")
+    if not 0 <= host < hosts:
+        raise MlmError(f"--host must be from 0 to {hosts - 1} with --hosts {hosts}, but "
+                       f"received {host}; number the hosts 0 to {hosts - 1}, as their "
+                       f"--process-id.")
+
+
 def describe(manifest: dict) -> str:
     """What a prepared corpus holds, in one line."""
     train, held = manifest["splits"]["train"], manifest["splits"]["held_out"]
-    return (f"{train['documents']:,} training documents ({train['tokens']:,} tokens), "
+    host, hosts = prepared.share_of(manifest)
+    return (("" if hosts == 1 else f"host {host}'s share of {hosts}: ")
+            + f"{train['documents']:,} training documents ({train['tokens']:,} tokens), "
             f"{held['documents']:,} held out ({held['tokens']:,} tokens), "
             f"{manifest['tokenizer_family']} vocabulary of {manifest['vocabulary_size']:,}")
 

@@ -89,6 +89,10 @@ def pretrain(
                                       recipe.train.budget)
     check_batches(recipe, topology=topology)  # before a vocabulary is learned or text read
     source = open_source(recipe, run_dir=run_dir)
+    own_share = isinstance(source, prepared.PreparedCorpus) and (
+        prepared.check_share(source, process_index=topology.process_index,
+                             process_count=topology.process_count)
+        or prepared.share_of(source.manifest)[1] > 1)
     # Before a vocabulary is learned or text tokenized: every host runs one recipe on one text.
     distributed.check_same(topology, {"recipe": recipe_identity(recipe),
                                       "corpus": corpus_identity(source)}, advice=SAME_RUN_ADVICE)
@@ -128,9 +132,15 @@ def pretrain(
             cache = corpus_tokens(source, preprocessor.tokenizer, recipe=recipe, run_dir=run_dir,
                                   log=log)
             stats = describe_data(cache, recipe=recipe, log=log)
+            tokens = {split: cache.tokens(split) for split in token_cache.SPLITS}
+            if own_share:  # every host's epoch as long as the shortest share's
+                shortest = distributed.smallest(topology, len(tokens["train"]))
+                log.say(f"training tokens: this host's own share ({shortest:,} of its "
+                        f"{len(tokens['train']):,}, as many as the shortest share), process "
+                        f"{topology.process_index} of {topology.process_count}")
+                tokens["train"] = tokens["train"][:shortest]
             result = train(
-                task, plan=plan,
-                tokens={split: cache.tokens(split) for split in token_cache.SPLITS},
+                task, plan=plan, tokens=tokens, own_share=own_share,
                 word_labels={split: cache.word_labels(split) for split in token_cache.SPLITS},
                 start_step=start_step, log=log, topology=topology,
                 checkpoints=checkpoints.RunCheckpoints(

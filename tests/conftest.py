@@ -23,21 +23,43 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _session_machine_cache(tmp_path_factory):
     """The machine cache (`mlm.machine_cache`) of the session-scoped fixtures' runs, not
     the user's."""
-    os.environ["MLM_CACHE_DIR"] = str(tmp_path_factory.mktemp("mlm_cache"))
+    os.environ["MLM_CACHE_DIR"] = str(new_machine_cache(tmp_path_factory))
     return Path(os.environ["MLM_CACHE_DIR"])
+
+
+def new_machine_cache(tmp_path_factory) -> Path:
+    """A fresh machine cache folder whose `step_settings/` is the session's, so that no
+    test finds a vocabulary or tokens that another test's run left, while the measured
+    step settings (`mlm.training.step_settings`) are measured once per session."""
+    from mlm import machine_cache
+
+    root = tmp_path_factory.mktemp("mlm_cache")
+    shared = tmp_path_factory.getbasetemp() / "session_step_settings"
+    shared.mkdir(exist_ok=True)
+    (root / machine_cache.STEP_SETTINGS).symlink_to(shared, target_is_directory=True)
+    return root
+
+
+@contextlib.contextmanager
+def own_machine_cache(tmp_path_factory):
+    """`$MLM_CACHE_DIR` a new machine cache while inside: for the module- and
+    session-scoped fixtures that learn and tokenize (a function-scoped
+    monkeypatch cannot reach them)."""
+    before = os.environ.get("MLM_CACHE_DIR")
+    os.environ["MLM_CACHE_DIR"] = str(new_machine_cache(tmp_path_factory))
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("MLM_CACHE_DIR", None)
+        else:
+            os.environ["MLM_CACHE_DIR"] = before
 
 
 @pytest.fixture(autouse=True)
 def _private_machine_cache(_session_machine_cache, tmp_path_factory, monkeypatch):
-    """Each test's own machine cache, so that no test finds a vocabulary or tokens that
-    another test's run left; only the measured step settings
-    (`mlm.training.step_settings`) are shared by the session."""
-    from mlm import machine_cache
-
-    root = tmp_path_factory.mktemp("mlm_cache")
-    shared = _session_machine_cache / machine_cache.STEP_SETTINGS
-    shared.mkdir(exist_ok=True)
-    (root / machine_cache.STEP_SETTINGS).symlink_to(shared, target_is_directory=True)
+    """Each test's own machine cache (`new_machine_cache`)."""
+    root = new_machine_cache(tmp_path_factory)
     monkeypatch.setenv("MLM_CACHE_DIR", str(root))
     return root
 
@@ -82,9 +104,10 @@ def trained_run(tmp_path_factory, small_corpus, held_out_corpus) -> TrainedRun:
     fine-tuning, classify. Trained once per session through the real CLI, in this
     process. Read it, never change it: copy it first (`shutil.copytree`)."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    _, out, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
-                          "--held-out", held_out_corpus, "--run-dir", run_dir,
-                          in_process=True, check=True)
+    with own_machine_cache(tmp_path_factory):  # it learns and tokenizes, as a first run does
+        _, out, err = run_mlm("pretrain", "--recipe", "bert_test", "--corpus", small_corpus,
+                              "--held-out", held_out_corpus, "--run-dir", run_dir,
+                              in_process=True, check=True)
     return TrainedRun(run_dir, out, err)
 
 

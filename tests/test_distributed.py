@@ -66,6 +66,42 @@ def test_processes_see_the_windows_and_masks_of_a_one_process_run():
         np.testing.assert_array_equal(np.concatenate([w0, w1]), w)
 
 
+def _unmasked(batch) -> np.ndarray:
+    """The windows of a training batch before masking, `(B, L)`."""
+    x, y, w = batch
+    windows = x["token_ids"].copy()
+    rows, k = np.nonzero(w)
+    windows[rows, x["mask_positions"][rows, k]] = y[rows, k]
+    return windows
+
+
+def test_a_process_with_its_own_share_reads_each_of_its_windows_once_an_epoch():
+    from mlm.data.pipeline import num_windows, read_windows
+
+    shares = [_tokens(3_000, seed=1), _tokens(3_000, seed=2)]  # 100 windows of 30 tokens each
+    kwargs = dict(sequence_length=32, masking=MaskingConfig(), ids=IDS, seed=4,
+                  arch=get_architecture("bert"), batch_size=8, process_count=2, own_share=True)
+    epoch = []
+    for index, tokens in enumerate(shares):
+        windows = read_windows(tokens, np.arange(num_windows(len(tokens), 32)),
+                               sequence_length=32, ids=IDS)
+        own = {row.tobytes(): i for i, row in enumerate(windows)}
+        batches = _numpy_batches(training_dataset(tokens, process_index=index, **kwargs), 27)
+        seen = [own[row.tobytes()] for batch in batches for row in _unmasked(batch)]
+        # 4 windows per step (half the global batch) from its own share; 25 steps an
+        # epoch, each of its 100 windows once; then a fresh order.
+        assert all(len(batch[1]) == 4 for batch in batches)
+        assert sorted(seen[:100]) == list(range(100)) and seen[100:] != seen[:8]
+        epoch.append(seen[:100])
+        resumed = _numpy_batches(training_dataset(tokens, process_index=index, start_step=20,
+                                                  **kwargs), 7)
+        for a, b in zip(resumed, batches[20:], strict=True):
+            for key in a[0]:
+                np.testing.assert_array_equal(a[0][key], b[0][key])
+    # Each process shuffles with a seed of its own.
+    assert epoch[0] != epoch[1]
+
+
 def test_batch_must_split_over_processes_and_devices():
     with pytest.raises(MlmError, match="multiple of the 3 processes.*batch_size=8"):
         training_dataset(_tokens(5_000), sequence_length=32, batch_size=8,
@@ -149,14 +185,15 @@ def _free_port() -> int:
 def _start_processes(run_dir, *, corpus, held_out, env, logs, extra=(), extra_of=None):
     """Starts the two processes of a loopback run; stderr goes to `logs[i]`.
 
-    `extra` is added to every process's command line, `extra_of[i]` to process i's.
+    `extra` is added to every process's command line, `extra_of[i]` to process i's
+    (with `corpus` None, a `--data` of each process's, say).
     """
     port = _free_port()
     procs = []
     for i in range(2):
+        text = ("--corpus", str(corpus), "--held-out", str(held_out)) if corpus else ()
         cmd = [sys.executable, "-m", "mlm", "pretrain", "--backend", "jax", "--recipe",
-               "bert_test", "--set", *JAX_RUN_OVERRIDES, "--corpus", str(corpus),
-               "--held-out", str(held_out), "--run-dir", str(run_dir),
+               "bert_test", "--set", *JAX_RUN_OVERRIDES, *text, "--run-dir", str(run_dir),
                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                "--process-id", str(i), *extra, *(extra_of or {}).get(i, ())]
         with open(logs[i], "w") as err:
@@ -193,6 +230,40 @@ def test_a_process_with_another_recipe_stops_every_process_before_any_long_work(
         assert "Traceback" not in err and "vocabulary of up to" not in err  # none learned
     assert statuses == [2, 2]
     assert not run_dir.exists()  # checked before the run directory is made
+
+
+@pytest.mark.slow
+def test_two_processes_train_each_from_its_own_share_and_refuse_another(
+    tmp_path, jax_env, small_corpus, held_out_corpus
+):
+    shares = [tmp_path / "share0", tmp_path / "share1"]
+    for host, out in enumerate(shares):
+        run_mlm("prepare", "--recipe", "bert_test", "--corpus", small_corpus, "--held-out",
+                held_out_corpus, "--out", out, "--hosts", "2", "--host", str(host),
+                in_process=True, check=True)
+    logs = [tmp_path / "p0.log", tmp_path / "p1.log"]
+    common = dict(corpus=None, held_out=None, env=jax_env, logs=logs)
+    swapped = _start_processes(tmp_path / "swapped", **common,
+                               extra_of={0: ("--data", shares[1]), 1: ("--data", shares[0])})
+    assert _wait_all(swapped, timeout=300) == [2, 2]
+    for index, log in enumerate(logs):
+        assert log.read_text().strip().splitlines()[-1] == (
+            f"mlm: error: prepared corpus {shares[1 - index]} is host {1 - index}'s share of 2 "
+            f"hosts, but this is process {index} of 2; give each process the share prepared "
+            f"with `mlm prepare --hosts 2 --host {index}`.")
+    assert not (tmp_path / "swapped").exists()
+
+    run_dir = tmp_path / "run"
+    procs = _start_processes(run_dir, **common,
+                             extra_of={i: ("--data", shares[i]) for i in range(2)})
+    statuses = _wait_all(procs, timeout=400)
+    assert statuses == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    records = read_metrics(run_dir)
+    assert max(r["step"] for r in records if r["split"] == "train") == 24
+    assert [r for r in records if r["split"] == "held_out"]
+    assert (run_dir / "preset" / "config.json").is_file()
+    # Process 0 speaks for the run (the others print only errors).
+    assert "this host's own share" in logs[0].read_text()
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import (
     max_weight_difference,
+    own_machine_cache,
     read_metrics,
     run_mlm,
     small_recipe,
@@ -32,7 +33,8 @@ def prepare_args(out, corpus, held_out=None, *extra):
 def prepared(tmp_path_factory, small_corpus, held_out_corpus):
     """The small corpus and its held-out file prepared for `bert_test`: (folder, stderr)."""
     out = tmp_path_factory.mktemp("prepared") / "kjv"
-    _, _, err = run_main(*prepare_args(out, small_corpus, held_out_corpus), check=True)
+    with own_machine_cache(tmp_path_factory):  # it learns the vocabulary itself
+        _, _, err = run_main(*prepare_args(out, small_corpus, held_out_corpus), check=True)
     return out, err
 
 
@@ -88,6 +90,76 @@ def test_prepare_writes_a_vocabulary_tokens_and_a_manifest_of_their_numbers(
     assert manifest["recipe"]["vocab"]["size"] == 600
     assert manifest["repaired_or_skipped"]["train"] == {"documents": 60}
     assert "training a wordpiece vocabulary" in err and "tokenizing train" in err
+
+
+def documents_of(folder, split="train") -> list[tuple[int, ...]]:
+    """The documents of a prepared corpus's `split`, as token ids (each ends with [SEP])."""
+    from mlm.data.token_cache import load_cache
+
+    tokens = np.asarray(load_cache(folder / "tokens").tokens(split))
+    ends = np.flatnonzero(tokens == tokenizer_of(folder / "vocab").end_token_id) + 1
+    return [tuple(doc.tolist()) for doc in np.split(tokens, ends)[:-1]]
+
+
+def test_host_shares_partition_the_training_documents_and_keep_vocabulary_and_held_out(
+        prepared, small_corpus, held_out_corpus, tmp_path, monkeypatch):
+    full, _ = prepared
+    shares = [tmp_path / "host0", tmp_path / "host1"]
+    for host, out in enumerate(shares):
+        # Each host its own machine cache: each learns the vocabulary itself, as hosts do.
+        monkeypatch.setenv("MLM_CACHE_DIR", str(tmp_path / f"cache{host}"))
+        _, printed, err = run_main(*prepare_args(out, small_corpus, held_out_corpus, "--hosts",
+                                                 "2", "--host", str(host)), check=True)
+        assert "training a wordpiece vocabulary" in err
+        assert f"host {host} of 2: its share of the training documents" in err
+        assert f"host {host}'s share of 2: 30 training documents" in printed
+    everything = documents_of(full)
+    assert len(everything) == 60
+    full_manifest = json.loads((full / "manifest.json").read_text())
+    for host, out in enumerate(shares):
+        # Documents i with i % 2 == host, in corpus order, as split_dataset_by_node keeps them.
+        assert documents_of(out) == everything[host::2]
+        assert documents_of(out, "held_out") == documents_of(full, "held_out")
+        assert (out / "vocab" / "vocabulary.txt").read_bytes() == (
+            full / "vocab" / "vocabulary.txt").read_bytes()
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["share"] == {"host": host, "hosts": 2}
+        assert manifest["splits"]["train"]["documents"] == 30
+        for key in ("corpus_fingerprint", "tokenizer_fingerprint"):
+            assert manifest[key] == full_manifest[key]
+    assert full_manifest["share"] == {"host": 0, "hosts": 1}
+
+
+@pytest.mark.parametrize(("hosts", "host", "needle"), [
+    ("2", "2", "--host must be from 0 to 1 with --hosts 2, but received 2"),
+    ("0", "0", "--hosts must be at least 1, but received 0"),
+    ("3", "-1", "--host must be from 0 to 2 with --hosts 3, but received -1"),
+])
+def test_a_host_outside_the_hosts_is_refused(hosts, host, needle, small_corpus, tmp_path):
+    code, _, err = run_main(*prepare_args(tmp_path / "out", small_corpus, None, "--hosts", hosts,
+                                          "--host", host))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_share_is_read_only_by_its_own_process(prepared, tmp_path):
+    from mlm.data.prepared import PreparedCorpus, check_share
+    from mlm.errors import MlmError
+
+    manifest = json.loads((prepared[0] / "manifest.json").read_text())
+    whole = PreparedCorpus(path=prepared[0], manifest=manifest)
+    for index, count in ((0, 1), (1, 2), (3, 4)):  # every process reads the whole corpus
+        check_share(whole, process_index=index, process_count=count)
+    share = PreparedCorpus(path=tmp_path / "s1", manifest={**manifest,
+                                                             "share": {"host": 1, "hosts": 2}})
+    check_share(share, process_index=1, process_count=2)
+    for index, count in ((0, 2), (1, 3), (0, 1)):
+        with pytest.raises(MlmError) as caught:
+            check_share(share, process_index=index, process_count=count)
+        assert str(caught.value) == (
+            f"prepared corpus {tmp_path / 's1'} is host 1's share of 2 hosts, but this is "
+            f"process {index} of {count}; give each process the share prepared with "
+            f"`mlm prepare --hosts {count} --host {index}`.")
 
 
 def test_pretrain_from_a_prepared_corpus_trains_the_weights_of_one_from_the_text(

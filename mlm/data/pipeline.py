@@ -27,6 +27,8 @@ from mlm.errors import MlmError
 
 # Stream salts, so that training, evaluation and shuffling draw unrelated numbers.
 _TRAIN_SALT, _EVAL_SALT, _SHUFFLE_SALT = 0x6D61736B, 0x6576616C, 0x73687566
+# Seeds of the processes of a run from per-host shares (`own_share`) lie this far apart.
+_SHARE_SEED_STRIDE = 100_003  # prime; segments (loop.py) lie 1_000_003 apart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +187,7 @@ def training_dataset(
     process_index: int = 0,
     process_count: int = 1,
     word_labels: np.ndarray | None = None,
+    own_share: bool = False,
 ) -> tf.data.Dataset:
     """An endless dataset of masked training batches, starting at `start_step`.
 
@@ -192,11 +195,23 @@ def training_dataset(
     batch of step `s` is the same whether the run started at 0 or resumed.
     With `process_count` > 1, yields this process's `batch_size //
     process_count` windows of each global batch of `batch_size` (see
-    `process_slice`). `word_labels`: the token cache's segmenter labels,
-    parallel to `tokens`, for whole-word masking of text without spaces.
+    `process_slice`). With `own_share`, `tokens` is this process's own share
+    of the documents (`mlm prepare --hosts`, as long on every process): it
+    shuffles and masks its own windows into its `batch_size // process_count`
+    part of each batch, from a seed of its own. `word_labels`: the token
+    cache's segmenter labels, parallel to `tokens`, for whole-word masking of
+    text without spaces.
     """
     windows = num_windows(len(tokens), sequence_length)
-    if steps_per_epoch(windows, batch_size) < 1:
+    if own_share:
+        if steps_per_epoch(windows, batch_size // process_count) < 1:
+            raise MlmError(
+                f"this host's share is too small for its part of one batch: {windows} windows "
+                f"of {sequence_length} tokens, but received batch_size={batch_size} over "
+                f"{process_count} processes; add text or prepare fewer shares."
+            )
+        seed += _SHARE_SEED_STRIDE * process_index  # its own order and masks
+    elif steps_per_epoch(windows, batch_size) < 1:
         raise MlmError(
             f"the corpus is too small for one batch: {windows} windows of "
             f"{sequence_length} tokens, but received batch_size={batch_size}; add text "
@@ -210,6 +225,9 @@ def training_dataset(
         )
 
     def schedule():
+        if own_share:
+            return batch_schedule(windows, batch_size=batch_size // process_count, seed=seed,
+                                  start_step=start_step)
         steps = batch_schedule(windows, batch_size=batch_size, seed=seed, start_step=start_step)
         return process_slice(steps, process_index=process_index, process_count=process_count)
 

@@ -78,6 +78,26 @@ class PreparedCorpus:
 _IDENTITY = ("corpus_fingerprint", "tokenizer_fingerprint", "segmenter")
 
 
+def share_of(manifest: dict) -> tuple[int, int]:
+    """`(host, hosts)` of the training documents a prepared corpus holds; `(0, 1)`: all."""
+    share = manifest.get("share") or {}
+    return int(share.get("host", 0)), int(share.get("hosts", 1))
+
+
+def check_share(prepared: PreparedCorpus, *, process_index: int, process_count: int) -> None:
+    """Raises `MlmError` unless `prepared` suits process `process_index` of a run on
+    `process_count` processes: all the documents (every process reads the same
+    tokens and takes its slice of each batch), or exactly that process's share."""
+    host, hosts = share_of(prepared.manifest)
+    if hosts == 1 or (hosts, host) == (process_count, process_index):
+        return
+    raise MlmError(
+        f"prepared corpus {prepared.path} is host {host}'s share of {hosts} hosts, but this is "
+        f"process {process_index} of {process_count}; give each process the share prepared "
+        f"with `mlm prepare --hosts {process_count} --host {process_index}`."
+    )
+
+
 def open_prepared(path: str | Path, *, recipe: Recipe) -> PreparedCorpus:
     """The prepared corpus at `path`, checked to be complete and to suit `recipe`.
 
@@ -194,7 +214,7 @@ def _prepare_command_for(tokenizer, *, preset: str) -> str:
 
 
 def manifest(recipe: Recipe, *, corpus_fingerprint: str, tokenizer, stats: dict,
-             tallies: dict, vocab_source: str) -> dict:
+             tallies: dict, vocab_source: str, share: tuple[int, int] = (0, 1)) -> dict:
     """The manifest of a prepared corpus: what it was prepared from and with.
 
     Args:
@@ -205,6 +225,8 @@ def manifest(recipe: Recipe, *, corpus_fingerprint: str, tokenizer, stats: dict,
         stats: per split, the token cache's documents, tokens and unknown tokens.
         tallies: per split, what the reader repaired or skipped.
         vocab_source: "learned", or the `--vocab` folder it was copied from.
+        share: `(host, hosts)`: the hosts' share of the training documents it
+            holds (`mlm.preparing.prepare`).
     """
     arch = get_architecture(recipe.model.architecture)
     return {
@@ -218,6 +240,7 @@ def manifest(recipe: Recipe, *, corpus_fingerprint: str, tokenizer, stats: dict,
         "vocabulary": vocab_source,
         "lowercase": recipe.vocab.lowercase,
         "segmenter": recipe.masking.segmenter,
+        "share": {"host": share[0], "hosts": share[1]},
         "splits": {split: {key: stats[split][key]
                            for key in ("documents", "tokens", "unknown_tokens")}
                    for split in token_cache.SPLITS},

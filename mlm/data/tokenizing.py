@@ -116,12 +116,16 @@ def load_tokenizer(path: Path, *, family: str, lowercase: bool, arch: Architectu
 
 
 def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, segmenter: str,
-             say: Callable[[str], None], quiet: bool
+             say: Callable[[str], None], quiet: bool, share: tuple[int, int] = (0, 1)
              ) -> tuple[token_cache.TokenCache, dict[str, collections.Counter]]:
     """The token cache entry `cache_root/key` of `source`, built unless it is complete.
 
     With a `segmenter` (`masking.segmenter`), every token's word label is
-    stored too (`mlm.data.segmenter`).
+    stored too (`mlm.data.segmenter`). `share` = `(host, hosts)` keeps only
+    that host's share of the training documents: those whose index `i` in
+    corpus order has `i % hosts == host`, the rule of HF's
+    `datasets.distributed.split_dataset_by_node` and of tf.data's `shard`
+    (the held-out split is kept whole, so every host evaluates alike).
 
     Returns:
         The entry, and per split what the reader repaired or skipped (see
@@ -133,7 +137,10 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
     def documents(split):
         # The last full read counts (a progress line may count the documents first).
         tallies[split] = collections.Counter()
-        return corpus.iter_documents(source, split=split, tally=tallies[split])
+        read = corpus.iter_documents(source, split=split, tally=tallies[split])
+        return itertools.islice(read, host, None, hosts) if split == "train" else read
+
+    host, hosts = share
 
     cache = token_cache.load_cache(cache_root / key)
     if cache is None:

@@ -348,6 +348,16 @@ def check_same(topology: Topology, values: dict[str, str], *, advice: str) -> No
             )
 
 
+def smallest(topology: Topology, value: int) -> int:
+    """The smallest of every process's `value` (each process's own with one process)."""
+    if topology.process_count == 1:
+        return value
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return int(np.min(multihost_utils.process_allgather(np.asarray([value], dtype=np.int64))))
+
+
 def agreement_code(value: str) -> int:
     """The 28-bit code of `value` that `check_same` gathers (fits an int32)."""
     return int(hashlib.sha256(value.encode()).hexdigest()[:7], 16)

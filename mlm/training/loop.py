@@ -52,6 +52,7 @@ def train(
     topology: distributed.Topology | None = None,
     settings_cache: Path | None = None,
     word_labels: dict | None = None,
+    own_share: bool = False,
 ) -> dict:
     """Runs steps `start_step..plan.steps`, evaluating and checkpointing.
 
@@ -60,8 +61,11 @@ def train(
     cache's `train` and `held_out` splits; `word_labels` (split -> array or
     None) a word segmenter's labels of them. In a distributed run
     (`topology`) each process feeds its slice of every batch and only process
-    0 writes checkpoints. "auto" step settings are resolved first
-    (`mlm.training.step_settings.choose_step_settings`, cached in `settings_cache`).
+    0 writes checkpoints; with `own_share`, `tokens["train"]` is this process's
+    own share of the documents (`mlm prepare --hosts`), of the same length on
+    every process, and it reads its part of every batch from it. "auto" step
+    settings are resolved first (`mlm.training.step_settings.choose_step_settings`,
+    cached in `settings_cache`).
 
     Returns:
         The held-out evaluations at the start (step 0 only) and at the end, the
@@ -73,7 +77,7 @@ def train(
     labels = word_labels or {}
     topology = topology or distributed.Topology()
     data_for = _batches(plan, tokens["train"], labels=labels.get("train"),
-                        start_step=start_step, topology=topology)
+                        start_step=start_step, topology=topology, own_share=own_share)
     first = next((s for s in plan.segments if s.end > start_step), plan.segments[-1])
     data = data_for(first)
     # Before the probe, whose traced train function the loop then reuses.
@@ -109,7 +113,7 @@ def train(
 
 
 def _batches(plan: RunPlan, train_tokens, *, labels, start_step: int,
-             topology: distributed.Topology):
+             topology: distributed.Topology, own_share: bool):
     """`segment -> its training batches from start_step (or its start) on`."""
     def data_for(segment: schedule.Segment):
         # Each later segment shuffles and masks from its own seed; the first keeps the
@@ -120,7 +124,7 @@ def _batches(plan: RunPlan, train_tokens, *, labels, start_step: int,
             seed=plan.train.seed + _SEGMENT_SEED_STRIDE * segment.index,
             start_step=max(start_step - segment.start, 0), arch=plan.arch,
             process_index=topology.process_index, process_count=topology.process_count,
-            word_labels=labels,
+            word_labels=labels, own_share=own_share,
         )
 
     return data_for
