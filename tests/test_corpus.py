@@ -385,3 +385,28 @@ def test_a_large_text_file_without_blank_lines_gets_a_hint(tmp_path):
     assert resolve_corpus(CorpusConfig(paths=(str(lines),),
                                        document_boundary="line")).hints == ()
     assert resolve_corpus(CorpusConfig(paths=(str(paragraphs), str(small)))).hints == ()
+
+
+def test_a_hub_dataset_fingerprint_holds_its_revision(monkeypatch):
+    import huggingface_hub
+
+    from mlm.data.corpus import hf_datasets
+
+    monkeypatch.setattr(hf_datasets, "check", lambda *a, **k: None)  # no network here
+    commits = {"owner/texts": "1111"}
+
+    class Hub:  # what huggingface_hub.HfApi answers for the dataset's newest commit
+        def dataset_info(self, name):
+            if name not in commits:
+                raise OSError("no network")
+            return type("Info", (), {"sha": commits[name]})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+    config = CorpusConfig(paths=("owner/texts:en",))
+    first = resolve_corpus(config).fingerprint
+    assert resolve_corpus(config).fingerprint == first  # same commit: tokens are reused
+    commits["owner/texts"] = "2222"  # the dataset changed on the hub
+    changed = resolve_corpus(config).fingerprint
+    assert changed != first
+    assert hf_datasets.revision("owner/texts:en") == "2222"
+    assert hf_datasets.revision("owner/unknown") == ""  # the hub does not say: no revision

@@ -160,7 +160,7 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
     scans = {
         "train": train_scans,
         "held_out": held_out_scans,
-        "hub": [hub_name, config.hub_split] if hub_name else None,
+        "hub": [hub_name, config.hub_split, hf_datasets.revision(hub_name)] if hub_name else None,
     }
     return Corpus(
         train_files=train_files,

@@ -63,6 +63,25 @@ def check_hub_reachable(name: str) -> None:
         ) from e
 
 
+def revision(name: str) -> str:
+    """The commit of hub dataset `name` that a read now gets, or "" where the hub does not
+    say (offline mode reading `datasets`' local cache, or an old hub client).
+
+    It goes into the corpus fingerprint, so the token cache entry (and the
+    vocabulary) of a dataset that changed on the hub is built again, while an
+    unchanged one is read from the hub once per machine, not once per run.
+    """
+    import datasets
+    from huggingface_hub import HfApi
+
+    if datasets.config.HF_HUB_OFFLINE:
+        return ""
+    try:
+        return HfApi().dataset_info(name.partition(":")[0]).sha or ""
+    except Exception:  # noqa: BLE001 (any hub failure: the fingerprint goes without it)
+        return ""
+
+
 def read(name: str, *, split: str, text_column: str) -> Iterator[tuple[str, bool]]:
     """`(text, True)` for each row of one split of a hub dataset; a null is an empty document."""
     for index, row in enumerate(_load(name, split=split)):
