@@ -149,3 +149,27 @@ def test_a_token_cache_is_the_same_whichever_path_built_it(roberta_tokenizer, tm
         np.testing.assert_array_equal(built["fast"].tokens(split),
                                       built["keras_hub"].tokens(split))
     assert built["fast"].stats == built["keras_hub"].stats
+
+
+def test_preparing_with_progress_reads_the_text_four_times_not_six(small_corpus, tmp_path,
+                                                                    monkeypatch):
+    """Progress lines need document counts: one read counts both splits, for the
+    vocabulary's line and each split's; then the vocabulary and each split read once."""
+    from mlm.preparing import prepare
+
+    reads = []
+    original = corpus._iter_sources
+
+    def counted(source, *, split, events):
+        reads.append(split)
+        return original(source, split=split, events=events)
+
+    monkeypatch.setattr(corpus, "_iter_sources", counted)
+    monkeypatch.setattr(corpus, "_COUNTS", {})
+    manifest = prepare(small_recipe(small_corpus), out=tmp_path / "out", quiet=False)
+    assert reads == ["train", "train", "train", "held_out"]  # count, vocabulary, tokenize x2
+    counts = {split: corpus.count_documents(corpus.resolve_corpus(small_recipe(
+        small_corpus).corpus), split=split) for split in corpus.SPLITS}
+    assert len(reads) == 4  # the counts were kept
+    assert counts == {split: manifest["splits"][split]["documents"] for split in corpus.SPLITS}
+    assert counts["train"] + counts["held_out"] == 60

@@ -94,6 +94,7 @@ def load_or_build_cache(
     progress: bool = True,
     segmenter=None,
     bulk=None,
+    totals: dict[str, int] | None = None,
 ) -> TokenCache:
     """Returns the cache entry `cache_root/key`, tokenizing only if it is missing.
 
@@ -111,6 +112,8 @@ def load_or_build_cache(
         bulk: a faster encoder giving `tokenizer`'s ids (texts -> lists of ids),
             checked to (`mlm.data.tokenizing.bulk_encoder`); None: the keras-hub
             tokenizer mapped over `tf.data`.
+        totals: split -> its documents, for the progress lines' ETAs; a split
+            not in it is counted by reading it first.
     """
     final = Path(cache_root) / key
     cached = load_cache(final)
@@ -122,7 +125,8 @@ def load_or_build_cache(
             split: _tokenize_split(
                 documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
                 batch_size=batch_size, segmenter=segmenter, bulk=bulk,
-                bar=_progress(split, documents_by_split[split], enabled=progress),
+                bar=_progress(split, documents_by_split[split], enabled=progress,
+                              total=(totals or {}).get(split)),
             )
             for split in SPLITS
         }
@@ -233,9 +237,11 @@ def _reraised(failures: list):
         raise
 
 
-def _progress(split: str, documents, *, enabled: bool) -> Progress:
-    """Tokenizing progress; counting the documents first (a quick read) gives the ETA."""
-    total = sum(1 for _ in documents()) if enabled else None
+def _progress(split: str, documents, *, enabled: bool, total: int | None = None) -> Progress:
+    """Tokenizing progress; the documents' `total` (else counted first, a quick read) gives
+    the ETA."""
+    if enabled and total is None:
+        total = sum(1 for _ in documents())
     return Progress(f"tokenizing {split}", total=total, unit="documents", enabled=enabled)
 
 

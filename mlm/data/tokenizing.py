@@ -152,11 +152,21 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
             tokenizer, cache_root=cache_root, key=key, progress=not quiet,
             segmenter=_labeller(segmenter, tokenizer) if segmenter else None,
             bulk=bulk_encoder(tokenizer, probe=probe, say=say),
+            totals=None if quiet else _share_totals(source, share=share),
         )
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
             say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
     return cache, tallies
+
+
+def _share_totals(source: corpus.Corpus, *, share: tuple[int, int]) -> dict[str, int]:
+    """The documents of each split that `tokenize` reads: its train share, the held-out
+    split whole (counted once per corpus, `corpus.count_documents`)."""
+    host, hosts = share
+    train = corpus.count_documents(source, split="train")
+    return {"train": len(range(host, train, hosts)),
+            "held_out": corpus.count_documents(source, split="held_out")}
 
 
 # Documents on which a bulk encoder's ids are checked against keras-hub's before it is used.

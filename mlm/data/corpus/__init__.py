@@ -279,8 +279,39 @@ def describe_tally(tally: collections.Counter) -> str:
 
 
 def count_documents(corpus: Corpus, *, split: str) -> int:
-    """Counts the documents of one split by streaming through them."""
-    return sum(1 for _ in iter_documents(corpus, split=split))
+    """The documents of one split, counted once per corpus (for progress lines' ETAs).
+
+    With a held-out split drawn by hash, both splits read the same files: one
+    read counts both (`_count_both`), so that the vocabulary's and each
+    split's progress lines cost one read between them, not three.
+    """
+    if split not in SPLITS:
+        raise MlmError(f"split must be one of {', '.join(SPLITS)}, but received split={split!r}.")
+    key = (corpus.fingerprint, corpus.held_out_fraction)
+    if corpus.fingerprint and key in _COUNTS:
+        return _COUNTS[key][split]
+    if corpus.held_out_files:
+        counts = {name: sum(1 for _ in iter_documents(corpus, split=name)) for name in SPLITS}
+    else:
+        counts = _count_both(corpus)
+    if corpus.fingerprint:
+        _COUNTS[key] = counts
+    return counts[split]
+
+
+# Documents per split of the corpora counted in this process, by fingerprint.
+_COUNTS: dict[tuple, dict[str, int]] = {}
+
+
+def _count_both(corpus: Corpus) -> dict[str, int]:
+    """Both splits' documents of a corpus whose held-out split is drawn by hash, in one read."""
+    counts = dict.fromkeys(SPLITS, 0)
+    for raw in _iter_sources(corpus, split="train", events=collections.Counter()):
+        document = clean(raw)[0].strip()
+        if document:
+            held = is_held_out(document, fraction=corpus.held_out_fraction)
+            counts["held_out" if held else "train"] += 1
+    return counts
 
 
 def sample_corpus_path() -> Path:
