@@ -8,7 +8,9 @@ read in place instead.
 """
 
 import contextlib
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -96,15 +98,23 @@ def pretrain(
     # Before a vocabulary is learned or text tokenized: every host runs one recipe on one text.
     distributed.check_same(topology, {"recipe": recipe_identity(recipe),
                                       "corpus": corpus_identity(source)}, advice=SAME_RUN_ADVICE)
-    if not resume and chief:
-        directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
     run = RunDir(run_dir)
+    if chief and not resume:
+        directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
+    if chief and topology.process_count > 1:  # what the others compare theirs with
+        atomic.write_text(run.session, os.urandom(8).hex())
+    if not distributed.sees_chiefs_file(run.session, topology=topology):
+        # No shared filesystem: this process keeps a run directory of its own.
+        topology = dataclasses.replace(topology, own_run_dir=True)
+        if not resume:
+            directory.create_run_dir(run_dir, recipe=recipe, overwrite=overwrite)
+    writer = topology.writes_checkpoints
     log = MetricsLog(run, quiet=quiet, tensorboard=True, record=chief)
     for hint in source.hints if chief else ():
         log.say(hint)
-    lock = directory.run_lock(run_dir) if chief else contextlib.nullcontext()
-    with directory.removed_on_failure(run_dir, fresh=not resume and chief), lock:
-        if resume and chief:
+    lock = directory.run_lock(run_dir) if writer else contextlib.nullcontext()
+    with directory.removed_on_failure(run_dir, fresh=not resume and writer), lock:
+        if resume and writer:
             directory.save_run_recipe(run_dir, recipe)
             # First: a torn last line of metrics.jsonl goes before anything is appended.
             directory.clean_interrupted(run_dir, say=log.say)
@@ -237,16 +247,19 @@ def share_files(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
     """In a multi-process run, process 0 learns the vocabulary and tokenizes first.
 
     The other processes wait, then find both in the shared run directory and
-    only read them. The model is not built here: creating a distributed
+    only read them; a process with a run directory of its own (no shared
+    filesystem) learns the same vocabulary into it meanwhile (`check_same`
+    then compares the tokenizers). The model is not built here: creating a distributed
     variable is a collective operation that every process joins together.
     """
     if topology.process_count == 1:
         return
-    if topology.is_chief:
+    if topology.writes_checkpoints:  # process 0, and a process with a run directory of its own
         tokenizer = starting_tokenizer(recipe, source=source, run_dir=run_dir, log=log)
         corpus_tokens(source, tokenizer, recipe=recipe, run_dir=run_dir, log=log)
     distributed.barrier(topology, "shared files")
-    distributed.check_visible(RunDir(run_dir).recipe, topology=topology)
+    if not topology.own_run_dir:
+        distributed.check_visible(RunDir(run_dir).recipe, topology=topology)
 
 
 def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):

@@ -182,18 +182,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_processes(run_dir, *, corpus, held_out, env, logs, extra=(), extra_of=None):
+def _start_processes(run_dir, *, corpus, held_out, env, logs, extra=(), extra_of=None,
+                     run_dir_of=None):
     """Starts the two processes of a loopback run; stderr goes to `logs[i]`.
 
     `extra` is added to every process's command line, `extra_of[i]` to process i's
-    (with `corpus` None, a `--data` of each process's, say).
+    (with `corpus` None, a `--data` of each process's, say); `run_dir_of[i]`, if given,
+    is process i's run directory (hosts that share no filesystem).
     """
     port = _free_port()
     procs = []
     for i in range(2):
         text = ("--corpus", str(corpus), "--held-out", str(held_out)) if corpus else ()
         cmd = [sys.executable, "-m", "mlm", "pretrain", "--backend", "jax", "--recipe",
-               "bert_test", "--set", *JAX_RUN_OVERRIDES, *text, "--run-dir", str(run_dir),
+               "bert_test", "--set", *JAX_RUN_OVERRIDES, *text,
+               "--run-dir", str(run_dir_of[i] if run_dir_of else run_dir),
                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
                "--process-id", str(i), *extra, *(extra_of or {}).get(i, ())]
         with open(logs[i], "w") as err:
@@ -233,7 +236,7 @@ def test_a_process_with_another_recipe_stops_every_process_before_any_long_work(
 
 
 @pytest.mark.slow
-def test_two_processes_train_each_from_its_own_share_and_refuse_another(
+def test_two_hosts_without_a_shared_filesystem_train_from_their_shares_and_resume(
     tmp_path, jax_env, small_corpus, held_out_corpus
 ):
     shares = [tmp_path / "share0", tmp_path / "share1"]
@@ -253,17 +256,38 @@ def test_two_processes_train_each_from_its_own_share_and_refuse_another(
             f"with `mlm prepare --hosts 2 --host {index}`.")
     assert not (tmp_path / "swapped").exists()
 
-    run_dir = tmp_path / "run"
-    procs = _start_processes(run_dir, **common,
+    # Each host its own disk: its share and a run directory of its own.
+    run_dirs = [tmp_path / "host0" / "run", tmp_path / "host1" / "run"]
+    procs = _start_processes(run_dirs[0], **common, run_dir_of=run_dirs,
                              extra_of={i: ("--data", shares[i]) for i in range(2)})
     statuses = _wait_all(procs, timeout=400)
     assert statuses == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dirs[0])
     assert max(r["step"] for r in records if r["split"] == "train") == 24
     assert [r for r in records if r["split"] == "held_out"]
-    assert (run_dir / "preset" / "config.json").is_file()
+    assert (run_dirs[0] / "preset" / "config.json").is_file()
     # Process 0 speaks for the run (the others print only errors).
     assert "this host's own share" in logs[0].read_text()
+    # Process 1 kept what it resumes from: recipe, vocabulary, plan and checkpoints;
+    # process 0 alone the metrics, report and preset.
+    own = run_dirs[1]
+    assert (own / "vocab" / "vocabulary.txt").read_bytes() == (
+        run_dirs[0] / "vocab" / "vocabulary.txt").read_bytes()
+    assert (own / "config.json").is_file() and (own / "plan.json").is_file()
+    assert not (own / "metrics.jsonl").exists() and not (own / "preset").exists()
+    steps = [sorted(p.name for p in (d / "checkpoints").iterdir()) for d in run_dirs]
+    assert steps[0] == steps[1] and "step-24" in steps[0]
+
+    procs = _start_processes(run_dirs[0], **common, run_dir_of=run_dirs,
+                             extra=("--resume", "--steps", "28"))
+    statuses = _wait_all(procs, timeout=400)
+    assert statuses == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    assert "resuming from" in logs[0].read_text()
+    # Both resumed from their own step-24 and hold the same weights and optimizer state.
+    ours, theirs = (saved_arrays(d / "checkpoints" / "step-28") for d in run_dirs)
+    assert ours.keys() == theirs.keys() and len(ours) > 20
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
 
 
 @pytest.mark.slow

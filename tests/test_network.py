@@ -143,12 +143,14 @@ class Run:
         return "\n".join(f"--- process {i}:\n{self.stderr(i)[-3000:]}" for i in range(2))
 
 
-def _start(hosts, run_dir, *, corpus, held_out, env, logs, extra=()) -> Run:
+def _start(hosts, run_dir, *, corpus, held_out, env, logs, extra=(), run_dir_of=None) -> Run:
+    """Starts a process on each host; `run_dir_of[i]`, if given, is host i's own run dir."""
     procs = []
     for i, host in enumerate(hosts):
         argv = [sys.executable, "-m", "mlm", "pretrain", "--recipe", "bert_test",
                 "--set", *JAX_RUN_OVERRIDES, "--corpus", corpus, "--held-out", held_out,
-                "--run-dir", run_dir, "--coordinator", f"{hosts[0].address}:{PORT}",
+                "--run-dir", run_dir_of[i] if run_dir_of else run_dir,
+                "--coordinator", f"{hosts[0].address}:{PORT}",
                 "--num-processes", "2", "--process-id", i,
                 "--heartbeat-timeout", HEARTBEAT_TIMEOUT, "--init-timeout", 120, *extra]
         with open(logs[i], "w") as err:
@@ -174,7 +176,9 @@ def _resolve_in(host: Host, env) -> str:
 
 @pytest.fixture(scope="module")
 def two_host_run(hosts, tmp_path_factory, jax_env, small_corpus, held_out_corpus):
-    """An uninterrupted two-host run whose host names resolve to 127.0.0.1 (its run dir).
+    """An uninterrupted two-host run whose host names resolve to 127.0.0.1 (process 0's
+    run dir); host 1 keeps a run directory of its own, as hosts without a shared
+    filesystem do.
 
     As on many machines (Debian and Ubuntu map the name to 127.0.1.1): left
     alone, gloo advertises 127.0.0.1 and the other host connects to itself.
@@ -185,7 +189,8 @@ def two_host_run(hosts, tmp_path_factory, jax_env, small_corpus, held_out_corpus
     folder = tmp_path_factory.mktemp("two_hosts")
     run_dir = folder / "run"
     run = _start(hosts, run_dir, corpus=small_corpus, held_out=held_out_corpus, env=jax_env,
-                 logs=[folder / "p0.log", folder / "p1.log"])
+                 logs=[folder / "p0.log", folder / "p1.log"],
+                 run_dir_of=[run_dir, folder / "host1" / "run"])
     statuses = run.wait(timeout=600)
     assert statuses == [0, 0], run.tails()
     return run_dir
@@ -210,13 +215,24 @@ def test_two_hosts_train_as_one_process(two_host_run, jax_run):
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
     print(f"max weight difference, two hosts against one process: "
           f"{max_weight_difference(two, one):.2e}")
+    # Host 1 wrote its own run directory: the same vocabulary and checkpoints.
+    own = two_host_run.parent / "host1" / "run"
+    assert (own / "vocab" / "vocabulary.txt").read_bytes() == (
+        two_host_run / "vocab" / "vocabulary.txt").read_bytes()
+    last = saved_arrays(two_host_run / "checkpoints" / "step-24")
+    mine = saved_arrays(own / "checkpoints" / "step-24")
+    assert mine.keys() == last.keys()
+    for key in last:
+        np.testing.assert_array_equal(mine[key], last[key], err_msg=key)
 
 
 @pytest.mark.slow
 def test_a_host_named_for_loopback_offers_its_route_to_the_coordinator(two_host_run):
     # two_host_run's hosts resolve their names to 127.0.0.1, which gloo would
     # advertise: the run trained because each offered its veth address instead.
-    logs = [two_host_run / f"jax-process-{i}.log" for i in range(2)]
+    # Each host's JAX log is in its own run directory.
+    logs = [two_host_run / "jax-process-0.log",
+            two_host_run.parent / "host1" / "run" / "jax-process-1.log"]
     text = "".join(log.read_text() for log in logs)
     assert "127.0.0.1" not in text, text
     assert "Rank 0 is connected to 1 peer ranks" in logs[0].read_text(), text

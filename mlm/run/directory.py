@@ -55,6 +55,12 @@ class RunDir:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    # A token process 0 writes at each session's start; the other processes of a
+    # multi-process run read it to learn whether they share its run directory.
+    @property
+    def session(self) -> Path:
+        return self.root / ".session"
+
     @property
     def plan(self) -> Path:
         """The run plan (`mlm.training.plan.RunPlan.to_dict`), rewritten by each session."""

@@ -52,10 +52,19 @@ class Topology:
     process_count: int = 1
     # Devices over all processes; the global batch is split evenly among them.
     device_count: int = 1
+    # This process keeps a run directory of its own (hosts that share no
+    # filesystem): it writes its checkpoints, vocabulary and plan there too.
+    own_run_dir: bool = False
 
     @property
     def is_chief(self) -> bool:
         return self.process_index == 0
+
+    @property
+    def writes_checkpoints(self) -> bool:
+        """Process 0 writes the checkpoints, and so does a process with a run directory of
+        its own, which resumes from them."""
+        return self.is_chief or self.own_run_dir
 
     def check_batch_size(self, batch_size: int) -> None:
         """Raises `MlmError` unless the global batch splits evenly over devices."""
@@ -296,6 +305,25 @@ def barrier(topology: Topology, name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def sees_chiefs_file(path: Path, *, topology: Topology) -> bool:
+    """Whether the file `path` this process sees holds what process 0's does: whether
+    the processes share process 0's folder (one filesystem) or each has its own.
+
+    Process 0 writes a fresh token at `path` first; every process must call this
+    (one small collective).
+    """
+    if topology.process_count == 1:
+        return True
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    barrier(topology, "run directory")
+    path = Path(path)
+    mine = agreement_code(path.read_text() if path.is_file() else "")
+    codes = np.asarray(multihost_utils.process_allgather(np.asarray([mine], dtype=np.int32)))
+    return int(codes.reshape(-1)[0]) == mine
+
+
 def check_visible(path: Path, *, topology: Topology) -> None:
     """Raises `MlmError` unless this process sees `path`, which process 0 wrote."""
     if not path.is_file():
@@ -317,7 +345,8 @@ def check_agreement(topology: Topology, *, step: int, run_dir) -> None:
         raise MlmError(
             f"the processes found different checkpoints in {run_dir} (steps "
             f"{', '.join(map(str, steps.tolist()))}); the run directory must be on a "
-            f"filesystem shared by every process."
+            f"filesystem shared by every process, or with a run directory per host, copy "
+            f"process 0's newest complete checkpoints/step-N to the others and resume."
         )
 
 

@@ -139,10 +139,11 @@ def _with_measured_settings(task, plan: RunPlan, *, batch, start_step: int, trai
         task, batch, mixed_precision=cfg.mixed_precision, jit_compile=cfg.jit_compile,
         steps=plan.steps - start_step, record=checkpoints.step_settings, cache_dir=settings_cache,
         max_seconds=None if budget is None else 0.1 * max(budget - trained, 0.0),
-        write=topology.is_chief, say=log.say, multi_process=topology.process_count > 1,
+        write=topology.writes_checkpoints, say=log.say,
+        multi_process=topology.process_count > 1,
     ).chosen
     plan = plan.with_settings(chosen)
-    if topology.is_chief:
+    if topology.writes_checkpoints:
         checkpoints.write_plan(plan)
     return plan
 
@@ -225,8 +226,9 @@ def _stop_requests():
 
 def _stop(task, *, plan: RunPlan, checkpoints: Checkpoints, step, signum, log, topology,
           state: dict) -> None:
-    """Checkpoints `step` (unless just done; process 0 only) and raises `RunStopped`."""
-    if topology.is_chief and step not in checkpoints.steps():
+    """Checkpoints `step` (unless just done; the processes that write checkpoints) and
+    raises `RunStopped`."""
+    if topology.writes_checkpoints and step not in checkpoints.steps():
         checkpoints.save(task, step=step, state=state)
     distributed.barrier(topology, "stopped")  # the others exit once it is written
     name = signal.Signals(signum).name
@@ -389,7 +391,8 @@ class _Loop(keras.callbacks.Callback):
         with self.window.paused():
             if self.step % cfg.eval_every == 0 or final:
                 self.held_out = self.evaluate(self.step)
-            if self.topology.is_chief and (self.step % cfg.checkpoint_every == 0 or final):
+            if self.topology.writes_checkpoints and (
+                    self.step % cfg.checkpoint_every == 0 or final):
                 self.checkpoints.save(self.task, step=self.step, state=self.state())
 
 
