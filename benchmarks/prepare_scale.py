@@ -628,22 +628,43 @@ def print_breakdown(breakdown: dict) -> None:
         return
     phases = breakdown["phases"]
     wall = breakdown["wall_seconds"]
-    inside = ("scan and hash the corpus", "vocabulary (all)", "build the keras-hub tokenizer",
-              "tokenize (all)")
-    rows = [(label, seconds) for label, seconds in phases.items()
-            if label not in ("total_in_child", "mlm prepare (all)")]
-    rows.append(("mlm prepare: the rest (recipe, manifest, renames, ...)",
-                 phases["mlm prepare (all)"] - sum(phases.get(k, 0.0) for k in inside)))
+    print("| step (a line starting with - is part of the step above it) | seconds "
+          "| share of wall |\n|---|---:|---:|")
+    for label, seconds, depth in breakdown_rows(phases, wall=wall):
+        print(f"| {'- ' * depth}{label} | {seconds:.1f} | {seconds / wall:.0%} |")
+
+
+def breakdown_rows(phases: dict, *, wall: float) -> list[tuple[str, float, int]]:
+    """(label, seconds, depth) of mlm's timed steps, each step before its parts."""
+    top = ("imports: mlm's data modules", "imports: TensorFlow, keras-hub, mlm.cli",
+           "scan and hash the corpus", "vocabulary (all)", "build the keras-hub tokenizer",
+           "tokenize (all)")
+    parts = {"vocabulary (all)": "vocabulary: ", "tokenize train": "tokenize train: ",
+             "tokenize held_out": "tokenize held_out: "}
+    rows = []
+
+    def add(label: str, depth: int) -> None:
+        if label not in phases:
+            return
+        rows.append((label, phases[label], depth))
+        prefix = parts.get(label)
+        children = [k for k in phases if prefix and k.startswith(prefix)]
+        for child in children:  # "vocabulary: a" and then "vocabulary: a: b" under it
+            if not any(child.startswith(other + ":") for other in children if other != child):
+                rows.append((child, phases[child], depth + 1))
+                rows.extend((k, phases[k], depth + 2) for k in children
+                            if k.startswith(child + ":"))
+        if label == "tokenize (all)":
+            add("tokenize train", depth + 1)
+            add("tokenize held_out", depth + 1)
+
+    for label in top:
+        add(label, 0)
+    inside = phases["mlm prepare (all)"] - sum(phases.get(k, 0.0) for k in top[2:])
+    rows.append(("mlm prepare: the rest (recipe, manifest, renames)", inside, 0))
     rows.append(("process start and exit (wall - time in the child)",
-                 wall - phases["total_in_child"]))
-    print("| step (a line starting with - is part of the step above it) | seconds | share of "
-          "wall |\n|---|---:|---:|")
-    for label, seconds in rows:
-        nested = ":" in label and not label.startswith(("imports", "mlm prepare",
-                                                        "vocabulary (all)"))
-        label = f"- {label}" if nested or label.startswith("tokenize ") and "(all)" not in label \
-            else label
-        print(f"| {label} | {seconds:.1f} | {seconds / wall:.0%} |")
+                 wall - phases["total_in_child"], 0))
+    return rows
 
 
 def machine_summary() -> dict:
