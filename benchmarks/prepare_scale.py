@@ -4,8 +4,13 @@ Run on demand (never in the test suite):
 
     python benchmarks/prepare_scale.py --sizes 0.002 --repeats 1     # smoke test, a minute
     python benchmarks/prepare_scale.py --sizes 0.1 --repeats 2 --json prepare_scale.json
-    python benchmarks/prepare_scale.py --sizes 1 --repeats 1 --json prepare_scale_1gb.json
+    python benchmarks/prepare_scale.py --sizes 1 --repeats 1 --timed-steps --json ps_1gb.json
     python benchmarks/prepare_scale.py --report prepare_scale.json   # reprint a saved report
+
+About 14 minutes for 0.1 GB with 2 repeats, and about an hour for 1 GB with
+one, on a shared 2-core machine. 10 GB (about 10 hours and 40 GB of HF cache
+files per run there) is left to a larger machine: `--sizes 10 --repeats 1
+--timed-steps --work-dir /big/disk`.
 
 **The corpus** (`generate_corpus`, cached in `--work-dir` as
 `corpus-<GB>gb-seed<S>-v1.txt`, so reruns reuse it): blank-line separated
@@ -67,7 +72,8 @@ Arrow copy, the tokenized and the grouped datasets) and its tokenizer; the
 1-minute load average before and after each run.
 
 **Where mlm's time goes**: after the timed repetitions of each size, one
-more `mlm prepare --quiet` runs with timers wrapped around its steps
+more `mlm prepare --quiet` runs with timers wrapped around its steps (with
+`--timed-steps`, the timed `mlm` runs themselves do, and no run is added)
 (`mlm_phases`: corpus scan, reading the text, counting words, case folding,
 learning merges, building the tokenizer, tokenizing each split, reading
 inside tokenizing); its wall time is reported beside the timed runs'. The
