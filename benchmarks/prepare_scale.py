@@ -55,8 +55,9 @@ so that the machine's load hits them alike:
   `tokenizer(texts, return_special_tokens_mask=True)`, [CLS] and [SEP] added
   per document), then run_mlm.py's `group_texts` into 128-token blocks
   (`map(batched=True, num_proc=N)`), with a fresh datasets cache.
-  `tokenizers` trains on every core whatever N; in forked map workers it
-  turns its own parallelism off (its fork warning).
+  `tokenizers` trains the vocabulary on every core whatever N; `datasets`
+  sets `TOKENIZERS_PARALLELISM=false` around every `map` given a `num_proc`
+  (1 included), so each map process tokenizes on one thread.
 
 **Measured** per run: wall time of the subprocess; peak resident memory of
 the process tree (the sum of the RSS of the process and all its
