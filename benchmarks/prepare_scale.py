@@ -25,7 +25,8 @@ constants Manning, Raghavan and Schuetze report for Reuters RCV1): once V(n)
 passes the vocabulary's size, new synthetic words (2 to 4 syllables of the
 sample's words, recombined; a fifth of them capitalized, as names) join the
 end of the ranking, and each appears at least once in the chunk that adds it.
-About 156k distinct words at 0.1 GB, 475k at 1 GB, 1.5M at 10 GB.
+The vocabulary reaches about 146k words at 0.1 GB, 440k at 1 GB, 1.4M at
+10 GB.
 Why not the sample repeated: a repeated sample has the sample's 12.8k
 distinct words at every size, so learning a vocabulary (which counts distinct
 words, merges over them and case-folds each) would look free at scale; real
