@@ -146,11 +146,18 @@ def _run_recipe(args, *, preset: str | None = None):
 
     if args.resume and args.overwrite:
         raise MlmError("--resume and --overwrite contradict each other; pass one of them.")
+    chosen = ()
     if args.resume:
         recipe = load_run_recipe(Path(args.run_dir))
+    elif args.recipe is None and preset is None and args.budget is not None:
+        row = config.recipe_for_budget(args.budget)
+        recipe, chosen = config.load_recipe(row.recipe), row.overrides
+        print(f"recipe for a budget of {args.budget}: {row.recipe}"
+              + (f" with {' '.join(chosen)}" if chosen else "") + f" ({row.evidence}); "
+              f"--recipe overrides", file=sys.stderr)
     else:
-        recipe = config.load_recipe(args.recipe)
-    overrides = list(args.set)
+        recipe = config.load_recipe(args.recipe or "bert_tiny_en_uncased")
+    overrides = [*chosen, *args.set]
     flags = (("steps", "train.steps"), ("budget", "train.budget"),
              ("batch_size", "train.batch_size"),
              ("learning_rate", "train.learning_rate"),

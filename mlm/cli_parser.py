@@ -15,8 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="learn a vocabulary and pretrain a MaskedLM from raw text")
-    p.add_argument("--recipe", default="bert_tiny_en_uncased",
-                   help="recipe name in presets/ or a JSON file (default: %(default)s)")
+    p.add_argument("--recipe",
+                   help="recipe name in presets/ or a JSON file (default: bert_tiny_en_uncased; "
+                   "with --budget, the recipe measured best for that budget: README, "
+                   "\"Recipes by budget\")")
     _add_run_arguments(p, default_run_dir="runs/demo")
     _add_backend_arguments(p)
 

@@ -336,3 +336,32 @@ def test_evaluation_masking_rate_defaults_to_the_training_rate():
     assert both.for_evaluation() == MaskingConfig(selection_rate=0.15, eval_selection_rate=0.15)
     with pytest.raises(MlmError, match="eval_selection_rate' must be in \\[0, 1\\]"):
         apply_overrides(load_recipe("bert_test"), ["masking.eval_selection_rate=1.5"])
+
+
+def test_a_budget_without_a_recipe_gets_the_row_measured_for_it():
+    from mlm.config import BUDGET_CHOICES, recipe_for_budget
+
+    short, longer = BUDGET_CHOICES
+    assert recipe_for_budget("90s") is short and recipe_for_budget("5m") is short
+    assert recipe_for_budget("5m1s") is longer and recipe_for_budget("10m") is longer
+    assert recipe_for_budget("2h") is longer
+    for row in BUDGET_CHOICES:  # each row is a recipe that loads with its overrides
+        recipe = apply_overrides(load_recipe(row.recipe), row.overrides)
+        assert recipe.name == row.recipe and row.evidence
+    with pytest.raises(MlmError, match="must be a duration"):
+        recipe_for_budget("soon")
+
+
+def test_pretrain_says_which_recipe_a_budget_chose_and_a_recipe_overrides_it(tmp_path):
+    from tests.conftest import run_mlm
+
+    missing = tmp_path / "missing.txt"
+    code, _, err = run_mlm("pretrain", "--budget", "2m", "--corpus", missing, "--run-dir",
+                           tmp_path / "run", in_process=True)
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert err.splitlines()[0].startswith(
+        "recipe for a budget of 2m: bert_tiny_en_uncased with train.learning_rate=0.002 "
+        "(measured: ")
+    code, _, err = run_mlm("pretrain", "--budget", "2m", "--recipe", "bert_test", "--corpus",
+                           missing, "--run-dir", tmp_path / "run", in_process=True)
+    assert code == 2 and "recipe for a budget" not in err

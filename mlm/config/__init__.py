@@ -10,12 +10,15 @@ Everything is re-exported here; import from `mlm.config`.
 """
 
 from mlm.config.recipes import (
+    BUDGET_CHOICES,
+    BudgetChoice,
     apply_overrides,
     available_recipes,
     coerce_field,
     load_recipe,
     override_value,
     read_recipe_json,
+    recipe_for_budget,
     recipe_from_dict,
 )
 from mlm.config.schema import (
@@ -37,6 +40,8 @@ from mlm.config.schema import (
 from mlm.config.validation import validate, validate_distributed
 
 __all__ = [
+    "BUDGET_CHOICES",
+    "BudgetChoice",
     "DOCUMENT_BOUNDARIES",
     "MASKING_UNITS",
     "PRECISIONS",
@@ -57,6 +62,7 @@ __all__ = [
     "override_value",
     "parse_duration",
     "read_recipe_json",
+    "recipe_for_budget",
     "recipe_from_dict",
     "validate",
     "validate_distributed",

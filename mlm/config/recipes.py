@@ -207,3 +207,38 @@ def _phases(value: Any) -> tuple[dict, ...]:
         raise MlmError(f"the fractions of train.phases must sum to 1, but received "
                        f"{shown} = {total:g}.")
     return tuple(phases)
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetChoice:
+    """What `mlm pretrain --budget B` trains when no `--recipe` is given, for budgets up
+    to `up_to` (a duration; empty: any longer budget)."""
+
+    up_to: str
+    recipe: str
+    overrides: tuple[str, ...]
+    # Where the numbers that chose this row are (benchmarks/RESULTS.md), in short.
+    evidence: str
+
+
+# The first row whose `up_to` covers the budget is trained. A row changes only with
+# new measurements (benchmarks/recipes.py --steps, 3 seeds, paired by seed).
+BUDGET_CHOICES = (
+    BudgetChoice(
+        up_to="5m", recipe="bert_tiny_en_uncased",
+        overrides=("train.learning_rate=0.002",),
+        evidence="measured: held-out masked accuracy 0.1478 against 0.1400 at 600 steps, "
+                 "+0.0078 ± 0.0026 over 3 seeds; benchmarks/RESULTS.md, equal-steps sweep"),
+    BudgetChoice(
+        up_to="", recipe="bert_tiny_en_uncased", overrides=(),
+        evidence="the default recipe: no option has been measured better at longer budgets"),
+)
+
+
+def recipe_for_budget(budget: str) -> BudgetChoice:
+    """The row of `BUDGET_CHOICES` for a `--budget` of `budget` (a duration)."""
+    from mlm.config.schema import parse_duration
+
+    seconds = parse_duration(budget)
+    return next(row for row in BUDGET_CHOICES
+                if not row.up_to or seconds <= parse_duration(row.up_to))
