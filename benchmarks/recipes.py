@@ -1,11 +1,21 @@
-"""Recipe options at equal training time: held-out masked accuracy side by side.
+"""Recipe options at equal training time or equal steps: held-out masked accuracy side by side.
 
 Run on demand (never in the test suite):
 
     python benchmarks/recipes.py                                  # 6 variants, 150 s each
     python benchmarks/recipes.py --budget 120s --work-dir /tmp/recipes --json recipes.json
     python benchmarks/recipes.py --variants token15,token30 --seeds 3
+    python benchmarks/recipes.py --steps 600 --seeds 3 --variants token15,dropout0,lr5e-4
     python benchmarks/recipes.py --report recipes.json            # reprint a saved report
+    python -m doctest benchmarks/recipes.py                       # the statistics' self-check
+
+Two protocols. With `--budget` (the default), every run trains for the same
+wall-clock time: the fair comparison for options that change the cost of a
+step (selection rate, masking unit, sequence length), but on a shared machine
+the load, not the recipe, decides how many steps fit. With `--steps N`, every
+run trains exactly N steps, whatever the machine's load: the protocol for
+options that leave the cost of a step alone (dropout, learning rate, warmup),
+whose differences are then paired by seed against the reference `token15`.
 
 Each variant is one `mlm pretrain` subprocess of the same recipe (default
 `bert_tiny_en_uncased`) on the same corpus (default: the shipped sample), with
@@ -14,7 +24,8 @@ only in the overrides listed in `VARIANTS`. Every run trains for the same
 wall-clock training budget (`train.budget`: evaluation and checkpoint time do
 not count), except the ones with `train.phases`, which the config bounds by
 steps: they train for the number of steps the `token15` run of the same seed
-did in its budget, and their training time is reported as measured.
+did in its budget, and their training time is reported as measured. With
+`--steps N`, every run, these included, trains N steps.
 
 All runs are scored on the same task: the held-out split, masked as
 `masking.eval_selection_rate=0.15` and `masking.eval_unit=token` set it, with
@@ -22,15 +33,20 @@ the held-out masks of the run's seed. Evaluation and checkpoints happen only at
 the start and the end (`--eval-every`), and the step settings are fixed
 (fp32 without XLA, `--precision`), not probed per run, so that every run
 spends its budget the same way. With `--seeds N`, each variant runs with
-`train.seed` 0..N-1 and the table gives mean ± standard deviation.
+`train.seed` 0..N-1 (seed by seed, all variants of a seed in turn) and the
+table gives mean ± standard error over the seeds.
 
 The table reports, per variant: the steps done; the training time on mlm's
 budget clock (`trained_seconds`: device calls only, the first call counted as
 long as the second, so that tracing is left out) and on its log-window clock
 (wall time between log lines, evaluation and checkpoints excluded, tracing and
 the time between device calls included); the non-padding tokens per second
-after the first log window (as mlm's run summary counts them); and the final
-held-out masked accuracy and loss.
+after the first log window (as mlm's run summary counts them); the final
+held-out masked accuracy and loss; the accuracy gap to `token15`, paired by
+seed (each seed's gap to the reference run of the same seed, which shares its
+initialisation, data order and held-out masks), as mean ± standard error of
+the per-seed gaps; and a verdict: "better" or "worse" where the mean gap is
+beyond 2 standard errors, else "within noise".
 """
 
 import argparse
@@ -76,6 +92,12 @@ VARIANTS = {
     "token30": Variant("token 30%", ("masking.selection_rate=0.3",)),
     "word30": Variant("word 30%", ("masking.unit=word", "masking.selection_rate=0.3")),
     "span15": Variant("span 15%", ("masking.unit=span",)),
+    # Options that leave the cost of a step alone: for `--steps`.
+    "dropout0": Variant("dropout 0 (recipe 0.1)", ("model.backbone.dropout=0.0",)),
+    "lr5e-4": Variant("learning rate 5e-4 (recipe 1e-3)", ("train.learning_rate=5e-4",)),
+    "lr2e-3": Variant("learning rate 2e-3 (recipe 1e-3)", ("train.learning_rate=2e-3",)),
+    "warmup02": Variant("warmup 2% (recipe 10%)", ("train.warmup_fraction=0.02",)),
+    "warmup30": Variant("warmup 30% (recipe 10%)", ("train.warmup_fraction=0.3",)),
     "phases": Variant("token 15%, phases 128 then 512",
                       (f"train.phases={json.dumps(BERT_PHASES)}",), steps_of="token15",
                       # mlm cuts steps into device calls that divide the log interval
@@ -100,11 +122,12 @@ def main(argv: list[str] | None = None) -> None:
         work = args.work_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
         report = {"machine": machine_summary(), "command": " ".join(sys.argv),
-                  "commit": git_commit(), "budget": args.budget, "recipe": args.recipe,
-                  "seeds": args.seeds, "runs": [],
+                  "commit": git_commit(), "budget": None if args.steps else args.budget,
+                  "steps": args.steps, "recipe": args.recipe, "seeds": args.seeds, "runs": [],
                   "settings": list(common_overrides(args))}
+        length = f"{args.steps} steps" if args.steps else f"budget {args.budget}"
         say(f"work dir {work}; {len(args.variants)} variants x {args.seeds} seed(s), "
-            f"budget {args.budget} each; load average {os.getloadavg()[0]:.2f}")
+            f"{length} each; load average {os.getloadavg()[0]:.2f}")
         began = time.perf_counter()
         for seed in range(args.seeds):
             steps_done = {}
@@ -124,6 +147,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget", default="150s",
                         help="training time of each run, as train.budget reads it (150s, 3m)")
+    parser.add_argument("--steps", type=int,
+                        help="train every run exactly this many steps instead of the budget "
+                             "(for options that do not change the cost of a step)")
     parser.add_argument("--variants", type=lambda s: s.split(","), default=list(DEFAULT_VARIANTS),
                         help=f"comma list of {', '.join(VARIANTS)} "
                              f"(default: {','.join(DEFAULT_VARIANTS)})")
@@ -143,6 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the full report here")
     parser.add_argument("--report", type=Path, help="print the table of a saved --json report")
     args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, but received {args.steps}")
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
@@ -161,10 +189,10 @@ def run_order(names: list[str]) -> list[str]:
 
 def run_named(name: str, *, args: argparse.Namespace, seed: int, steps_done: dict,
               work: Path) -> dict:
-    """Runs one variant of one seed, bounded by the budget or by its reference's steps."""
+    """Runs one variant of one seed, bounded by `--steps`, the budget or its reference's steps."""
     variant = VARIANTS[name]
-    steps = None
-    if variant.steps_of:
+    steps = args.steps
+    if variant.steps_of and not steps:
         reference = steps_done.get(variant.steps_of)
         if not reference:
             return {"error": f"no step count: the {variant.steps_of} run failed"}
@@ -211,7 +239,8 @@ def run_variant(variant: Variant, *, args: argparse.Namespace, seed: int, steps:
     result = {**summarize(run_dir, budgeted=not steps), "run_seconds": wall,
               "load_average": [load_before, os.getloadavg()[0]], "command": command}
     say(f"  {result['steps']} steps, held-out masked accuracy {result['accuracy']:.4f}, "
-        f"{wall:.0f} s in all")
+        f"{wall:.0f} s in all; load average {load_before:.2f} before, "
+        f"{result['load_average'][1]:.2f} after")
     return result
 
 
@@ -275,18 +304,22 @@ def print_report(report: dict) -> None:
     m = report["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, avx512_bf16 {m['avx512_bf16']}, "
           f"amx {m['amx']}; {m['date']}; commit {report.get('commit', '?')}")
-    print(f"recipe {report['recipe']}, budget {report['budget']} of training per run; "
-          f"{report['seeds']} seed(s); every run: --set {' '.join(report['settings'])}")
+    length = (f"equal steps: {report['steps']} per run" if report.get("steps")
+              else f"budget {report['budget']} of training per run")
+    print(f"recipe {report['recipe']}, {length}; {report['seeds']} seed(s), mean ± standard "
+          f"error over seeds; every run: --set {' '.join(report['settings'])}")
     by_variant: dict[str, list[dict]] = {}
     for run in report["runs"]:
         by_variant.setdefault(run["variant"], []).append(run)
     reference = {r["seed"]: r["accuracy"] for r in by_variant.get(REFERENCE, [])
                  if "error" not in r}
     print("\n| variant | steps | training s (budget clock) | training s (wall) | tokens/s "
-          "| held-out masked acc (15%, token) | vs token 15% | held-out loss | load |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| held-out masked acc (15%, token) | vs token 15%, paired by seed | verdict "
+          "| held-out loss | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for name, runs in by_variant.items():
-        print(table_row(VARIANTS[name], runs, reference=reference))
+        print(table_row(VARIANTS[name], runs, reference=reference,
+                        equal_steps=bool(report.get("steps"))))
     ok = [r for r in report["runs"] if "error" not in r]
     if ok:
         masked = ok[0]["held_out_masked_tokens"]
@@ -302,31 +335,76 @@ def print_report(report: dict) -> None:
             print(f"ERROR {run['variant']} seed {run['seed']}: {run['error']}")
 
 
-def table_row(variant: Variant, runs: list[dict], *, reference: dict[int, float]) -> str:
-    """One variant's row: mean ± std over its seeds; its accuracy gap paired by seed."""
+def table_row(variant: Variant, runs: list[dict], *, reference: dict[int, float],
+              equal_steps: bool = False) -> str:
+    """One variant's row: mean ± s.e. over its seeds; its accuracy gap paired by seed."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
-        return f"| {variant.label} | error | | | | | | | |"
+        return f"| {variant.label} | error | | | | | | | | |"
 
     def cell(key: str, fmt: str) -> str:
         values = [r[key] for r in ok if r.get(key) is not None]
         if not values:
             return "—"
-        if len(values) == 1:
-            return format(values[0], fmt)
-        return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+        return mean_and_error(values, fmt)
 
-    delta = "—"
+    delta, call = "—", "—"
     gaps = [r["accuracy"] - reference[r["seed"]] for r in ok if r["seed"] in reference]
     if gaps and variant is not VARIANTS[REFERENCE]:
-        delta = (f"{gaps[0]:+.4f}" if len(gaps) == 1
-                 else f"{statistics.mean(gaps):+.4f} ± {statistics.stdev(gaps):.4f}")
+        delta, call = mean_and_error(gaps, "+.4f"), verdict(gaps)
     label = variant.label + (f" ({variant.steps_of}'s steps to the {variant.steps_multiple})"
-                             if variant.steps_of else "")
+                             if variant.steps_of and not equal_steps else "")
     loads = "-".join(f"{r['load_average'][1]:.1f}" for r in ok)
     return (f"| {label} | {cell('steps', ',.0f')} | {cell('trained_seconds', '.1f')} "
             f"| {cell('window_seconds', '.1f')} | {cell('tokens_per_second', ',.0f')} "
-            f"| {cell('accuracy', '.4f')} | {delta} | {cell('loss', '.3f')} | {loads} |")
+            f"| {cell('accuracy', '.4f')} | {delta} | {call} | {cell('loss', '.3f')} | {loads} |")
+
+
+def standard_error(values: list[float]) -> float:
+    """The standard error of the mean of `values`: their sample stdev over sqrt(n).
+
+    >>> round(standard_error([0.01, 0.02, 0.03]), 6)
+    0.005774
+    """
+    return statistics.stdev(values) / len(values) ** 0.5
+
+
+def mean_and_error(values: list[float], fmt: str) -> str:
+    """`mean ± standard error` of `values`, or the one value alone.
+
+    >>> mean_and_error([0.01, 0.02, 0.03], "+.4f")
+    '+0.0200 ± 0.0058'
+    >>> mean_and_error([0.5], ".2f")
+    '0.50'
+    """
+    if len(values) == 1:
+        return format(values[0], fmt)
+    error = format(standard_error(values), fmt.lstrip("+"))
+    return f"{format(statistics.mean(values), fmt)} ± {error}"
+
+
+def verdict(gaps: list[float]) -> str:
+    """Per-seed gaps to the reference, judged: beyond 2 standard errors of their mean, or not.
+
+    >>> verdict([0.010, 0.012, 0.011])
+    'better'
+    >>> verdict([-0.010, -0.012, -0.011])
+    'worse'
+    >>> verdict([0.010, -0.008, 0.004])
+    'within noise'
+    >>> verdict([0.0, 0.0, 0.0])
+    'within noise'
+    >>> verdict([0.02])
+    'one seed: no verdict'
+    """
+    if len(gaps) < 2:
+        return "one seed: no verdict"
+    mean, error = statistics.mean(gaps), standard_error(gaps)
+    if mean > 2 * error and mean > 0:
+        return "better"
+    if mean < -2 * error and mean < 0:
+        return "worse"
+    return "within noise"
 
 
 def machine_summary() -> dict:
