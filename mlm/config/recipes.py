@@ -228,7 +228,8 @@ BUDGET_CHOICES = (
         up_to="5m", recipe="bert_tiny_en_uncased",
         overrides=("train.learning_rate=0.002",),
         evidence="measured: held-out masked accuracy 0.1478 against 0.1400 at 600 steps, "
-                 "+0.0078 ± 0.0026 over 3 seeds; benchmarks/RESULTS.md, equal-steps sweep"),
+                 "+0.0078 ± 0.0026 over 3 seeds, ahead on every seed; benchmarks/RESULTS.md, "
+                 "equal-steps sweep"),
     BudgetChoice(
         up_to="", recipe="bert_tiny_en_uncased", overrides=(),
         evidence="the default recipe: no option has been measured better at longer budgets"),
