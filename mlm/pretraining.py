@@ -91,10 +91,11 @@ def pretrain(
                                       recipe.train.budget)
     check_batches(recipe, topology=topology)  # before a vocabulary is learned or text read
     source = open_source(recipe, run_dir=run_dir)
-    own_share = isinstance(source, prepared.PreparedCorpus) and (
+    own_share = False  # whether this process trains from a share of its own (--hosts)
+    if isinstance(source, prepared.PreparedCorpus):
         prepared.check_share(source, process_index=topology.process_index,
                              process_count=topology.process_count)
-        or prepared.share_of(source.manifest)[1] > 1)
+        own_share = prepared.share_of(source.manifest)[1] > 1
     # Before a vocabulary is learned or text tokenized: every host runs one recipe on one text.
     distributed.check_same(topology, {"recipe": recipe_identity(recipe),
                                       "corpus": corpus_identity(source)}, advice=SAME_RUN_ADVICE)
@@ -389,8 +390,7 @@ def tokenize_corpus(
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
             log.write({"split": "corpus", "part": split, **tally})
-    if not any(r.get("part") == "tokens" and r.get("path") == str(cache.path)
-               for r in log.read()):
+    if cache.path not in recorded:
         log.write({"split": "corpus", "part": "tokens", "path": str(cache.path)})
     return cache
 

@@ -176,6 +176,23 @@ def test_processes_that_differ_are_named_and_the_same_pass(monkeypatch):
     check_same(Topology(), {"recipe": "anything"}, advice="")  # one process: no collective
 
 
+def test_the_smallest_share_is_found_beyond_what_int32_holds(monkeypatch):
+    from jax.experimental import multihost_utils
+
+    from mlm.training.distributed import smallest
+
+    others = [5_000_000_000, 3_000_000_001]  # tokens of two hosts' shares, past 2**31
+
+    def gather(values):  # JAX gathers int32 unless jax_enable_x64 is set
+        assert values.dtype == np.int32
+        return np.asarray([divmod(v, 2**30) for v in others], dtype=np.int32)
+
+    monkeypatch.setattr(multihost_utils, "process_allgather", gather)
+    two = Topology(process_index=0, process_count=2, device_count=2)
+    assert smallest(two, others[0]) == 3_000_000_001
+    assert smallest(Topology(), 7) == 7
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -289,12 +289,21 @@ def total(topology: Topology, *counts) -> tuple[int, ...]:
     counts = tuple(int(round(float(c))) for c in counts)
     if topology.process_count == 1:
         return counts
+    return tuple(int(v) for v in _gathered(topology, counts).sum(axis=0))
+
+
+def _gathered(topology: Topology, values):
+    """Every process's integer `values`, as a `(process_count, len(values))` int64 array.
+
+    Gathered as int32, as JAX computes in 32 bits unless `jax_enable_x64` is
+    set; each value must fit one (`smallest` splits larger ones).
+    """
     import numpy as np
     from jax.experimental import multihost_utils
 
-    # int32: JAX computes in 32 bits unless jax_enable_x64 is set.
-    gathered = multihost_utils.process_allgather(np.asarray(counts, dtype=np.int32))
-    return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(counts)).sum(axis=0))
+    mine = np.asarray(values, dtype=np.int32)
+    gathered = multihost_utils.process_allgather(mine)
+    return np.asarray(gathered).reshape(topology.process_count, len(mine)).astype(np.int64)
 
 
 def barrier(topology: Topology, name: str) -> None:
@@ -314,14 +323,10 @@ def sees_chiefs_file(path: Path, *, topology: Topology) -> bool:
     """
     if topology.process_count == 1:
         return True
-    import numpy as np
-    from jax.experimental import multihost_utils
-
     barrier(topology, "run directory")
     path = Path(path)
     mine = agreement_code(path.read_text() if path.is_file() else "")
-    codes = np.asarray(multihost_utils.process_allgather(np.asarray([mine], dtype=np.int32)))
-    return int(codes.reshape(-1)[0]) == mine
+    return int(_gathered(topology, [mine])[0, 0]) == mine
 
 
 def check_visible(path: Path, *, topology: Topology) -> None:
@@ -337,10 +342,7 @@ def check_agreement(topology: Topology, *, step: int, run_dir) -> None:
     """Raises `MlmError` unless every process starts from the same step."""
     if topology.process_count == 1:
         return
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    steps = np.asarray(multihost_utils.process_allgather(np.asarray([step]))).reshape(-1)
+    steps = _gathered(topology, [step]).reshape(-1)
     if len(set(steps.tolist())) > 1:
         raise MlmError(
             f"the processes found different checkpoints in {run_dir} (steps "
@@ -361,12 +363,7 @@ def check_same(topology: Topology, values: dict[str, str], *, advice: str) -> No
     """
     if topology.process_count == 1:
         return
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    codes = np.asarray([agreement_code(v) for v in values.values()], dtype=np.int32)
-    gathered = np.asarray(multihost_utils.process_allgather(codes)).reshape(
-        topology.process_count, len(values))
+    gathered = _gathered(topology, [agreement_code(v) for v in values.values()])
     for column, name in enumerate(values):
         differing = [p for p in range(topology.process_count)
                      if gathered[p, column] != gathered[0, column]]
@@ -378,13 +375,15 @@ def check_same(topology: Topology, values: dict[str, str], *, advice: str) -> No
 
 
 def smallest(topology: Topology, value: int) -> int:
-    """The smallest of every process's `value` (each process's own with one process)."""
+    """The smallest of every process's `value` (each process's own with one process).
+
+    A count of tokens passes 2**31 at some 10 GB of text: it travels as two
+    30-bit halves, which int32 holds.
+    """
     if topology.process_count == 1:
         return value
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return int(np.min(multihost_utils.process_allgather(np.asarray([value], dtype=np.int64))))
+    high, low = _gathered(topology, divmod(int(value), 2**30)).T
+    return int(min(high * 2**30 + low))
 
 
 def agreement_code(value: str) -> int:
