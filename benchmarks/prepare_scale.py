@@ -479,7 +479,7 @@ def hf_child(corpus: str, out: str, processes: int, stages_path: str) -> None:
 _TIMED = (
     ("mlm.data.corpus", "resolve_corpus", "scan and hash the corpus"),
     ("mlm.data.tokenizing", "learn_vocabulary", "vocabulary (all)"),
-    ("mlm.data.vocab.wordpiece", "_count_words", "vocabulary: read text and count words"),
+    ("mlm.data.vocab.wordpiece", "count_words", "vocabulary: read text and count words"),
     ("mlm.data.vocab.wordpiece", "_casefold_counts", "vocabulary: case-fold the counts"),
     ("mlm.data.vocab.wordpiece", "_learn_wordpieces", "vocabulary: learn merges"),
     ("mlm.data.tokenizing", "load_tokenizer", "build the keras-hub tokenizer"),
@@ -518,7 +518,7 @@ def mlm_phases(phases_path: str, cli_args: list[str]) -> None:
             return timed(function, label)(documents, *args, **kwargs)
         return wrapper
 
-    token_cache._tokenize_split = timed_split(token_cache._tokenize_split)
+    token_cache.tokenize_split = timed_split(token_cache.tokenize_split)
     iter_documents = corpus.iter_documents
 
     def timed_documents(*args, **kwargs):

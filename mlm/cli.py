@@ -187,7 +187,8 @@ def _prepare(args) -> None:
     from mlm.preparing import describe, prepare
 
     manifest = prepare(recipe, out=Path(args.out), vocab_dir=args.vocab,
-                       overwrite=args.overwrite, quiet=args.quiet, share=(args.host, args.hosts))
+                       overwrite=args.overwrite, quiet=args.quiet, share=(args.host, args.hosts),
+                       workers=args.workers)
     print(f"prepared corpus written to {args.out}: {describe(manifest)}; train from it with "
           f"--data {args.out}")
 

@@ -7,6 +7,7 @@ the recipe's vocabulary (or copy one in), tokenize both splits, write the
 manifest. Runs then train from the folder with `--data` (`corpus.prepared`).
 """
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from mlm import atomic
 from mlm.architectures import get_architecture
 from mlm.config import Recipe
 from mlm.data import corpus, prepared, tokenizing, vocab
+from mlm.data import workers as data_workers
 from mlm.errors import MlmError
 
 
@@ -26,6 +28,7 @@ def prepare(
     overwrite: bool = False,
     quiet: bool = False,
     share: tuple[int, int] = (0, 1),
+    workers: int | None = None,
 ) -> dict:
     """Prepares `recipe.corpus` into the folder `out`: vocabulary, tokens, manifest.
 
@@ -53,6 +56,10 @@ def prepare(
             shared filesystem. The vocabulary is learned from the whole
             corpus, so every host learns the same one (or pass `vocab_dir`),
             and the held-out split is kept whole. `(0, 1)`: everything.
+        workers: tokenize in this many processes (`mlm.data.workers`), each
+            on a contiguous range of the documents; the tokens are byte for
+            byte those of one process. None: one per CPU this process may
+            use when the corpus's local files hold at least 64 MB, else 1.
 
     Returns:
         The manifest written to `out/manifest.json`.
@@ -72,22 +79,28 @@ def prepare(
     _check_recipe(recipe)
     check_share(share)
     check_out(out, overwrite=overwrite)
+    data_workers.resolve(workers)  # a bad --workers fails before any long work
     if vocab_dir is not None:
         vocabulary_files(Path(vocab_dir), family=family)
     say = _console(quiet=quiet)
     source = corpus.resolve_corpus(recipe.corpus)
     for hint in source.hints:
         say(hint)
+    processes = data_workers.resolve(workers, files=source.train_files)
+    if processes > 1:
+        say(f"{processes} worker processes (--workers)")
     host, hosts = share
     if hosts > 1:
         say(f"host {host} of {hosts}: its share of the training documents (number i where "
             f"i % {hosts} == {host}), and the whole held-out split")
     with atomic.writing_dir(out) as tmp:
-        tokenizer = prepared_tokenizer(source, recipe=recipe, vocab_dir=vocab_dir,
-                                       out_dir=tmp / prepared.VOCAB, say=say, quiet=quiet)
+        tokenizer, rebuild = prepared_tokenizer(source, recipe=recipe, vocab_dir=vocab_dir,
+                                                out_dir=tmp / prepared.VOCAB, say=say,
+                                                quiet=quiet, processes=processes)
         cache, tallies = tokenizing.tokenize(
             source, tokenizer, cache_root=tmp, key=prepared.TOKENS,
-            segmenter=recipe.masking.segmenter, say=say, quiet=quiet, share=share)
+            segmenter=recipe.masking.segmenter, say=say, quiet=quiet, share=share,
+            processes=processes, rebuild=rebuild)
         manifest = prepared.manifest(
             recipe, corpus_fingerprint=source.fingerprint, tokenizer=tokenizer,
             stats=cache.stats, tallies=tallies, share=share,
@@ -120,18 +133,22 @@ def describe(manifest: dict) -> str:
 
 
 def prepared_tokenizer(source: corpus.Corpus, *, recipe: Recipe, vocab_dir: str | Path | None,
-                       out_dir: Path, say: Callable[[str], None], quiet: bool):
-    """The tokenizer of the prepared corpus: its vocabulary learned, or copied from `vocab_dir`."""
+                       out_dir: Path, say: Callable[[str], None], quiet: bool,
+                       processes: int = 1):
+    """The tokenizer of the prepared corpus, its vocabulary learned or copied from `vocab_dir`,
+    and a picklable callable that builds it again (in a worker process)."""
     arch = get_architecture(recipe.model.architecture)
     family = recipe.vocab.family or arch.tokenizer_family
     if vocab_dir is None:
         path = tokenizing.learn_vocabulary(source, config=recipe.vocab, arch=arch,
-                                           out_dir=out_dir, say=say, quiet=quiet)
+                                           out_dir=out_dir, say=say, quiet=quiet,
+                                           processes=processes)
     else:
         path = copy_vocabulary(Path(vocab_dir), family=family, out_dir=out_dir)
+    rebuild = functools.partial(tokenizing.load_tokenizer, path, family=family,
+                                lowercase=recipe.vocab.lowercase, arch=arch)
     try:
-        tokenizer = tokenizing.load_tokenizer(path, family=family,
-                                              lowercase=recipe.vocab.lowercase, arch=arch)
+        tokenizer = rebuild()
     except ValueError as e:  # keras-hub's, e.g. a special token missing from the vocabulary
         raise MlmError(
             f"--vocab {vocab_dir} does not suit {arch.tokenizer} of architecture {arch.name} "
@@ -139,7 +156,7 @@ def prepared_tokenizer(source: corpus.Corpus, *, recipe: Recipe, vocab_dir: str 
         ) from None
     origin = "learned" if vocab_dir is None else f"copied from {vocab_dir}"
     say(f"vocabulary: {tokenizer.vocabulary_size():,} entries ({origin})")
-    return tokenizer
+    return tokenizer, rebuild
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:

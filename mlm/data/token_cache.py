@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -61,6 +62,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h.update(type(tokenizer).__name__.encode())
     # The layer name is auto-numbered per process (bert_tokenizer_1, ...): not content.
     config = {k: v for k, v in tokenizer.get_config().items() if k != "name"}
+    # keras-hub's byte-level BPE lists its unsplittable tokens from a set, in an order
+    # that changes with each process's hash seed: the same tokenizer in another process
+    # (a worker, another host, the next run) must hash alike.
+    if "unsplittable_tokens" in config:
+        config["unsplittable_tokens"] = sorted(config["unsplittable_tokens"])
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update("\n".join(tokenizer.get_vocabulary()).encode())
     # The pieces alone do not decide a tokenization: a SentencePiece model's
@@ -119,10 +125,10 @@ def load_or_build_cache(
     cached = load_cache(final)
     if cached is not None:
         return cached
-    # All or nothing: a killed build leaves `.KEY.tmp`, never a complete-looking entry.
-    with atomic.writing_dir(final) as tmp:
-        stats = {
-            split: _tokenize_split(
+
+    def write_splits(tmp: Path) -> dict:
+        return {
+            split: tokenize_split(
                 documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
                 batch_size=batch_size, segmenter=segmenter, bulk=bulk,
                 bar=_progress(split, documents_by_split[split], enabled=progress,
@@ -130,10 +136,49 @@ def load_or_build_cache(
             )
             for split in SPLITS
         }
+
+    return write_entry(final, write_splits)
+
+
+def write_entry(final: Path, write_splits) -> TokenCache:
+    """Builds the entry `final` with `write_splits(folder)`, which writes each split's
+    files into `folder` and returns their statistics; all or nothing.
+
+    A killed build leaves `.KEY.tmp`, never a complete-looking entry.
+    """
+    with atomic.writing_dir(final) as tmp:
+        stats = write_splits(tmp)
         if stats["train"]["documents"] == 0:
             raise MlmError("the training split has no documents; add text to the corpus.")
         (tmp / _META).write_text(json.dumps(stats, indent=2))
-    return TokenCache(path=final, stats=stats)
+    return TokenCache(path=Path(final), stats=stats)
+
+
+def join_parts(parts: list[dict], *, files: list[Path], out: Path) -> dict:
+    """Joins the split pieces `files` (each written by `tokenize_split`, with `parts` its
+    statistics) into one split file `out`, in order, removing them; the split's statistics.
+
+    Word label files beside the pieces are joined the same way.
+    """
+    labels = [f.with_suffix(".words.bin") for f in files]
+    pairs = [(files, out)]
+    if all(f.is_file() for f in labels):
+        pairs.append((labels, out.with_suffix(".words.bin")))
+    for pieces, joined in pairs:
+        with open(joined, "wb") as dst:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, dst, _COPY_CHUNK)
+                piece.unlink()
+    return {
+        "documents": sum(p["documents"] for p in parts),
+        "tokens": sum(p["tokens"] for p in parts),
+        "unknown_tokens": sum(p["unknown_tokens"] for p in parts),
+        "dtype": parts[0]["dtype"],
+    }
+
+
+_COPY_CHUNK = 16 << 20
 
 
 def load_cache(entry: Path) -> TokenCache | None:
@@ -144,9 +189,14 @@ def load_cache(entry: Path) -> TokenCache | None:
     return TokenCache(path=Path(entry), stats=json.loads(meta.read_text()))
 
 
-def _tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, bar,
-                    segmenter=None, bulk=None):
-    """Tokenizes `documents` into the flat binary file `out` (and their word labels)."""
+def tokenize_split(documents: Iterable[str], tokenizer, *, out: Path, batch_size: int, bar,
+                   segmenter=None, bulk=None) -> dict:
+    """Tokenizes `documents` into the flat binary file `out` (and their word labels);
+    its statistics: documents, tokens (end tokens included), unknown tokens, dtype.
+
+    `bar` is a `Progress` (or anything with its `update(done, note=)` and
+    `finish()`), updated with the documents done.
+    """
     vocab_size = int(tokenizer.vocabulary_size())
     dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     end_id = int(tokenizer.end_token_id)
@@ -261,5 +311,4 @@ def unknown_token_id(tokenizer) -> int | None:
                 return token_id
         except (KeyError, ValueError, IndexError):
             continue
-    return None
     return None

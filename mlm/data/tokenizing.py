@@ -23,13 +23,13 @@ import numpy as np
 from mlm import atomic, machine_cache
 from mlm.architectures import ARCHITECTURES, Architecture
 from mlm.config import VocabConfig
-from mlm.data import corpus, token_cache, vocab
-from mlm.progress import track
+from mlm.data import corpus, token_cache, vocab, workers
+from mlm.progress import Progress, track
 
 
 def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture,
                      out_dir: Path, say: Callable[[str], None], quiet: bool,
-                     cache_root: Path | None = None) -> Path:
+                     cache_root: Path | None = None, processes: int = 1) -> Path:
     """The main vocabulary asset in `out_dir`, learned from `source` unless already there.
 
     It is learned once per machine into the machine cache
@@ -46,6 +46,10 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
         say: prints one line (what is learned).
         quiet: no progress line.
         cache_root: the machine cache; default `mlm.machine_cache.root()`.
+        processes: count a WordPiece vocabulary's words in this many worker
+            processes (`mlm.data.workers`), each on a contiguous range of the
+            documents; counts add up, so the vocabulary is the one one process
+            learns. Other families, and `vocab.sample`, read in this process.
     """
     family = config.family or arch.tokenizer_family
     path = vocab.vocabulary_path(out_dir, family=family)
@@ -59,7 +63,7 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
         else:
             with atomic.writing_dir(entry) as tmp:
                 _learn(source, config=config, arch=arch, family=family, out_dir=tmp, say=say,
-                       quiet=quiet)
+                       quiet=quiet, processes=processes)
     atomic.copy_dir(entry, out_dir)
     return path
 
@@ -75,10 +79,18 @@ def vocabulary_key(corpus_fingerprint: str, *, config: VocabConfig, arch: Archit
 
 
 def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, family: str,
-           out_dir: Path, say: Callable[[str], None], quiet: bool) -> None:
+           out_dir: Path, say: Callable[[str], None], quiet: bool, processes: int = 1) -> None:
     """Learns the vocabulary of `config` from `source` into `out_dir`."""
     say(f"training a {family} vocabulary of up to {config.size:,} entries"
         + (f" on a sample of at most {config.sample:,} documents" if config.sample else ""))
+    if (processes > 1 and family == "wordpiece" and not config.sample
+            and corpus.count_documents(source, split="train") >= processes):
+        vocab.train_vocabulary(
+            (), family=family, size=config.size, lowercase=config.lowercase,
+            min_frequency=config.min_frequency, out_dir=out_dir,
+            special_tokens=arch.special_tokens,
+            word_counts=_count_in_processes(source, processes=processes, quiet=quiet))
+        return
     label = "vocabulary: sampling documents" if config.sample else "vocabulary: counting words"
     documents = _with_progress(source, label=label, quiet=quiet)
     if config.sample:
@@ -89,6 +101,40 @@ def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, fa
         min_frequency=config.min_frequency, out_dir=out_dir,
         special_tokens=arch.special_tokens, byte_fallback=config.byte_fallback,
     )
+
+
+def _count_in_processes(source: corpus.Corpus, *, processes: int,
+                        quiet: bool) -> dict[str, int]:
+    """The words of the training documents (`wordpiece.count_words`), counted by `processes`
+    workers on contiguous ranges of the documents and added up."""
+    spans = workers.ranges(corpus.count_documents(source, split="train"), processes)
+    tasks = [(source, start, stop, index) for index, (start, stop) in enumerate(spans)]
+    bar = Progress(f"vocabulary: counting words in {processes} processes",
+                   total=spans[-1][1], unit="documents", enabled=not quiet)
+    parts = workers.run(_count_part, tasks, processes=processes, counters=len(tasks),
+                        progress=lambda done: bar.update(sum(done)))
+    bar.finish()
+    counts = collections.Counter()
+    for part in parts:
+        counts.update(part)
+    return dict(counts)
+
+
+def _count_part(task: tuple) -> dict[str, int]:
+    """In a worker: the words of training documents `start` to `stop`."""
+    from mlm.data.vocab import wordpiece
+
+    source, start, stop, index = task
+    documents = itertools.islice(corpus.iter_documents(source, split="train"), start, stop)
+
+    def batches():
+        done = 0
+        while batch := list(itertools.islice(documents, vocab.DOCUMENTS_PER_BATCH)):
+            yield batch
+            done += len(batch)
+            workers.counter(index, done)
+
+    return wordpiece.count_words(batches())
 
 
 def sample_documents(documents: Iterable[str], *, size: int, seed: int) -> list[str]:
@@ -116,7 +162,8 @@ def load_tokenizer(path: Path, *, family: str, lowercase: bool, arch: Architectu
 
 
 def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, segmenter: str,
-             say: Callable[[str], None], quiet: bool, share: tuple[int, int] = (0, 1)
+             say: Callable[[str], None], quiet: bool, share: tuple[int, int] = (0, 1),
+             processes: int = 1, rebuild: Callable | None = None,
              ) -> tuple[token_cache.TokenCache, dict[str, collections.Counter]]:
     """The token cache entry `cache_root/key` of `source`, built unless it is complete.
 
@@ -126,6 +173,13 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
     corpus order has `i % hosts == host`, the rule of HF's
     `datasets.distributed.split_dataset_by_node` and of tf.data's `shard`
     (the held-out split is kept whole, so every host evaluates alike).
+
+    With `processes` > 1 and `rebuild`, the documents are tokenized in that
+    many worker processes (`mlm.data.workers`), each on a contiguous range
+    of them, and the pieces joined in order: the entry is byte for byte the
+    one one process writes. `rebuild` is a picklable zero-argument callable
+    that builds `tokenizer` again in a worker (e.g. a `functools.partial` of
+    `load_tokenizer`); it is checked to give the same tokenizer.
 
     Returns:
         The entry, and per split what the reader repaired or skipped (see
@@ -143,10 +197,16 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
     host, hosts = share
 
     cache = token_cache.load_cache(cache_root / key)
-    if cache is None:
-        def probe() -> list[str]:
-            return list(itertools.islice(corpus.iter_documents(source, split="train"), _PROBE))
 
+    def probe() -> list[str]:
+        return list(itertools.islice(corpus.iter_documents(source, split="train"), _PROBE))
+
+    if cache is None and processes > 1 and rebuild is not None:
+        cache = _tokenize_in_processes(
+            source, tokenizer, rebuild=rebuild, final=cache_root / key, segmenter=segmenter,
+            share=share, processes=processes, tallies=tallies, quiet=quiet,
+            bulk=bulk_encoder(tokenizer, probe=probe, say=say) is not None)
+    if cache is None:
         cache = token_cache.load_or_build_cache(
             {split: functools.partial(documents, split) for split in token_cache.SPLITS},
             tokenizer, cache_root=cache_root, key=key, progress=not quiet,
@@ -158,6 +218,90 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
         if corpus.describe_tally(tally):
             say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
     return cache, tallies
+
+
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """What one worker process tokenizes: documents `start` to `stop` (None: the end)
+    of `split` (for "train", of the host's share), into the file `out`."""
+
+    source: corpus.Corpus
+    rebuild: Callable
+    fingerprint: str
+    split: str
+    share: tuple[int, int]
+    start: int
+    stop: int | None
+    out: Path
+    segmenter: str
+    bulk: bool
+    index: int
+
+
+def _tokenize_in_processes(source: corpus.Corpus, tokenizer, *, rebuild: Callable, final: Path,
+                           segmenter: str, share: tuple[int, int], processes: int, bulk: bool,
+                           tallies: dict, quiet: bool) -> token_cache.TokenCache:
+    """`tokenize`'s entry, built by `processes` workers: the train share cut into contiguous
+    ranges, one per process, and the held-out split as one more task."""
+    totals = _share_totals(source, share=share)
+    spans = workers.ranges(totals["train"], processes)
+    fingerprint = token_cache.tokenizer_fingerprint(tokenizer)
+
+    def write_splits(tmp: Path) -> dict:
+        def part(split, start, stop, out, index):
+            return _Part(source=source, rebuild=rebuild, fingerprint=fingerprint, split=split,
+                         share=share, start=start, stop=stop, out=out, segmenter=segmenter,
+                         bulk=bulk, index=index)
+
+        pieces = [tmp / f"train.part{i}.bin" for i in range(len(spans))]
+        # The last range runs to the end of the reader, so its tally is the whole split's.
+        tasks = [part("train", start, stop if i < len(spans) - 1 else None, pieces[i], i)
+                 for i, (start, stop) in enumerate(spans)]
+        tasks.append(part("held_out", 0, None, tmp / "held_out.bin", len(spans)))
+        bar = Progress(f"tokenizing in {processes} processes", total=sum(totals.values()),
+                       unit="documents", enabled=not quiet)
+        results = workers.run(_tokenize_part, tasks, processes=processes, counters=len(tasks),
+                              progress=lambda done: bar.update(sum(done)))
+        bar.finish()
+        tallies["train"] = collections.Counter(results[len(spans) - 1][1])
+        tallies["held_out"] = collections.Counter(results[-1][1])
+        return {"train": token_cache.join_parts([stats for stats, _ in results[:-1]],
+                                                files=pieces, out=tmp / "train.bin"),
+                "held_out": results[-1][0]}
+
+    return token_cache.write_entry(final, write_splits)
+
+
+def _tokenize_part(part: _Part) -> tuple[dict, dict]:
+    """In a worker: tokenizes `part` into its file; its statistics and its reader's tally."""
+    tokenizer = part.rebuild()
+    if token_cache.tokenizer_fingerprint(tokenizer) != part.fingerprint:
+        raise RuntimeError("a worker process rebuilt another tokenizer than the parent's")
+    tally = collections.Counter()
+    read = corpus.iter_documents(part.source, split=part.split, tally=tally)
+    if part.split == "train":
+        host, hosts = part.share
+        read = itertools.islice(read, host, None, hosts)
+    stats = token_cache.tokenize_split(
+        itertools.islice(read, part.start, part.stop), tokenizer, out=part.out,
+        batch_size=256, bar=_SharedCount(part.index),
+        segmenter=_labeller(part.segmenter, tokenizer) if part.segmenter else None,
+        bulk=bulk_encoder(tokenizer, probe=[], say=print) if part.bulk else None)
+    return stats, dict(tally)
+
+
+class _SharedCount:
+    """A progress bar for `token_cache.tokenize_split` in a worker: it sets the worker's
+    shared counter (`mlm.data.workers.counter`), which the parent's line sums."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def update(self, done: int, *, note: str = "") -> None:
+        workers.counter(self.index, done)
+
+    def finish(self) -> None:
+        pass
 
 
 def _share_totals(source: corpus.Corpus, *, share: tuple[int, int]) -> dict[str, int]:

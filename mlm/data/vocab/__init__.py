@@ -104,6 +104,7 @@ def train_vocabulary(
     out_dir: Path,
     special_tokens: tuple[str, ...] | None = None,
     byte_fallback: bool = sentencepiece.BYTE_FALLBACK,
+    word_counts: dict[str, int] | None = None,
 ) -> Path:
     """Learns a vocabulary from `documents` and writes it into `out_dir`.
 
@@ -140,6 +141,9 @@ def train_vocabulary(
         byte_fallback: "sentencepiece" only: spell characters left out of
             the vocabulary as UTF-8 byte pieces (256 entries) instead of the
             unknown token.
+        word_counts: "wordpiece" only: the words of the documents, already
+            counted by `wordpiece.count_words` (in parts, added up);
+            `documents` is then not read.
 
     Returns:
         The path of the written asset: `out_dir / "vocabulary.txt"`
@@ -175,6 +179,11 @@ def train_vocabulary(
                 f"tokens, but received size={size}; raise it above {len(special_tokens) + 256}."
             )
         options["byte_fallback"] = True
+    if word_counts is not None:
+        if family != "wordpiece":
+            raise MlmError(f"word_counts needs the wordpiece family, but received "
+                           f"family='{family}'; pass the documents instead.")
+        options["counts"] = word_counts
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise MlmError(f"out_dir {out_dir} is a file; pass a folder for the vocabulary.")

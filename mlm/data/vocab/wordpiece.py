@@ -14,7 +14,7 @@ import itertools
 import json
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,14 +111,20 @@ def train(
     lowercase: bool,
     min_frequency: int,
     special_tokens: tuple[str, ...],
+    counts: dict[str, int] | None = None,
 ) -> dict[str, bytes]:
-    """Learns a BERT WordPiece vocabulary: the contents of `vocabulary.txt`."""
+    """Learns a BERT WordPiece vocabulary: the contents of `vocabulary.txt`.
+
+    `counts`: the words of the documents already counted (`count_words`, e.g.
+    per range of the corpus in worker processes, and added up); `batches` is
+    then not read.
+    """
     if _UNKNOWN not in special_tokens:
         raise MlmError(
             f"a wordpiece vocabulary needs the {_UNKNOWN} token keras-hub maps "
             f"unknown words to, but special_tokens={special_tokens!r}; add it."
         )
-    counts = _count_words(batches)
+    counts = count_words(batches) if counts is None else counts
     if lowercase:
         counts = _casefold_counts(counts)
     if not counts:
@@ -159,8 +165,12 @@ def _decoder() -> decoders.Decoder:
     return decoders.WordPiece(prefix=CONTINUATION, cleanup=False)
 
 
-def _count_words(batches: Iterator[list[str]]) -> dict[str, int]:
-    """Counts the words keras-hub splits the documents into, before case folding."""
+def count_words(batches: Iterable[list[str]]) -> dict[str, int]:
+    """Counts the words keras-hub splits the documents into, before case folding.
+
+    Counts add up: the sum of the counts of parts of the documents is the
+    count of them all, whatever the order.
+    """
     counter = tokenizers.Tokenizer(models.WordLevel(unk_token="[UNK]"))
     counter.pre_tokenizer = _keras_hub_word_splitter()
     # No bar of its own: it would draw over the caller's (`mlm.progress.track`).

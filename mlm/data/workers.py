@@ -1,0 +1,147 @@
+"""Worker processes for preparing a corpus on every core: how many, which documents, how run.
+
+`mlm prepare --workers N` (`mlm.data.tokenizing.tokenize`) cuts the training
+documents into N contiguous ranges in corpus order; each worker process
+tokenizes its range into its own file and the parent joins the files in
+order, so the token cache is byte for byte the one a single process writes.
+
+The engine is the standard library's `concurrent.futures.ProcessPoolExecutor`
+with *spawned* processes, not HF `datasets.map(num_proc=)`: `map` needs the
+corpus copied into an Arrow table first (one more full write; HF's cache held
+16.9 bytes per token against mlm's 2.0 in `benchmarks/prepare_scale.py`), and
+it forks the parent, which holds TensorFlow's thread pools (TensorFlow is not
+fork-safe: a forked child's `tf.data` can hang). Each worker builds the same
+keras-hub tokenizer from the same vocabulary file, so ids are keras-hub's.
+
+Example:
+```python
+from mlm.data import workers
+workers.run(square, [1, 2, 3], processes=2)  # [1, 4, 9], computed in 2 processes
+```
+"""
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import sys
+import types
+from collections.abc import Callable, Sequence
+
+from mlm.errors import MlmError
+
+# Below this much local training text, `workers=None` (auto) uses one process:
+# a spawned worker imports TensorFlow and keras-hub (5-9 s on 2 cores), more
+# than a second process saves on smaller corpora.
+AUTO_MIN_BYTES = 64 << 20
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
+def resolve(workers: int | None, *, files: Sequence[str] = ()) -> int:
+    """The worker processes to use: `workers`, or for None one per available CPU when
+    the local `files` hold at least `AUTO_MIN_BYTES`, else 1.
+
+    Raises:
+        MlmError: `workers` is below 1.
+    """
+    if workers is None:
+        size = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
+        return available_cpus() if size >= AUTO_MIN_BYTES else 1
+    if workers < 1:
+        raise MlmError(f"--workers must be at least 1, but received {workers}; pass the "
+                       f"number of processes to prepare with (this machine has "
+                       f"{available_cpus()} CPUs), or leave it out to choose by corpus size.")
+    return workers
+
+
+def ranges(total: int, parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous `(start, stop)` ranges covering `0..total`, sizes differing by
+    at most one; fewer when `total < parts` (no empty range)."""
+    parts = max(1, min(parts, total))
+    bounds = [total * i // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def run(fn: Callable, tasks: Sequence, *, processes: int, progress: Callable | None = None,
+        counters: int = 0, poll_seconds: float = 0.5) -> list:
+    """`[fn(task) for task in tasks]`, computed in `processes` spawned processes.
+
+    Results come in task order. An exception raised by `fn` (an `MlmError`
+    naming a bad line, say) is raised here as it was raised there, once the
+    other tasks are cancelled.
+
+    Args:
+        fn: a function of an importable module, not of the main script (it is
+            pickled by name, and the workers do not run the main script).
+        tasks: its arguments, each picklable.
+        processes: how many processes to run at once.
+        progress: called about every `poll_seconds` with the list of shared
+            `counters` (see `counter`), for a progress line; None: not called.
+        counters: how many shared integer counters the tasks can set by index
+            with `counter(i, value)` (e.g. documents done per task).
+    """
+    context = multiprocessing.get_context("spawn")
+    shared = context.Array("q", max(counters, 1), lock=False)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=processes, mp_context=context, initializer=_share_counters,
+        initargs=(shared,))
+    try:
+        with _main_hidden():  # the processes start at the first submits
+            futures = [pool.submit(fn, task) for task in tasks]
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending, timeout=poll_seconds, return_when=concurrent.futures.FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # raises a task's exception now
+            if progress is not None:
+                progress(list(shared[:counters]))
+    except BaseException:
+        # Do not wait for the other tasks (a range of a large corpus takes minutes):
+        # stop their processes. `_processes` is the executor's own table of them.
+        processes_now = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes_now:
+            process.terminate()
+        raise
+    pool.shutdown()
+    return [future.result() for future in futures]
+
+
+@contextlib.contextmanager
+def _main_hidden():
+    """Starts processes without running the caller's main script in them.
+
+    A spawned process imports the parent's `__main__` by path; a script with
+    no `if __name__ == "__main__":` guard would then run its own call to
+    `mlm.prepare` again in every worker. `run`'s functions live in mlm's
+    modules, so the workers need nothing from `__main__`: they get an empty one.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+# In a worker: the counters of `run`, set by its initializer.
+_COUNTERS = None
+
+
+def _share_counters(shared) -> None:
+    global _COUNTERS
+    _COUNTERS = shared
+
+
+def counter(index: int, value: int) -> None:
+    """Sets shared counter `index` to `value` (in a task of `run`; elsewhere a no-op)."""
+    if _COUNTERS is not None and index < len(_COUNTERS):
+        _COUNTERS[index] = value
