@@ -39,13 +39,15 @@ with the distinct words (tens of MB at 10 GB), not with the size. Seeded
 within each repetition (their order rotates from one repetition to the next)
 so that the machine's load hits them alike:
 
-- `mlm (1 process)`: `python -m mlm prepare --recipe bert_tiny_en_uncased
-  --corpus FILE --out DIR --quiet` with a fresh `MLM_CACHE_DIR`: scan and hash
-  the corpus, learn the recipe's WordPiece vocabulary (30522, uncased,
-  min_frequency 2), tokenize both splits (2% held out by hash) with
-  keras-hub's `BertTokenizer` over `tf.data`, write uint16 ids. `mlm` has no
-  process-count knob today; TensorFlow and `tokenizers` use every core
-  inside that one process.
+- `mlm (N processes)`: `python -m mlm prepare --recipe bert_tiny_en_uncased
+  --corpus FILE --out DIR --workers N --quiet` with a fresh `MLM_CACHE_DIR`:
+  scan and hash the corpus, learn the recipe's WordPiece vocabulary (30522,
+  uncased, min_frequency 2; its words counted by N processes, each on a
+  contiguous range of the documents, the merges learned in the parent),
+  tokenize both splits (2% held out by hash) with keras-hub's `BertTokenizer`
+  over `tf.data` in N processes (`mlm.data.workers`), write uint16 ids.
+  TensorFlow and `tokenizers` also use threads inside each process.
+  (`--mlm-processes`, default 1,2.)
 - `hf (N processes)`: what a run_mlm.py user does: `tokenizers`'
   `BertWordPieceTokenizer(lowercase=True).train([FILE], vocab_size=30522,
   min_frequency=2)`, then `datasets.load_dataset("text", data_files=FILE,
@@ -125,16 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     for size in args.sizes:
         corpus = generate_corpus(args.work_dir, gigabytes=size, seed=args.seed)
         report["sizes"].append({"gigabytes": size, **corpus_stats(corpus)})
-        contenders = [("mlm", 1), *(("hf", n) for n in args.processes)]
+        contenders = [*(("mlm", n) for n in args.mlm_processes),
+                      *(("hf", n) for n in args.processes)]
         for repeat in range(args.repeats):
             shift = repeat % len(contenders)
             for name, processes in contenders[shift:] + contenders[:shift]:
-                run = (run_mlm(corpus, work=args.work_dir, phases=args.timed_steps)
+                run = (run_mlm(corpus, work=args.work_dir, processes=processes,
+                               phases=args.timed_steps and processes == 1)
                        if name == "mlm"
                        else run_hf(corpus, work=args.work_dir, processes=processes))
                 report["runs"].append({"gigabytes": size, "contender": name,
                                        "processes": processes, "repeat": repeat, **run})
-                if name == "mlm" and args.timed_steps:
+                if name == "mlm" and args.timed_steps and processes == 1:
                     report["breakdowns"].append({"gigabytes": size, **run})
                 save(report, args.json)
         if args.breakdown and not args.timed_steps:
@@ -153,6 +157,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each contender per size")
     parser.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 2], help="num_proc values of the hf contender (default 1,2)")
+    parser.add_argument("--mlm-processes", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1, 2],
+                        help="--workers values of the mlm contender (default 1,2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the timed-steps run of mlm after each size")
@@ -355,21 +362,24 @@ def _env(**extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def run_mlm(corpus: Path, *, work: Path, phases: bool = False) -> dict:
-    """One `mlm prepare` of `corpus` in a fresh temporary folder; its measurements."""
-    label = "mlm (timed steps)" if phases else "mlm (1 process)"
+def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = False) -> dict:
+    """One `mlm prepare --workers processes` of `corpus` in a fresh temporary folder; its
+    measurements. `phases`: with timers around its steps (those of the parent process, so
+    with `processes` 1)."""
+    label = ("mlm (timed steps)" if phases
+             else f"mlm ({processes} process{'es' if processes > 1 else ''})")
     with tempfile.TemporaryDirectory(dir=work, prefix="mlm-run-") as tmp:
         tmp = Path(tmp)
         out = tmp / "prepared"
         phases_file = tmp / "phases.json"
         prepare = ["prepare", "--recipe", RECIPE, "--corpus", str(corpus), "--out", str(out),
-                   "--quiet"]
+                   "--workers", str(processes), "--quiet"]
         command = ([sys.executable, str(Path(__file__).resolve()), "--mlm-phases",
                     str(phases_file), "--", *prepare] if phases
                    else [sys.executable, "-m", "mlm", *prepare])
         say(f"{label}: {corpus.name}")
         result = measured(command, env=_env(MLM_CACHE_DIR=str(tmp / "mlm-cache")),
-                          log=work / f"last-{'mlm-phases' if phases else 'mlm'}.log")
+                          log=work / f"last-{'mlm-phases' if phases else f'mlm{processes}'}.log")
         if "error" not in result:
             manifest = json.loads((out / "manifest.json").read_text())
             splits = manifest["splits"]
@@ -587,6 +597,8 @@ def print_report(report: dict) -> None:
         groups.setdefault((run["gigabytes"], run["contender"], run["processes"]), []).append(run)
     for (size, name, processes), runs in groups.items():
         print(table_row(size, name, processes, runs))
+    for line in speedups(report["runs"]):
+        print(line)
     for breakdown in report.get("breakdowns", []):
         print_breakdown(breakdown)
     hf = [r for r in report["runs"] if r["contender"] == "hf" and "stages" in r]
@@ -609,6 +621,27 @@ def print_report(report: dict) -> None:
         if "error" in run:
             print(f"ERROR {run['contender']} {run['processes']} at {run['gigabytes']:g} GB: "
                   f"{run['error']}")
+
+
+def speedups(runs: list[dict]) -> list[str]:
+    """Per size, mlm's wall time with 1 process over its time with N, paired by repeat (the
+    runs of one repeat are back to back, so they share the machine's load)."""
+    walls: dict[tuple, float] = {}
+    for r in runs:
+        if r["contender"] == "mlm" and "error" not in r and "phases" not in r:
+            walls[(r["gigabytes"], r["processes"], r["repeat"])] = r["wall_seconds"]
+    lines = []
+    for size, n in sorted({(k[0], k[1]) for k in walls if k[1] > 1}):
+        ratios = [walls[(size, 1, rep)] / walls[(size, n, rep)]
+                  for (sz, p, rep) in sorted(walls) if sz == size and p == n
+                  and (size, 1, rep) in walls]
+        if ratios:
+            spread = (f" ± {statistics.stdev(ratios) / len(ratios) ** 0.5:.2f} (s.e.)"
+                      if len(ratios) > 1 else "")
+            lines.append(f"\nmlm at {size:g} GB, 1 -> {n} processes: "
+                         f"{statistics.mean(ratios):.2f}x{spread} (per repeat: "
+                         + ", ".join(f"{x:.2f}" for x in ratios) + ")")
+    return lines
 
 
 def table_row(size: float, name: str, processes: int, runs: list[dict]) -> str:

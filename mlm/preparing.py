@@ -7,7 +7,6 @@ the recipe's vocabulary (or copy one in), tokenize both splits, write the
 manifest. Runs then train from the folder with `--data` (`corpus.prepared`).
 """
 
-import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -94,13 +93,13 @@ def prepare(
         say(f"host {host} of {hosts}: its share of the training documents (number i where "
             f"i % {hosts} == {host}), and the whole held-out split")
     with atomic.writing_dir(out) as tmp:
-        tokenizer, rebuild = prepared_tokenizer(source, recipe=recipe, vocab_dir=vocab_dir,
-                                                out_dir=tmp / prepared.VOCAB, say=say,
-                                                quiet=quiet, processes=processes)
+        tokenizer = prepared_tokenizer(source, recipe=recipe, vocab_dir=vocab_dir,
+                                       out_dir=tmp / prepared.VOCAB, say=say, quiet=quiet,
+                                       processes=processes)
         cache, tallies = tokenizing.tokenize(
             source, tokenizer, cache_root=tmp, key=prepared.TOKENS,
             segmenter=recipe.masking.segmenter, say=say, quiet=quiet, share=share,
-            processes=processes, rebuild=rebuild)
+            processes=processes)
         manifest = prepared.manifest(
             recipe, corpus_fingerprint=source.fingerprint, tokenizer=tokenizer,
             stats=cache.stats, tallies=tallies, share=share,
@@ -135,8 +134,8 @@ def describe(manifest: dict) -> str:
 def prepared_tokenizer(source: corpus.Corpus, *, recipe: Recipe, vocab_dir: str | Path | None,
                        out_dir: Path, say: Callable[[str], None], quiet: bool,
                        processes: int = 1):
-    """The tokenizer of the prepared corpus, its vocabulary learned or copied from `vocab_dir`,
-    and a picklable callable that builds it again (in a worker process)."""
+    """The tokenizer of the prepared corpus: its vocabulary learned (its words counted in
+    `processes` processes), or copied from `vocab_dir`."""
     arch = get_architecture(recipe.model.architecture)
     family = recipe.vocab.family or arch.tokenizer_family
     if vocab_dir is None:
@@ -145,10 +144,9 @@ def prepared_tokenizer(source: corpus.Corpus, *, recipe: Recipe, vocab_dir: str 
                                            processes=processes)
     else:
         path = copy_vocabulary(Path(vocab_dir), family=family, out_dir=out_dir)
-    rebuild = functools.partial(tokenizing.load_tokenizer, path, family=family,
-                                lowercase=recipe.vocab.lowercase, arch=arch)
     try:
-        tokenizer = rebuild()
+        tokenizer = tokenizing.load_tokenizer(path, family=family,
+                                              lowercase=recipe.vocab.lowercase, arch=arch)
     except ValueError as e:  # keras-hub's, e.g. a special token missing from the vocabulary
         raise MlmError(
             f"--vocab {vocab_dir} does not suit {arch.tokenizer} of architecture {arch.name} "
@@ -156,7 +154,7 @@ def prepared_tokenizer(source: corpus.Corpus, *, recipe: Recipe, vocab_dir: str 
         ) from None
     origin = "learned" if vocab_dir is None else f"copied from {vocab_dir}"
     say(f"vocabulary: {tokenizer.vocabulary_size():,} entries ({origin})")
-    return tokenizer, rebuild
+    return tokenizer
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:

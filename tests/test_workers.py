@@ -115,3 +115,29 @@ def test_a_bad_worker_count_is_refused_before_any_work(small_corpus, tmp_path):
     code, _, err = prepare(tmp_path / "out", small_corpus, "--workers", "0")
     assert_one_line_error(code, err, "--workers must be at least 1, but received 0")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sentencepiece_tokenizer_is_rebuilt_in_the_workers_from_its_assets(messy_corpus,
+                                                                            tmp_path):
+    """`tokenize(processes=2)` with any keras-hub tokenizer (here ALBERT's sentencepiece, as a
+    run's preset would bring): the workers rebuild it from its config and saved assets."""
+    from mlm.architectures import get_architecture
+    from mlm.config import CorpusConfig
+    from mlm.data import corpus, tokenizing, vocab
+
+    arch = get_architecture("albert")
+    source = corpus.resolve_corpus(CorpusConfig(paths=(str(messy_corpus),)))
+    path = vocab.train_vocabulary(corpus.iter_documents(source, split="train"),
+                                  family="sentencepiece", size=300, lowercase=True,
+                                  min_frequency=1, out_dir=tmp_path / "vocab",
+                                  special_tokens=arch.special_tokens)
+    tokenizer = tokenizing.load_tokenizer(path, family="sentencepiece", lowercase=True,
+                                          arch=arch)
+    entries = []
+    for processes in (1, 2):
+        cache, tallies = tokenizing.tokenize(
+            source, tokenizer, cache_root=tmp_path / f"p{processes}", key="entry",
+            segmenter="", say=print, quiet=True, processes=processes)
+        entries.append((files_of(cache.path), tallies))
+    assert entries[0] == entries[1]
+    assert sorted(entries[0][0]) == ["held_out.bin", "meta.json", "train.bin"]

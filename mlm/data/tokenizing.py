@@ -15,6 +15,7 @@ import functools
 import hashlib
 import itertools
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def load_tokenizer(path: Path, *, family: str, lowercase: bool, arch: Architectu
 
 def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, segmenter: str,
              say: Callable[[str], None], quiet: bool, share: tuple[int, int] = (0, 1),
-             processes: int = 1, rebuild: Callable | None = None,
+             processes: int = 1,
              ) -> tuple[token_cache.TokenCache, dict[str, collections.Counter]]:
     """The token cache entry `cache_root/key` of `source`, built unless it is complete.
 
@@ -174,12 +175,11 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
     `datasets.distributed.split_dataset_by_node` and of tf.data's `shard`
     (the held-out split is kept whole, so every host evaluates alike).
 
-    With `processes` > 1 and `rebuild`, the documents are tokenized in that
-    many worker processes (`mlm.data.workers`), each on a contiguous range
-    of them, and the pieces joined in order: the entry is byte for byte the
-    one one process writes. `rebuild` is a picklable zero-argument callable
-    that builds `tokenizer` again in a worker (e.g. a `functools.partial` of
-    `load_tokenizer`); it is checked to give the same tokenizer.
+    With `processes` > 1, the documents are tokenized in that many worker
+    processes (`mlm.data.workers`), each on a contiguous range of them, and
+    the pieces joined in order: the entry is byte for byte the one one
+    process writes. Each worker builds `tokenizer` again from its config and
+    assets (`rebuild_tokenizer`), checked to hash alike.
 
     Returns:
         The entry, and per split what the reader repaired or skipped (see
@@ -201,9 +201,9 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
     def probe() -> list[str]:
         return list(itertools.islice(corpus.iter_documents(source, split="train"), _PROBE))
 
-    if cache is None and processes > 1 and rebuild is not None:
+    if cache is None and processes > 1:
         cache = _tokenize_in_processes(
-            source, tokenizer, rebuild=rebuild, final=cache_root / key, segmenter=segmenter,
+            source, tokenizer, final=cache_root / key, segmenter=segmenter,
             share=share, processes=processes, tallies=tallies, quiet=quiet,
             bulk=bulk_encoder(tokenizer, probe=probe, say=say) is not None)
     if cache is None:
@@ -226,7 +226,7 @@ class _Part:
     of `split` (for "train", of the host's share), into the file `out`."""
 
     source: corpus.Corpus
-    rebuild: Callable
+    tokenizer: tuple  # `rebuild_tokenizer`'s arguments
     fingerprint: str
     split: str
     share: tuple[int, int]
@@ -238,7 +238,7 @@ class _Part:
     index: int
 
 
-def _tokenize_in_processes(source: corpus.Corpus, tokenizer, *, rebuild: Callable, final: Path,
+def _tokenize_in_processes(source: corpus.Corpus, tokenizer, *, final: Path,
                            segmenter: str, share: tuple[int, int], processes: int, bulk: bool,
                            tallies: dict, quiet: bool) -> token_cache.TokenCache:
     """`tokenize`'s entry, built by `processes` workers: the train share cut into contiguous
@@ -248,8 +248,15 @@ def _tokenize_in_processes(source: corpus.Corpus, tokenizer, *, rebuild: Callabl
     fingerprint = token_cache.tokenizer_fingerprint(tokenizer)
 
     def write_splits(tmp: Path) -> dict:
+        assets = tmp / "tokenizer"  # what the workers build the tokenizer from; removed below
+        assets.mkdir()
+        tokenizer.save_assets(str(assets))
+        # Through JSON, as a preset stores it: keras's tracked lists in it do not pickle.
+        config = json.loads(json.dumps(tokenizer.get_config()))
+        rebuild = (type(tokenizer), config, str(assets))
+
         def part(split, start, stop, out, index):
-            return _Part(source=source, rebuild=rebuild, fingerprint=fingerprint, split=split,
+            return _Part(source=source, tokenizer=rebuild, fingerprint=fingerprint, split=split,
                          share=share, start=start, stop=stop, out=out, segmenter=segmenter,
                          bulk=bulk, index=index)
 
@@ -263,6 +270,7 @@ def _tokenize_in_processes(source: corpus.Corpus, tokenizer, *, rebuild: Callabl
         results = workers.run(_tokenize_part, tasks, processes=processes, counters=len(tasks),
                               progress=lambda done: bar.update(sum(done)))
         bar.finish()
+        shutil.rmtree(assets)
         tallies["train"] = collections.Counter(results[len(spans) - 1][1])
         tallies["held_out"] = collections.Counter(results[-1][1])
         return {"train": token_cache.join_parts([stats for stats, _ in results[:-1]],
@@ -274,7 +282,7 @@ def _tokenize_in_processes(source: corpus.Corpus, tokenizer, *, rebuild: Callabl
 
 def _tokenize_part(part: _Part) -> tuple[dict, dict]:
     """In a worker: tokenizes `part` into its file; its statistics and its reader's tally."""
-    tokenizer = part.rebuild()
+    tokenizer = rebuild_tokenizer(*part.tokenizer)
     if token_cache.tokenizer_fingerprint(tokenizer) != part.fingerprint:
         raise RuntimeError("a worker process rebuilt another tokenizer than the parent's")
     tally = collections.Counter()
@@ -288,6 +296,14 @@ def _tokenize_part(part: _Part) -> tuple[dict, dict]:
         segmenter=_labeller(part.segmenter, tokenizer) if part.segmenter else None,
         bulk=bulk_encoder(tokenizer, probe=[], say=print) if part.bulk else None)
     return stats, dict(tally)
+
+
+def rebuild_tokenizer(cls: type, config: dict, assets: str):
+    """The keras-hub tokenizer of class `cls` with `config` and the vocabulary files that
+    its `save_assets` wrote into the folder `assets` (as `from_preset` builds one)."""
+    tokenizer = cls.from_config(config)
+    tokenizer.load_assets(assets)
+    return tokenizer
 
 
 class _SharedCount:
