@@ -155,8 +155,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=lambda s: [float(x) for x in s.split(",")], default=[0.1],
                         help="corpus sizes in GB, comma separated (default 0.1)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each contender per size")
-    parser.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[1, 2], help="num_proc values of the hf contender (default 1,2)")
+    parser.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",") if x],
+                        default=[1, 2], help="num_proc values of the hf contender (default 1,2; "
+                        "'' runs no hf)")
     parser.add_argument("--mlm-processes", type=lambda s: [int(x) for x in s.split(",")],
                         default=[1, 2],
                         help="--workers values of the mlm contender (default 1,2)")

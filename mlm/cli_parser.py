@@ -50,9 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --hosts: the host whose share to prepare, 0 to hosts-1 (its "
                    "--process-id)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="tokenize in N processes, each on a contiguous range of the documents "
-                   "(same tokens as 1); default: one per CPU for a corpus of 64 MB or more, "
-                   "else 1")
+                   help="count words and tokenize in N processes, each on a contiguous range "
+                   "of the documents (the same folder as 1); for machines with more cores than "
+                   "one process keeps busy (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared corpus")
     p.add_argument("--quiet", action="store_true", help="print only errors and the result")
 

@@ -55,10 +55,11 @@ def prepare(
             shared filesystem. The vocabulary is learned from the whole
             corpus, so every host learns the same one (or pass `vocab_dir`),
             and the held-out split is kept whole. `(0, 1)`: everything.
-        workers: tokenize in this many processes (`mlm.data.workers`), each
-            on a contiguous range of the documents; the tokens are byte for
-            byte those of one process. None: one per CPU this process may
-            use when the corpus's local files hold at least 64 MB, else 1.
+        workers: count words (WordPiece) and tokenize in this many processes
+            (`mlm.data.workers`), each on a contiguous range of the
+            documents; the folder is byte for byte the one of one process.
+            None: 1 (on 2 cores more were no faster; see
+            `mlm.data.workers.resolve`).
 
     Returns:
         The manifest written to `out/manifest.json`.
@@ -78,14 +79,13 @@ def prepare(
     _check_recipe(recipe)
     check_share(share)
     check_out(out, overwrite=overwrite)
-    data_workers.resolve(workers)  # a bad --workers fails before any long work
+    processes = data_workers.resolve(workers)  # a bad one fails before any long work
     if vocab_dir is not None:
         vocabulary_files(Path(vocab_dir), family=family)
     say = _console(quiet=quiet)
     source = corpus.resolve_corpus(recipe.corpus)
     for hint in source.hints:
         say(hint)
-    processes = data_workers.resolve(workers, files=source.train_files)
     if processes > 1:
         say(f"{processes} worker processes (--workers)")
     host, hosts = share

@@ -22,7 +22,7 @@ from mlm.architectures import (
     preprocessor_detached,
 )
 from mlm.config import Recipe, apply_overrides, load_recipe
-from mlm.data import corpus, prepared, token_cache, tokenizing, workers
+from mlm.data import corpus, prepared, token_cache, tokenizing
 from mlm.data.masking import resolve_masking
 from mlm.data.pipeline import padding_fraction
 from mlm.errors import MlmError
@@ -332,9 +332,8 @@ def load_or_train_tokenizer(source, *, recipe: Recipe, run_dir: Path, log: Metri
     if isinstance(source, prepared.PreparedCorpus):
         path, family, lowercase = source.copy_vocabulary(vocab_dir), source.family, source.lowercase
     else:
-        path = tokenizing.learn_vocabulary(
-            source, config=recipe.vocab, arch=arch, out_dir=vocab_dir, say=log.say,
-            quiet=log.quiet, processes=workers.resolve(None, files=source.train_files))
+        path = tokenizing.learn_vocabulary(source, config=recipe.vocab, arch=arch,
+                                           out_dir=vocab_dir, say=log.say, quiet=log.quiet)
         family, lowercase = recipe.vocab.family or arch.tokenizer_family, recipe.vocab.lowercase
     tokenizer = tokenizing.load_tokenizer(path, family=family, lowercase=lowercase, arch=arch)
     log.say(f"vocabulary: {tokenizer.vocabulary_size():,} entries in {path}")
@@ -375,8 +374,7 @@ def tokenize_corpus(
     word label is stored too (`mlm.data.segmenter`).
 
     What the reader repaired or skipped on the way (see `corpus.iter_documents`)
-    is reported on stderr and in `metrics.jsonl` when the cache is built. From 64 MB
-    of local text it is tokenized in one process per CPU (`mlm.data.workers`).
+    is reported on stderr and in `metrics.jsonl` when the cache is built.
     """
     key = token_cache.cache_key(source.fingerprint, tokenizer, segmenter=segmenter)
     recorded = [Path(r["path"]) for r in log.read() if r.get("part") == "tokens"]
@@ -388,7 +386,7 @@ def tokenize_corpus(
     with contextlib.nullcontext() if found else machine_cache.building(root / key):
         cache, tallies = tokenizing.tokenize(
             source, tokenizer, cache_root=root, key=key, segmenter=segmenter, say=log.say,
-            quiet=log.quiet, processes=workers.resolve(None, files=source.train_files))
+            quiet=log.quiet)
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
             log.write({"split": "corpus", "part": split, **tally})

@@ -36,16 +36,11 @@ def test_run_returns_results_in_task_order_and_raises_a_task_error():
         workers.run(workers.resolve, [2, 0, 3], processes=2)
 
 
-def test_auto_workers_follow_the_corpus_size_and_the_cpus(tmp_path, monkeypatch):
+def test_the_default_is_one_process():
     from mlm.data import workers
 
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    small = tmp_path / "small.txt"
-    small.write_text("a few words\n")
-    assert workers.resolve(None, files=[str(small)]) == 1
-    monkeypatch.setattr(workers, "AUTO_MIN_BYTES", 8)
-    assert workers.resolve(None, files=[str(small)]) == 3
-    assert workers.resolve(2, files=[str(small)]) == 2
+    assert workers.resolve(None) == 1
+    assert workers.resolve(3) == 3
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,6 @@ from collections.abc import Callable, Sequence
 
 from mlm.errors import MlmError
 
-# Below this much local training text, `workers=None` (auto) uses one process:
-# a spawned worker imports TensorFlow and keras-hub (5-9 s on 2 cores), more
-# than a second process saves on smaller corpora.
-AUTO_MIN_BYTES = 64 << 20
-
 
 def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask, not the machine's count)."""
@@ -44,20 +39,25 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve(workers: int | None, *, files: Sequence[str] = ()) -> int:
-    """The worker processes to use: `workers`, or for None one per available CPU when
-    the local `files` hold at least `AUTO_MIN_BYTES`, else 1.
+def resolve(workers: int | None) -> int:
+    """The worker processes to use: `workers`, or 1 for None.
+
+    One is the default because more were no faster where measured: on 2
+    cores one process already keeps about 1.6 of them busy (`tf.data`'s
+    parallel map, `tokenizers`' threads), and 2 processes took 0.92x and
+    0.98x its speed on 0.1 and 1 GB with 2.4x its memory (each worker holds
+    its own TensorFlow; benchmarks/RESULTS.md). More processes are for
+    machines with cores that one process leaves idle.
 
     Raises:
         MlmError: `workers` is below 1.
     """
     if workers is None:
-        size = sum(os.path.getsize(f) for f in files if os.path.isfile(f))
-        return available_cpus() if size >= AUTO_MIN_BYTES else 1
+        return 1
     if workers < 1:
         raise MlmError(f"--workers must be at least 1, but received {workers}; pass the "
                        f"number of processes to prepare with (this machine has "
-                       f"{available_cpus()} CPUs), or leave it out to choose by corpus size.")
+                       f"{available_cpus()} CPUs), or leave it out for 1.")
     return workers
 
 
