@@ -158,9 +158,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processes", type=lambda s: [int(x) for x in s.split(",") if x],
                         default=[1, 2], help="num_proc values of the hf contender (default 1,2; "
                         "'' runs no hf)")
-    parser.add_argument("--mlm-processes", type=lambda s: [int(x) for x in s.split(",")],
+    parser.add_argument("--mlm-processes", type=lambda s: [int(x) for x in s.split(",") if x],
                         default=[1, 2],
-                        help="--workers values of the mlm contender (default 1,2)")
+                        help="--workers values of the mlm contender (default 1,2; '' runs no mlm)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the timed-steps run of mlm after each size")
