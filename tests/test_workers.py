@@ -63,6 +63,7 @@ def files_of(folder) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # spawned processes importing TensorFlow
 @pytest.mark.parametrize(("recipe", "extra"), [
     # WordPiece, words counted in 2 processes, one host's share, word labels.
     ("bert_test", ("--hosts", "2", "--host", "1", "--set", "masking.unit=word",
@@ -96,7 +97,8 @@ def test_workers_prepare_the_folder_one_process_prepares(recipe, extra, messy_co
 
 @pytest.mark.parametrize("fault", [
     "read_document:split=train:index=50:action=enospc",   # in a word-counting worker
-    "read_document:split=held_out:index=0:action=enospc",  # in a tokenizing worker
+    pytest.param("read_document:split=held_out:index=0:action=enospc",  # a tokenizing worker
+                 marks=pytest.mark.slow),
 ])
 def test_a_failing_worker_fails_the_prepare_in_one_line_leaving_nothing(fault, messy_corpus,
                                                                        tmp_path, monkeypatch):
@@ -112,6 +114,7 @@ def test_a_bad_worker_count_is_refused_before_any_work(small_corpus, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # spawned processes importing TensorFlow
 def test_a_sentencepiece_tokenizer_is_rebuilt_in_the_workers_from_its_assets(messy_corpus,
                                                                             tmp_path):
     """`tokenize(processes=2)` with any keras-hub tokenizer (here ALBERT's sentencepiece, as a
