@@ -1,17 +1,21 @@
-"""Worker processes for preparing a corpus on every core: how many, which documents, how run.
+"""Worker processes for preparing a corpus on several cores: how many, which documents, how run.
 
-`mlm prepare --workers N` (`mlm.data.tokenizing.tokenize`) cuts the training
-documents into N contiguous ranges in corpus order; each worker process
-tokenizes its range into its own file and the parent joins the files in
-order, so the token cache is byte for byte the one a single process writes.
+`mlm prepare --workers N` cuts the training documents into N contiguous
+ranges in corpus order. N worker processes count the words of their ranges
+(a WordPiece vocabulary: `mlm.data.tokenizing.learn_vocabulary`; counts add
+up) and then tokenize their ranges into files of their own, which the parent
+joins in order (`mlm.data.tokenizing.tokenize`): the prepared folder is byte
+for byte the one a single process writes. The default is one process
+(`resolve` says why).
 
 The engine is the standard library's `concurrent.futures.ProcessPoolExecutor`
 with *spawned* processes, not HF `datasets.map(num_proc=)`: `map` needs the
 corpus copied into an Arrow table first (one more full write; HF's cache held
 16.9 bytes per token against mlm's 2.0 in `benchmarks/prepare_scale.py`), and
 it forks the parent, which holds TensorFlow's thread pools (TensorFlow is not
-fork-safe: a forked child's `tf.data` can hang). Each worker builds the same
-keras-hub tokenizer from the same vocabulary file, so ids are keras-hub's.
+fork-safe: a forked child's `tf.data` can hang). Each worker rebuilds the
+parent's keras-hub tokenizer from its config and saved assets, so the ids
+are keras-hub's.
 
 Example:
 ```python
