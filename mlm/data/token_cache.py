@@ -29,6 +29,8 @@ SPLITS = ("train", "held_out")
 # In each entry: the statistics per split, written last.
 _META = "meta.json"
 _FORMAT_VERSION = 1
+# Documents per keras-hub tokenizer call.
+BATCH_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +98,7 @@ def load_or_build_cache(
     *,
     cache_root: Path,
     key: str,
-    batch_size: int = 256,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     segmenter=None,
     bulk=None,

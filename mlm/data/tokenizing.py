@@ -191,10 +191,7 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
     def documents(split):
         # The last full read counts (a progress line may count the documents first).
         tallies[split] = collections.Counter()
-        read = corpus.iter_documents(source, split=split, tally=tallies[split])
-        return itertools.islice(read, host, None, hosts) if split == "train" else read
-
-    host, hosts = share
+        return _read(source, split=split, share=share, tally=tallies[split])
 
     cache = token_cache.load_cache(cache_root / key)
 
@@ -218,6 +215,15 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
         if corpus.describe_tally(tally):
             say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
     return cache, tallies
+
+
+def _read(source: corpus.Corpus, *, split: str, share: tuple[int, int],
+          tally: collections.Counter):
+    """The documents of `split` that `tokenize` reads: for "train" the host's share of
+    `share` = `(host, hosts)`, the held-out split whole; `tally` as `corpus.iter_documents`'s."""
+    host, hosts = share
+    read = corpus.iter_documents(source, split=split, tally=tally)
+    return itertools.islice(read, host, None, hosts) if split == "train" else read
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,13 +292,10 @@ def _tokenize_part(part: _Part) -> tuple[dict, dict]:
     if token_cache.tokenizer_fingerprint(tokenizer) != part.fingerprint:
         raise RuntimeError("a worker process rebuilt another tokenizer than the parent's")
     tally = collections.Counter()
-    read = corpus.iter_documents(part.source, split=part.split, tally=tally)
-    if part.split == "train":
-        host, hosts = part.share
-        read = itertools.islice(read, host, None, hosts)
+    read = _read(part.source, split=part.split, share=part.share, tally=tally)
     stats = token_cache.tokenize_split(
         itertools.islice(read, part.start, part.stop), tokenizer, out=part.out,
-        batch_size=256, bar=_SharedCount(part.index),
+        batch_size=token_cache.BATCH_SIZE, bar=_SharedCount(part.index),
         segmenter=_labeller(part.segmenter, tokenizer) if part.segmenter else None,
         bulk=bulk_encoder(tokenizer, probe=[], say=print) if part.bulk else None)
     return stats, dict(tally)
