@@ -7,9 +7,10 @@ Run on demand (never in the test suite):
     python benchmarks/downstream.py --preset runs/demo/preset     # an encoder you have
     python benchmarks/downstream.py --report downstream.json      # reprint a saved report
 
-For each pretraining budget, `mlm pretrain --budget B` trains the recipe
-(default `bert_tiny_en_uncased`) on the shipped sample corpus (the King James
-Bible), then `mlm.compare` fine-tunes the pretrained encoder and
+For each pretraining budget, `mlm pretrain --budget B` trains what it trains
+with no `--recipe` (the budget's row of `mlm.config.BUDGET_CHOICES`; `--recipe
+NAME` trains that recipe as it is instead) on the shipped sample corpus (the
+King James Bible), then `mlm.compare` fine-tunes the pretrained encoder and
 `random:PRESET` (its architecture and tokenizer with fresh weights) with the
 fine-tuning recipe's defaults on every task, with many labels and with a few
 per class, over `--seeds` seeds paired by seed (the same data
@@ -105,20 +106,27 @@ def task_files(task: str, *, per_class: int, folder: Path, test_size: int = 600,
     return paths[0], paths[1]
 
 
-def pretrain(recipe_name: str, *, budget: str, run_dir: Path, seed: int) -> dict:
-    """Pretrains (or reuses) the recipe for `budget` on the sample corpus: its summary."""
+def pretrain(recipe_name: str | None, *, budget: str, run_dir: Path, seed: int) -> dict:
+    """Pretrains (or reuses) the recipe for `budget` on the sample corpus: its summary.
+
+    With no `recipe_name`, the recipe and overrides are the budget's row of
+    `BUDGET_CHOICES`, as `mlm pretrain --budget` with no `--recipe` picks them."""
     import mlm
+    from mlm.config import recipe_for_budget
 
     summary_path = run_dir.parent / f"{run_dir.name}.summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    recipe = mlm.apply_overrides(mlm.load_recipe(recipe_name), [
+    chosen = list(recipe_for_budget(budget).overrides) if recipe_name is None else []
+    name = recipe_name or recipe_for_budget(budget).recipe
+    recipe = mlm.apply_overrides(mlm.load_recipe(name), chosen + [
         f"train.budget={budget}", f"train.seed={seed}", "train.eval_every=1000000",
         "train.checkpoint_every=1000000", "masking.eval_selection_rate=0.15",
         "masking.eval_unit=token"])
     began = time.perf_counter()
     summary = mlm.pretrain(recipe, run_dir=run_dir, overwrite=True, quiet=True)
     summary["wall_seconds"] = time.perf_counter() - began
+    summary["recipe"] = " ".join([name] + chosen)
     summary_path.write_text(json.dumps(summary, default=str))
     return summary
 
@@ -150,14 +158,15 @@ def measure(preset: str, *, task: str, per_class: int, seeds: int, folder: Path,
 
 
 def format_table(results: list[dict]) -> str:
-    lines = ["| budget | held-out masked acc. | task | labels | pretrained | random init | "
+    lines = ["| budget | steps | held-out masked acc. | task | labels | pretrained | random init | "
              "gain (± s.e.) | pretrain s | fine-tune s/run |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         gain, error = r["gain"]
         gain_text = f"{gain:+.3f}" + ("" if error is None else f" ± {error:.3f}")
         lines.append(
-            f"| {r['budget']} | {r['masked_accuracy']:.4f} | {r['task']} | {r['labels']} | "
+            f"| {r['budget']} | {r.get('steps') or '—'} | {r['masked_accuracy']:.4f} | "
+            f"{r['task']} | {r['labels']} | "
             f"{r['pretrained'][0]:.3f} ± {r['pretrained'][1]:.3f} | "
             f"{r['random'][0]:.3f} ± {r['random'][1]:.3f} | {gain_text} | "
             f"{r['pretrain_seconds']:.0f} | {r['finetune_seconds']:.0f} |")
@@ -167,7 +176,8 @@ def format_table(results: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budgets", default="2m,5m,10m,30m")
-    parser.add_argument("--recipe", default="bert_tiny_en_uncased")
+    parser.add_argument("--recipe", help="pretrain this recipe as it is (default: each "
+                        "budget's row of BUDGET_CHOICES, as `mlm pretrain --budget`)")
     parser.add_argument("--preset", help="score this encoder instead of pretraining one")
     parser.add_argument("--tasks", default="testament,genre")
     parser.add_argument("--few", type=int, default=50, help="labels per class, few-label regime")
@@ -198,7 +208,8 @@ def main(argv=None) -> int:
                 row.update(budget=label,
                            masked_accuracy=(summary.get("held_out") or {}).get(
                                "accuracy", float("nan")),
-                           pretrain_seconds=summary.get("trained_seconds", 0.0))
+                           pretrain_seconds=summary.get("trained_seconds", 0.0),
+                           steps=summary.get("steps"), recipe=summary.get("recipe", preset))
                 results.append(row)
                 print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print(format_table(results))

@@ -98,6 +98,10 @@ VARIANTS = {
     "lr2e-3": Variant("learning rate 2e-3 (recipe 1e-3)", ("train.learning_rate=2e-3",)),
     "warmup02": Variant("warmup 2% (recipe 10%)", ("train.warmup_fraction=0.02",)),
     "warmup30": Variant("warmup 30% (recipe 10%)", ("train.warmup_fraction=0.3",)),
+    # mmBERT's decreasing rate, 30% to 15% over the steps (each step at the 30% cost:
+    # the mask slots are sized for the highest rate); `--steps` only.
+    "sched30to15": Variant("token 30% -> 15% over the steps", (
+        "masking.selection_rate=0.3", "masking.final_selection_rate=0.15")),
     "phases": Variant("token 15%, phases 128 then 512",
                       (f"train.phases={json.dumps(BERT_PHASES)}",), steps_of="token15",
                       # mlm cuts steps into device calls that divide the log interval

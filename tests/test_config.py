@@ -338,6 +338,21 @@ def test_evaluation_masking_rate_defaults_to_the_training_rate():
         apply_overrides(load_recipe("bert_test"), ["masking.eval_selection_rate=1.5"])
 
 
+def test_a_scheduled_selection_rate_is_checked_and_not_evaluated():
+    from mlm.config import MaskingConfig, apply_overrides, load_recipe
+
+    scheduled = MaskingConfig(selection_rate=0.3, final_selection_rate=0.15)
+    # Held-out evaluation masks at one rate: the start rate unless eval_selection_rate.
+    assert scheduled.for_evaluation() == MaskingConfig(selection_rate=0.3)
+    with pytest.raises(MlmError, match="final_selection_rate' must be in \\[0, 1\\]"):
+        apply_overrides(load_recipe("bert_test"), ["masking.final_selection_rate=-0.1"])
+    with pytest.raises(MlmError, match="over train.steps, but train.budget='2m' is set"):
+        apply_overrides(load_recipe("bert_test"),
+                        ["masking.final_selection_rate=0.15", "train.budget=2m"])
+    recipe = apply_overrides(load_recipe("bert_test"), ["masking.final_selection_rate=0.05"])
+    assert recipe.masking.final_selection_rate == 0.05
+
+
 def test_a_budget_without_a_recipe_gets_the_row_measured_for_it():
     from mlm.config import BUDGET_CHOICES, recipe_for_budget
 

@@ -7,8 +7,11 @@ import pytest
 from tests.conftest import max_weight_difference, pretrain_process, run_mlm
 from tests.test_faults import STEPS, _final_state, _train_records
 
+# With a selection rate scheduled from 30% down to 5%: a resumed run masks each step at
+# the rate the uninterrupted one did.
 SETTINGS = ["model.backbone.dropout=0.1", "train.checkpoint_every=4", "train.log_every=4",
-            "train.eval_every=100", "train.keep_checkpoints=2"]
+            "train.eval_every=100", "train.keep_checkpoints=2", "masking.selection_rate=0.3",
+            "masking.final_selection_rate=0.05"]
 
 
 def _pretrain(run_dir, corpus, *extra, fault=None, resume=False):

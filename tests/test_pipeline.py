@@ -344,3 +344,35 @@ def test_read_windows_matches_slicing_one_window_at_a_time():
             piece = tokens[w * body : (w + 1) * body]
             expected = [CLS, *piece, SEP] + [PAD] * (body - len(piece))
             np.testing.assert_array_equal(row, expected)
+
+
+def test_a_scheduled_rate_moves_linearly_and_a_resumed_run_keeps_each_steps_rate():
+    # 40% down to 10% over 20 steps: a full window of 62 maskable tokens selects
+    # round(62 * rate) of them at its step, and slots are sized for the 40%.
+    masking = resolve_masking(MaskingConfig(selection_rate=0.4, final_selection_rate=0.1))
+    assert masking.slots(64) == max_selections(64, 0.4)
+    np.testing.assert_allclose(masking.rates([0, 19, 40], total_steps=20), [0.4, 0.1, 0.1])
+    assert masking.rates([19], total_steps=39)[0] == pytest.approx(0.25)
+    tokens = _stream(62 * 650, doc_length=10**6)  # one document, full windows of 62 tokens
+    kwargs = dict(sequence_length=64, batch_size=8, masking=masking, ids=IDS, seed=3, arch=BERT,
+                  total_steps=20)
+    full = _batches(training_dataset(tokens, **kwargs), 20)
+    rates = masking.rates(np.arange(20), total_steps=20)
+    selected = [w.sum(axis=1) for _, _, w in full]  # (B,) per step
+    for step, counts in enumerate(selected):
+        np.testing.assert_array_equal(counts, np.round(62 * rates[step]))
+    assert selected[0][0] == 25 and selected[-1][0] == 6
+    # A later segment's steps continue the run's schedule, and a resumed dataset
+    # masks each step at the rate the uninterrupted one did.
+    resumed = _batches(training_dataset(tokens, start_step=13, **kwargs), 7)
+    for (xf, yf, wf), (xr, yr, wr) in zip(full[13:], resumed, strict=True):
+        for key in xf:
+            np.testing.assert_array_equal(xf[key], xr[key])
+        np.testing.assert_array_equal(yf, yr)
+        np.testing.assert_array_equal(wf, wr)
+    offset = _batches(training_dataset(tokens, step_offset=10, **kwargs), 1)
+    assert offset[0][2].sum(axis=1)[0] == round(62 * rates[10])
+    # Without a schedule the batches are those of the constant rate.
+    constant = dict(kwargs, masking=MaskingConfig(selection_rate=0.4))
+    plain = _batches(training_dataset(tokens, **constant), 1)
+    np.testing.assert_array_equal(plain[0][0]["mask_positions"], full[0][0]["mask_positions"])

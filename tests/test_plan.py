@@ -49,7 +49,8 @@ def test_the_plan_holds_every_derived_value():
     assert plan.per_device_batch == 8 and plan.settings is None
     assert plan.strides(0) == (1, 1)  # bert_test: every step logs, evaluates or checkpoints
     record = json.loads(json.dumps(plan.to_dict()))
-    assert record["masking"] == {"unit": "word", "selection_rate": 0.3, "mask_token_rate": 0.8,
+    assert record["masking"] == {"unit": "word", "selection_rate": 0.3,
+                                 "final_selection_rate": 0.0, "mask_token_rate": 0.8,
                                  "random_token_rate": 0.1, "slots": 9}
     assert record["eval_masking"]["unit"] == "token" and record["eval_masking"]["slots"] == 4
     assert record["segments"] == [{"index": 0, "start": 0, "end": 6, "sequence_length": 32,

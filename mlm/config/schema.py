@@ -111,6 +111,13 @@ class MaskingConfig:
     mask_token_rate: float = 0.8
     # ... this fraction a random non-special token, the rest stay unchanged.
     random_token_rate: float = 0.1
+    # A decreasing (or increasing) selection rate: 0 keeps `selection_rate` for the
+    # whole run; otherwise the rate moves linearly from `selection_rate` at the first
+    # step to this at the last (mmBERT schedules 30% down to 5%; "Should You Mask
+    # 15%?" argues for high rates early). A fraction of `train.steps`, so not with
+    # `train.budget`. Every step costs what the higher rate costs: the mask slots per
+    # window are fixed by it.
+    final_selection_rate: float = 0.0
     # Selection rate of the held-out evaluations; 0 means `selection_rate`.
     # Recipes that train at a higher rate (ModernBERT and MosaicBERT train at
     # 30% and evaluate at 15%) keep held-out numbers comparable across runs.
@@ -139,7 +146,7 @@ class MaskingConfig:
         """The masking of held-out evaluations: `eval_selection_rate` and `eval_unit`."""
         return dataclasses.replace(
             self, selection_rate=self.eval_selection_rate or self.selection_rate,
-            unit=self.eval_unit,
+            unit=self.eval_unit, final_selection_rate=0.0,
         )
 
 

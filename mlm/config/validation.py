@@ -51,6 +51,10 @@ def validate(recipe: Recipe) -> None:
     _validate_model(recipe.model)
     _validate_train(recipe.train)
     _validate_budget(recipe.train)
+    if recipe.train.budget and recipe.masking.final_selection_rate:
+        raise MlmError(
+            "masking.final_selection_rate schedules the rate over train.steps, but "
+            f"train.budget={recipe.train.budget!r} is set; remove one of them.")
     _validate_segmenter(recipe.masking)
     _validate_architecture(recipe)
     _validate_max_sequence_length(recipe.model, recipe.train)
@@ -91,6 +95,8 @@ def _validate_masking(m: MaskingConfig) -> None:
     """The masking rates, units, span lengths and segmenter are in range."""
     _raise_first_failure([
         ("masking.selection_rate", m.selection_rate, 0.0 < m.selection_rate <= 1.0, "in (0, 1]"),
+        ("masking.final_selection_rate", m.final_selection_rate,
+         0.0 <= m.final_selection_rate <= 1.0, "in [0, 1] (0: no schedule)"),
         ("masking.eval_selection_rate", m.eval_selection_rate,
          0.0 <= m.eval_selection_rate <= 1.0, "in [0, 1] (0: the training rate)"),
         ("masking.mask_token_rate", m.mask_token_rate, _within(m.mask_token_rate, (0.0, 1.0)),

@@ -23,7 +23,8 @@ class Masking:
     evaluation); never from strings elsewhere.
     """
 
-    # Fraction of the maskable tokens of each window selected for prediction.
+    # Fraction of the maskable tokens of each window selected for prediction (at the
+    # first step, with a schedule).
     selection_rate: float
     # Of the selected tokens: this fraction becomes [MASK], this a random token.
     mask_token_rate: float
@@ -37,6 +38,9 @@ class Masking:
     needs_word_starts: bool = False
     # Span masking: P(span of l words), l = 1..max_span (`span_length_law`); else ().
     span_law: tuple = ()
+    # The rate at the last step of a scheduled run (`masking.final_selection_rate`);
+    # 0: `selection_rate` throughout.
+    final_selection_rate: float = 0.0
 
     @property
     def spans(self) -> bool:
@@ -44,8 +48,19 @@ class Masking:
         return len(self.span_law) > 0
 
     def slots(self, sequence_length: int) -> int:
-        """Mask slots per window of `sequence_length` tokens."""
-        return max_selections(sequence_length, self.selection_rate)
+        """Mask slots per window of `sequence_length` tokens: enough for the highest rate."""
+        return max_selections(sequence_length,
+                              max(self.selection_rate, self.final_selection_rate))
+
+    def rates(self, steps: np.ndarray, *, total_steps: int) -> np.ndarray:
+        """The selection rate of each of `steps` (0-based) in a run of `total_steps`:
+        linear from `selection_rate` at step 0 to `final_selection_rate` at the last."""
+        steps = np.asarray(steps, dtype=np.float64)
+        if not self.final_selection_rate:
+            return np.full(steps.shape, self.selection_rate, dtype=np.float32)
+        progress = np.clip(steps / max(total_steps - 1, 1), 0.0, 1.0)
+        rate = self.selection_rate + (self.final_selection_rate - self.selection_rate) * progress
+        return rate.astype(np.float32)
 
 
 def max_selections(sequence_length: int, selection_rate: float) -> int:
@@ -74,4 +89,5 @@ def resolve_masking(config: MaskingConfig, *, evaluation: bool = False) -> Maski
         random_token_rate=config.random_token_rate, unit=config.unit,
         select=SELECTORS[config.unit], needs_word_starts=config.unit != "token",
         span_law=tuple(span_length_law(config)) if config.unit == "span" else (),
+        final_selection_rate=config.final_selection_rate,
     )

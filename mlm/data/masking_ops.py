@@ -23,7 +23,8 @@ def window_seed(seed: int, salt: int, epoch, window):
     return tf.random.experimental.stateless_fold_in(base, tf.cast(window, tf.int64))
 
 
-def mask_window(token_ids, seed, *, masking: "Masking", ids, num_slots: int, word_labels=None):
+def mask_window(token_ids, seed, *, masking: "Masking", ids, num_slots: int, word_labels=None,
+                rate=None):
     """BERT's masking of one window with stateless randomness.
 
     keras-hub's `MaskedLMMaskGenerator` is not used here for two measured
@@ -44,6 +45,8 @@ def mask_window(token_ids, seed, *, masking: "Masking", ids, num_slots: int, wor
         ids: special token ids (and word-start flags for word and span units).
         num_slots: M, the fixed number of mask slots per window.
         word_labels: `(L,)` uint8 segmenter labels (`mlm.data.segmenter`), or None.
+        rate: scalar float32 selection rate of this window's step (a scheduled rate,
+            `Masking.rates`), or None for `masking.selection_rate`.
 
     Returns:
         `(token_ids, mask_positions, mask_ids, mask_weights)` with shapes
@@ -52,7 +55,8 @@ def mask_window(token_ids, seed, *, masking: "Masking", ids, num_slots: int, wor
     length = tf.shape(token_ids)[0]
     maskable = _maskable(token_ids, ids)  # (L,)
     num_maskable = tf.reduce_sum(tf.cast(maskable, tf.float32))
-    count = tf.cast(tf.round(num_maskable * masking.selection_rate), tf.int32)
+    rate = masking.selection_rate if rate is None else rate
+    count = tf.cast(tf.round(num_maskable * rate), tf.int32)
     count = tf.minimum(tf.maximum(count, tf.cast(num_maskable > 0, tf.int32)), num_slots)
     select_seed, action_seed, replace_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 3)

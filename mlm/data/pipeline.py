@@ -188,6 +188,8 @@ def training_dataset(
     process_count: int = 1,
     word_labels: np.ndarray | None = None,
     own_share: bool = False,
+    step_offset: int = 0,
+    total_steps: int = 0,
 ) -> tf.data.Dataset:
     """An endless dataset of masked training batches, starting at `start_step`.
 
@@ -200,9 +202,20 @@ def training_dataset(
     shuffles and masks its own windows into its `batch_size // process_count`
     part of each batch, from a seed of its own. `word_labels`: the token
     cache's segmenter labels, parallel to `tokens`, for whole-word masking of
-    text without spaces.
+    text without spaces. With a scheduled selection rate
+    (`masking.final_selection_rate`), the windows of step `s` (counted in this
+    dataset, from `start_step`) are masked at the rate of run step `step_offset
+    + s` of `total_steps` (`Masking.rates`), so resuming keeps each step's rate.
     """
     windows = num_windows(len(tokens), sequence_length)
+    masking = resolve_masking(masking)
+    rate_of = None
+    if masking.final_selection_rate:
+        if total_steps < 1:
+            raise ValueError("a scheduled selection rate needs the run's total_steps")
+
+        def rate_of(step):
+            return float(masking.rates([step_offset + step], total_steps=total_steps)[0])
     if own_share:
         if steps_per_epoch(windows, batch_size // process_count) < 1:
             raise MlmError(
@@ -232,9 +245,9 @@ def training_dataset(
         return process_slice(steps, process_index=process_index, process_count=process_count)
 
     ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids,
-                         word_labels=word_labels)
+                         word_labels=word_labels, rate_of=rate_of, start_step=start_step)
     return _mask_and_batch(
-        ds, salt=_TRAIN_SALT, seed=seed, masking=resolve_masking(masking), ids=ids,
+        ds, salt=_TRAIN_SALT, seed=seed, masking=masking, ids=ids,
         sequence_length=sequence_length, batch_size=batch_size // process_count,
         arch=arch, drop_remainder=True,
     )
@@ -280,24 +293,27 @@ _LABEL_FRAME = TokenIds(vocabulary_size=3, start_id=0, end_id=0, pad_id=0, mask_
                         special_ids=())
 
 
-def _window_dataset(tokens, schedule, *, sequence_length, ids,
-                    word_labels=None) -> tf.data.Dataset:
-    """Single windows `(epoch, window index, (L,) token ids[, (L,) labels])` in `schedule`
-    order.
+def _window_dataset(tokens, schedule, *, sequence_length, ids, word_labels=None,
+                    rate_of=None, start_step: int = 0) -> tf.data.Dataset:
+    """Single windows `(epoch, window index, (L,) token ids, (L,) labels or None, rate or
+    None)` in `schedule` order.
 
     `schedule()` yields `(epoch, window_ids)` per batch; windows are read from
     the memory-mapped cache one batch at a time, then unbatched for masking.
+    `rate_of(step)`: the selection rate of the `step`-th batch (counted from
+    `start_step`), for a scheduled rate; None: the masking's own rate.
     """
 
     def generate():
-        for epoch, window_ids in schedule():
-            rows = read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids)
-            if word_labels is None:
-                yield np.full(len(window_ids), epoch), window_ids, rows
-            else:
-                labels = read_windows(word_labels, window_ids, sequence_length=sequence_length,
-                                      ids=_LABEL_FRAME).astype(np.uint8)
-                yield np.full(len(window_ids), epoch), window_ids, rows, labels
+        for step, (epoch, window_ids) in enumerate(schedule(), start=start_step):
+            parts = (np.full(len(window_ids), epoch), window_ids,
+                     read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids))
+            if word_labels is not None:
+                parts += (read_windows(word_labels, window_ids, sequence_length=sequence_length,
+                                       ids=_LABEL_FRAME).astype(np.uint8),)
+            if rate_of is not None:
+                parts += (np.full(len(window_ids), rate_of(step), dtype=np.float32),)
+            yield parts
 
     signature = (
         tf.TensorSpec([None], tf.int64),
@@ -306,20 +322,32 @@ def _window_dataset(tokens, schedule, *, sequence_length, ids,
     )
     if word_labels is not None:
         signature += (tf.TensorSpec([None, sequence_length], tf.uint8),)
-    return tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+    if rate_of is not None:
+        signature += (tf.TensorSpec([None], tf.float32),)
+    ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
+
+    def named(epoch, window, token_ids, *rest):
+        rest = list(rest)
+        labels = rest.pop(0) if word_labels is not None else None
+        return epoch, window, token_ids, labels, (rest.pop(0) if rest else None)
+
+    return ds, named
 
 
 def _mask_and_batch(
-    ds, *, salt, seed, masking: Masking, ids, sequence_length, batch_size, arch, drop_remainder
+    windows, *, salt, seed, masking: Masking, ids, sequence_length, batch_size, arch,
+    drop_remainder,
 ):
+    ds, named = windows
     num_slots = masking.slots(sequence_length)
 
-    def mask_one(epoch, window, token_ids, word_labels=None):
+    def mask_one(*element):
+        epoch, window, token_ids, word_labels, rate = named(*element)
         token_ids = tf.ensure_shape(token_ids, [sequence_length])
         masked, positions, mask_ids, weights = mask_window(
             token_ids, window_seed(seed, salt, epoch, window),
             masking=masking, ids=ids, num_slots=num_slots,
-            word_labels=word_labels,
+            word_labels=word_labels, rate=rate,
         )
         return masked, positions, mask_ids, weights
 

@@ -125,6 +125,7 @@ def _batches(plan: RunPlan, train_tokens, *, labels, start_step: int,
             start_step=max(start_step - segment.start, 0), arch=plan.arch,
             process_index=topology.process_index, process_count=topology.process_count,
             word_labels=labels, own_share=own_share,
+            step_offset=segment.start, total_steps=plan.steps,
         )
 
     return data_for

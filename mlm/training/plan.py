@@ -71,6 +71,7 @@ class RunPlan:
         """What `run_dir/plan.json` records: every derived value, no callables."""
         def masking(m: Masking) -> dict:
             return {"unit": m.unit, "selection_rate": m.selection_rate,
+                    "final_selection_rate": m.final_selection_rate,
                     "mask_token_rate": m.mask_token_rate,
                     "random_token_rate": m.random_token_rate,
                     "slots": m.slots(self.recipe.model.sequence_length)}
