@@ -430,4 +430,24 @@ def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog)
             f"held-out masked accuracy {before}{end['accuracy']:.4f}, loss {end['loss']:.4f}, "
             f"perplexity {end['perplexity']:.2f} (preset: {preset})"
         )
+    hint = short_run_hint(recipe, steps=summary["steps"], preset=preset)
+    if hint:
+        log.say(hint)
     return preset
+
+
+def short_run_hint(recipe: Recipe, *, steps: int, preset) -> str | None:
+    """What to expect downstream from a fresh encoder trained on fewer tokens than the
+    measured pay-off (`MEASURED_PAYOFF_TOKENS`); None for longer runs and presets."""
+    from mlm.config.recipes import MEASURED_PAYOFF_TOKENS
+
+    if recipe.model.preset:  # continued pretraining starts from trained weights
+        return None
+    tokens = steps * recipe.train.batch_size * recipe.model.sequence_length
+    if tokens >= MEASURED_PAYOFF_TOKENS:
+        return None
+    return (f"note: this encoder trained on {tokens / 1e6:.1f}M tokens (window slots); "
+            f"on the sample corpus's tasks a fresh encoder of the default recipe beat random "
+            f"initialisation downstream only after about {MEASURED_PAYOFF_TOKENS / 1e6:.0f}M "
+            f"(benchmarks/RESULTS.md); check yours with: mlm compare {preset} "
+            f"random:{preset} --train LABELLED.csv")
