@@ -448,6 +448,6 @@ def short_run_hint(recipe: Recipe, *, steps: int, preset) -> str | None:
         return None
     return (f"note: this encoder trained on {tokens / 1e6:.1f}M tokens (window slots); "
             f"on the sample corpus's tasks a fresh encoder of the default recipe beat random "
-            f"initialisation downstream only after about {MEASURED_PAYOFF_TOKENS / 1e6:.0f}M "
+            f"initialisation downstream only after about {MEASURED_PAYOFF_TOKENS / 1e6:.1f}M "
             f"(benchmarks/RESULTS.md); check yours with: mlm compare {preset} "
             f"random:{preset} --train LABELLED.csv")
