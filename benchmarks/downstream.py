@@ -117,8 +117,9 @@ def pretrain(recipe_name: str | None, *, budget: str, run_dir: Path, seed: int) 
     summary_path = run_dir.parent / f"{run_dir.name}.summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    chosen = list(recipe_for_budget(budget).overrides) if recipe_name is None else []
-    name = recipe_name or recipe_for_budget(budget).recipe
+    row = recipe_for_budget(budget)
+    chosen = list(row.overrides) if recipe_name is None else []
+    name = recipe_name or row.recipe
     recipe = mlm.apply_overrides(mlm.load_recipe(name), chosen + [
         f"train.budget={budget}", f"train.seed={seed}", "train.eval_every=1000000",
         "train.checkpoint_every=1000000", "masking.eval_selection_rate=0.15",

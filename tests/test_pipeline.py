@@ -168,11 +168,7 @@ def test_resumed_dataset_yields_the_same_batches_as_the_uninterrupted_one():
                   arch=BERT)
     full = _batches(training_dataset(tokens, **kwargs), 50)
     resumed = _batches(training_dataset(tokens, start_step=41, **kwargs), 9)
-    for (xf, yf, wf), (xr, yr, wr) in zip(full[41:], resumed, strict=False):
-        for key in xf:
-            np.testing.assert_array_equal(xf[key], xr[key])
-        np.testing.assert_array_equal(yf, yr)
-        np.testing.assert_array_equal(wf, wr)
+    _assert_same_batches(resumed, full[41:])
 
 
 def test_corpus_too_small_for_one_batch_is_a_clear_error():
@@ -365,11 +361,7 @@ def test_a_scheduled_rate_moves_linearly_and_a_resumed_run_keeps_each_steps_rate
     # A later segment's steps continue the run's schedule, and a resumed dataset
     # masks each step at the rate the uninterrupted one did.
     resumed = _batches(training_dataset(tokens, start_step=13, **kwargs), 7)
-    for (xf, yf, wf), (xr, yr, wr) in zip(full[13:], resumed, strict=True):
-        for key in xf:
-            np.testing.assert_array_equal(xf[key], xr[key])
-        np.testing.assert_array_equal(yf, yr)
-        np.testing.assert_array_equal(wf, wr)
+    _assert_same_batches(resumed, full[13:])
     offset = _batches(training_dataset(tokens, step_offset=10, **kwargs), 1)
     assert offset[0][2].sum(axis=1)[0] == round(62 * rates[10])
     # Without a schedule the batches are those of the constant rate.

@@ -50,11 +50,7 @@ def validate(recipe: Recipe) -> None:
     _validate_vocab(recipe.vocab)
     _validate_model(recipe.model)
     _validate_train(recipe.train)
-    _validate_budget(recipe.train)
-    if recipe.train.budget and recipe.masking.final_selection_rate:
-        raise MlmError(
-            "masking.final_selection_rate schedules the rate over train.steps, but "
-            f"train.budget={recipe.train.budget!r} is set; remove one of them.")
+    _validate_budget(recipe.train, recipe.masking)
     _validate_segmenter(recipe.masking)
     _validate_architecture(recipe)
     _validate_max_sequence_length(recipe.model, recipe.train)
@@ -174,7 +170,7 @@ def _validate_train(t: TrainConfig) -> None:
     ])
 
 
-def _validate_budget(t: TrainConfig) -> None:
+def _validate_budget(t: TrainConfig, m: MaskingConfig) -> None:
     """A time budget parses and is not combined with step fractions."""
     if t.budget:
         parse_duration(t.budget)
@@ -183,6 +179,10 @@ def _validate_budget(t: TrainConfig) -> None:
                 "train.phases and train.batch_warmup are fractions of train.steps, but "
                 f"train.budget={t.budget!r} is set; remove one of them."
             )
+        if m.final_selection_rate:
+            raise MlmError(
+                "masking.final_selection_rate schedules the rate over train.steps, but "
+                f"train.budget={t.budget!r} is set; remove one of them.")
 
 
 def _validate_segmenter(m: MaskingConfig) -> None:

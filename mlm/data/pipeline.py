@@ -295,8 +295,8 @@ _LABEL_FRAME = TokenIds(vocabulary_size=3, start_id=0, end_id=0, pad_id=0, mask_
 
 def _window_dataset(tokens, schedule, *, sequence_length, ids, word_labels=None,
                     rate_of=None, start_step: int = 0) -> tf.data.Dataset:
-    """Single windows `(epoch, window index, (L,) token ids, (L,) labels or None, rate or
-    None)` in `schedule` order.
+    """Single windows `{"epoch", "window", "token_ids": (L,)[, "word_labels": (L,)][,
+    "rate"]}` in `schedule` order.
 
     `schedule()` yields `(epoch, window_ids)` per batch; windows are read from
     the memory-mapped cache one batch at a time, then unbatched for masking.
@@ -306,48 +306,40 @@ def _window_dataset(tokens, schedule, *, sequence_length, ids, word_labels=None,
 
     def generate():
         for step, (epoch, window_ids) in enumerate(schedule(), start=start_step):
-            parts = (np.full(len(window_ids), epoch), window_ids,
-                     read_windows(tokens, window_ids, sequence_length=sequence_length, ids=ids))
+            batch = {"epoch": np.full(len(window_ids), epoch), "window": window_ids,
+                     "token_ids": read_windows(tokens, window_ids,
+                                               sequence_length=sequence_length, ids=ids)}
             if word_labels is not None:
-                parts += (read_windows(word_labels, window_ids, sequence_length=sequence_length,
-                                       ids=_LABEL_FRAME).astype(np.uint8),)
+                batch["word_labels"] = read_windows(
+                    word_labels, window_ids, sequence_length=sequence_length,
+                    ids=_LABEL_FRAME).astype(np.uint8)
             if rate_of is not None:
-                parts += (np.full(len(window_ids), rate_of(step), dtype=np.float32),)
-            yield parts
+                batch["rate"] = np.full(len(window_ids), rate_of(step), dtype=np.float32)
+            yield batch
 
-    signature = (
-        tf.TensorSpec([None], tf.int64),
-        tf.TensorSpec([None], tf.int64),
-        tf.TensorSpec([None, sequence_length], tf.int32),
-    )
+    signature = {
+        "epoch": tf.TensorSpec([None], tf.int64),
+        "window": tf.TensorSpec([None], tf.int64),
+        "token_ids": tf.TensorSpec([None, sequence_length], tf.int32),
+    }
     if word_labels is not None:
-        signature += (tf.TensorSpec([None, sequence_length], tf.uint8),)
+        signature["word_labels"] = tf.TensorSpec([None, sequence_length], tf.uint8)
     if rate_of is not None:
-        signature += (tf.TensorSpec([None], tf.float32),)
-    ds = tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
-
-    def named(epoch, window, token_ids, *rest):
-        rest = list(rest)
-        labels = rest.pop(0) if word_labels is not None else None
-        return epoch, window, token_ids, labels, (rest.pop(0) if rest else None)
-
-    return ds, named
+        signature["rate"] = tf.TensorSpec([None], tf.float32)
+    return tf.data.Dataset.from_generator(generate, output_signature=signature).unbatch()
 
 
 def _mask_and_batch(
-    windows, *, salt, seed, masking: Masking, ids, sequence_length, batch_size, arch,
-    drop_remainder,
+    ds, *, salt, seed, masking: Masking, ids, sequence_length, batch_size, arch, drop_remainder
 ):
-    ds, named = windows
     num_slots = masking.slots(sequence_length)
 
-    def mask_one(*element):
-        epoch, window, token_ids, word_labels, rate = named(*element)
-        token_ids = tf.ensure_shape(token_ids, [sequence_length])
+    def mask_one(window):
+        token_ids = tf.ensure_shape(window["token_ids"], [sequence_length])
         masked, positions, mask_ids, weights = mask_window(
-            token_ids, window_seed(seed, salt, epoch, window),
+            token_ids, window_seed(seed, salt, window["epoch"], window["window"]),
             masking=masking, ids=ids, num_slots=num_slots,
-            word_labels=word_labels, rate=rate,
+            word_labels=window.get("word_labels"), rate=window.get("rate"),
         )
         return masked, positions, mask_ids, weights
 
