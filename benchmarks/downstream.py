@@ -158,6 +158,11 @@ def measure(preset: str, *, task: str, per_class: int, seeds: int, folder: Path,
     }
 
 
+def seed_note(row: dict) -> str:
+    """" (pretraining seed S)" for a row pretrained with a seed other than 0."""
+    return f" (pretraining seed {row['pretrain_seed']})" if row.get("pretrain_seed") else ""
+
+
 def format_table(results: list[dict]) -> str:
     lines = ["| budget | steps | held-out masked acc. | task | labels | pretrained | random init | "
              "gain (± s.e.) | pretrain s | fine-tune s/run |",
@@ -166,7 +171,8 @@ def format_table(results: list[dict]) -> str:
         gain, error = r["gain"]
         gain_text = f"{gain:+.3f}" + ("" if error is None else f" ± {error:.3f}")
         lines.append(
-            f"| {r['budget']} | {r.get('steps') or '—'} | {r['masked_accuracy']:.4f} | "
+            f"| {r['budget']}{seed_note(r)} | {r.get('steps') or '—'} | "
+            f"{r['masked_accuracy']:.4f} | "
             f"{r['task']} | {r['labels']} | "
             f"{r['pretrained'][0]:.3f} ± {r['pretrained'][1]:.3f} | "
             f"{r['random'][0]:.3f} ± {r['random'][1]:.3f} | {gain_text} | "
@@ -184,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--few", type=int, default=50, help="labels per class, few-label regime")
     parser.add_argument("--many", type=int, default=1000, help="labels per class, many-label")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--pretrain-seed", type=int, default=0,
+                        help="train.seed of the pretraining runs (a second one measures "
+                             "pretraining's own spread)")
     parser.add_argument("--set", nargs="*", default=[], help="fine-tuning overrides")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/downstream"))
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -195,22 +204,25 @@ def main(argv=None) -> int:
     results = []
     encoders = [("given", args.preset, None)] if args.preset else [
         (budget, None, budget) for budget in args.budgets.split(",")]
+    seed_part = f"-seed{args.pretrain_seed}" if args.pretrain_seed and not args.preset else ""
     for label, preset, budget in encoders:
         summary = {}
         if preset is None:
-            run_dir = args.work_dir / f"pretrain-{budget}"
-            summary = pretrain(args.recipe, budget=budget, run_dir=run_dir, seed=0)
+            run_dir = args.work_dir / f"pretrain-{budget}{seed_part}"
+            summary = pretrain(args.recipe, budget=budget, run_dir=run_dir,
+                               seed=args.pretrain_seed)
             preset = summary["preset"]
         for task in args.tasks.split(","):
             for per_class in (n for n in (args.few, args.many) if n > 0):  # 0: skip
-                folder = args.work_dir / label / task / f"per-class-{per_class}"
+                folder = args.work_dir / f"{label}{seed_part}" / task / f"per-class-{per_class}"
                 row = measure(preset, task=task, per_class=per_class, seeds=args.seeds,
                               folder=folder, overrides=args.set)
                 row.update(budget=label,
                            masked_accuracy=(summary.get("held_out") or {}).get(
                                "accuracy", float("nan")),
                            pretrain_seconds=summary.get("trained_seconds", 0.0),
-                           steps=summary.get("steps"), recipe=summary.get("recipe", preset))
+                           steps=summary.get("steps"), recipe=summary.get("recipe", preset),
+                           pretrain_seed=args.pretrain_seed if summary else None)
                 results.append(row)
                 print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print(format_table(results))

@@ -125,7 +125,8 @@ def pretrain(
             log.say(f"data-parallel over {topology.device_count} devices in "
                     f"{topology.process_count} process(es): each device takes "
                     f"{recipe.train.batch_size // topology.device_count} windows of every "
-                    f"global batch of {recipe.train.batch_size}")
+                    f"global batch of {recipe.train.batch_size}, in training and in "
+                    f"held-out evaluation")
         share_files(recipe, source=source, run_dir=run_dir, log=log, topology=topology)
         task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
         # Every value the stages read, and every error they could raise, before tokenizing.

@@ -238,6 +238,22 @@ def token_entry(run_dir) -> Path:
     return Path(path)
 
 
+def assert_same_held_out(run_dir, one_process_run):
+    """The held-out evaluations of a data-parallel run (the processes and devices split
+    each batch, summing on the devices) match those of one process on one device."""
+    split = {r["step"]: r for r in read_metrics(run_dir) if r["split"] == "held_out"}
+    whole = {r["step"]: r for r in read_metrics(one_process_run) if r["split"] == "held_out"}
+    assert 24 in split and split.keys() <= whole.keys()
+    for step, record in split.items():
+        assert record["windows"] == whole[step]["windows"] == 8  # eval_batches=1
+        assert record["masked_tokens"] == whole[step]["masked_tokens"]  # the same masks
+        assert record["loss"] == pytest.approx(whole[step]["loss"], abs=1e-4)
+        # The same predictions, give or take one token whose top two logits tie within
+        # the float32 rounding that separates the runs' weights.
+        assert record["accuracy"] == pytest.approx(whole[step]["accuracy"],
+                                                   abs=1.01 / record["masked_tokens"])
+
+
 def read_metrics(run_dir) -> list[dict]:
     """The records of `run_dir/metrics.jsonl`, in order, through the run directory's reader;
     a torn line fails the test."""

@@ -11,11 +11,18 @@ import pytest
 
 from mlm.architectures import get_architecture
 from mlm.config import MaskingConfig
-from mlm.data.pipeline import TokenIds, batch_schedule, process_slice, training_dataset
+from mlm.data.pipeline import (
+    TokenIds,
+    batch_schedule,
+    evaluation_dataset,
+    process_slice,
+    training_dataset,
+)
 from mlm.errors import MlmError
 from mlm.training.distributed import Topology, check_same, peer_failures
 from tests.conftest import (
     JAX_RUN_OVERRIDES,
+    assert_same_held_out,
     max_weight_difference,
     read_metrics,
     run_mlm,
@@ -64,6 +71,30 @@ def test_processes_see_the_windows_and_masks_of_a_one_process_run():
             np.testing.assert_array_equal(np.concatenate([x0[key], x1[key]]), x[key])
         np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
         np.testing.assert_array_equal(np.concatenate([w0, w1]), w)
+
+
+def test_processes_split_the_full_evaluation_batches_and_share_the_short_last_one():
+    # 61 windows of 32 tokens in batches of 8: 7 full batches split 4 + 4, then 5 windows
+    # that every process evaluates whole (in batches of its share's size, 4 + 1).
+    tokens = _tokens(61 * 30)
+    kwargs = dict(sequence_length=32, batch_size=8, masking=MaskingConfig(), ids=IDS, seed=2,
+                  arch=get_architecture("bert"))
+    whole = list(evaluation_dataset(tokens, **kwargs).as_numpy_iterator())
+    assert [len(y) for _, y, _ in whole] == [8] * 7 + [5]
+    halves = [list(evaluation_dataset(tokens, process_index=i, process_count=2, **kwargs)
+                   .as_numpy_iterator()) for i in range(2)]
+    assert [len(y) for _, y, _ in halves[0]] == [4] * 7 + [4, 1]
+    for step, (x, y, w) in enumerate(whole[:7]):
+        (x0, y0, w0), (x1, y1, w1) = halves[0][step], halves[1][step]
+        for key in x:  # the same windows and masks as one process, split between two
+            np.testing.assert_array_equal(np.concatenate([x0[key], x1[key]]), x[key])
+        np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
+        np.testing.assert_array_equal(np.concatenate([w0, w1]), w)
+    for (x0, y0, _), (x1, y1, _) in zip(halves[0][7:], halves[1][7:], strict=True):
+        np.testing.assert_array_equal(y0, y1)  # the short batch: the same on both
+        np.testing.assert_array_equal(x0["token_ids"], x1["token_ids"])
+    np.testing.assert_array_equal(
+        np.concatenate([y for _, y, _ in halves[0][7:]]), whole[7][1])
 
 
 def _unmasked(batch) -> np.ndarray:
@@ -355,6 +386,7 @@ def test_killed_worker_stops_the_run_which_resumes_to_the_one_process_weights(
         if r["split"] == "train" and r["step"] in last:
             assert last[r["step"]] == pytest.approx(r["loss"], abs=1e-4)
     assert 24 in last
+    assert_same_held_out(run_dir, jax_run)
 
 
 @pytest.mark.slow
@@ -370,7 +402,8 @@ def test_one_process_over_two_devices_trains_as_one_device(
                         "--set", *JAX_RUN_OVERRIDES, "--corpus", small_corpus,
                         "--held-out", held_out_corpus, "--run-dir", run_dir, env=env, check=True)
     assert "data-parallel over 2 devices in 1 process(es): each device takes 4 windows of " \
-        "every global batch of 8" in err
+        "every global batch of 8, in training and in held-out evaluation" in err
+    assert_same_held_out(run_dir, jax_run)
     # The batch of 8 split 4 + 4 over the devices: the same data and masks as one
     # device, only the order of float32 additions differs (as with two processes).
     two, one = saved_arrays(run_dir / "preset"), saved_arrays(jax_run / "preset")

@@ -41,3 +41,53 @@ def test_preset_trained_on_jax_gives_the_same_logits_on_tensorflow(jax_run, jax_
     # differently: measured 1e-7 apart on logits below 1.
     np.testing.assert_allclose(on_tf, on_jax, rtol=1e-5, atol=1e-5)
     assert np.abs(on_jax).max() > 0.1  # real logits, not zeros
+
+
+EVAL_SUMS_CODE = """
+import json
+import numpy as np
+from mlm.architectures import architecture_of_backbone, preprocessor_detached
+from mlm.config import MaskingConfig
+from mlm.data.pipeline import TokenIds, evaluation_dataset
+from mlm.evaluate import _sums_on_device, _sums_on_host
+from mlm.preset_loading import load_masked_lm
+
+task = load_masked_lm(PRESET)
+with preprocessor_detached(task) as pre:  # windows arrive tokenized and masked
+    ids = TokenIds.from_tokenizer(pre.tokenizer)
+    length = pre.sequence_length
+    text = open(HELD_OUT, encoding="utf-8").read()
+    tokens = np.resize(np.asarray(pre.tokenizer(text)), 21 * (length - 2)).astype(np.uint16)
+    ds = evaluation_dataset(tokens, sequence_length=length, batch_size=8,
+                            masking=MaskingConfig(), ids=ids, seed=3,
+                            arch=architecture_of_backbone(task.backbone))
+    # Half the rows' labels replaced by the model's own predictions, so that the counts
+    # of correct predictions are neither 0 nor all (this short run predicts few right).
+    class Batches(list):
+        def as_numpy_iterator(self):
+            return iter(self)
+
+    batches = Batches()
+    for x, y, w in ds.as_numpy_iterator():
+        y = y.copy()
+        y[::2] = np.asarray(task.predict_on_batch(x)).argmax(axis=-1)[::2]
+        batches.append((x, y, w))
+    print(json.dumps({"device": _sums_on_device(task, batches, split=2),
+                      "host": _sums_on_host(task, batches)}))
+"""
+
+
+@pytest.mark.slow
+def test_held_out_sums_on_the_devices_equal_the_sums_of_the_logits(
+    jax_run, jax_env, held_out_corpus
+):
+    # 21 windows of held-out text in batches of 8: two full batches and a short one
+    # (a second program).
+    import json
+
+    code = f'PRESET, HELD_OUT = "{jax_run / "preset"}", "{held_out_corpus}"' + EVAL_SUMS_CODE
+    out = json.loads(run_python(code, env={**jax_env, "KERAS_BACKEND": "jax"}))
+    device, host = out["device"], out["host"]
+    assert 21 < host[1] < host[2]  # masked tokens, some predicted right
+    assert device[1:] == host[1:]  # correct and masked: counts, exact
+    assert device[0] == pytest.approx(host[0], rel=1e-5)  # cross-entropy

@@ -26,7 +26,12 @@ import pytest
 
 from mlm.errors import MlmError
 from mlm.training.distributed import HostAddress, _advertise_for_collectives
-from tests.conftest import JAX_RUN_OVERRIDES, max_weight_difference, saved_arrays
+from tests.conftest import (
+    JAX_RUN_OVERRIDES,
+    assert_same_held_out,
+    max_weight_difference,
+    saved_arrays,
+)
 
 PORT = 12345
 # Short enough to keep the tests quick; a loaded 2-core machine still sends
@@ -215,6 +220,7 @@ def test_two_hosts_train_as_one_process(two_host_run, jax_run):
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
     print(f"max weight difference, two hosts against one process: "
           f"{max_weight_difference(two, one):.2e}")
+    assert_same_held_out(two_host_run, jax_run)
     # Host 1 wrote its own run directory: the same vocabulary and checkpoints.
     own = two_host_run.parent / "host1" / "run"
     assert (own / "vocab" / "vocabulary.txt").read_bytes() == (

@@ -12,7 +12,6 @@ run sees exactly the masks an uninterrupted one would, and parallel
 """
 
 import dataclasses
-import functools
 import math
 from collections.abc import Iterator
 
@@ -264,9 +263,19 @@ def evaluation_dataset(
     arch: Architecture,
     max_batches: int = 0,
     word_labels: np.ndarray | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> tf.data.Dataset:
     """Held-out windows in order with fixed masks, so evaluations compare: every window,
-    or with `max_batches` a fixed sample spread over the split (`evaluation_windows`)."""
+    or with `max_batches` a fixed sample spread over the split (`evaluation_windows`).
+
+    With `process_count` > 1 the processes split the evaluation: of each full
+    batch of `batch_size` windows, this process reads and masks its
+    `batch_size // process_count` (`process_slice`; the masks are those of a
+    one-process run), and a last short batch comes whole to every process.
+    The first `len(evaluation_windows(...)) // batch_size` batches are the
+    split ones.
+    """
     windows = num_windows(len(tokens), sequence_length)
     if windows == 0:
         raise MlmError(
@@ -277,12 +286,18 @@ def evaluation_dataset(
 
     chosen = evaluation_windows(windows, batch_size=batch_size, max_batches=max_batches,
                                 seed=seed)
-    schedule = functools.partial(ordered_schedule, chosen, batch_size=batch_size)
+    split = len(chosen) - len(chosen) % batch_size
+
+    def schedule():
+        yield from process_slice(ordered_schedule(chosen[:split], batch_size=batch_size),
+                                 process_index=process_index, process_count=process_count)
+        yield from ordered_schedule(chosen[split:], batch_size=batch_size)
+
     ds = _window_dataset(tokens, schedule, sequence_length=sequence_length, ids=ids,
                          word_labels=word_labels)
     return _mask_and_batch(
         ds, salt=_EVAL_SALT, seed=seed, masking=resolve_masking(masking), ids=ids,
-        sequence_length=sequence_length, batch_size=batch_size,
+        sequence_length=sequence_length, batch_size=batch_size // process_count,
         arch=arch, drop_remainder=False,
     )
 

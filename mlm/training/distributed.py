@@ -7,8 +7,11 @@ every process. Each process feeds only its own slice of each global batch
 (`mlm.data.pipeline` cuts it), keras assembles the global batch with
 `jax.make_array_from_process_local_data`, and XLA all-reduces the gradients.
 
-Process 0 (the chief) alone writes the run directory; the others read what it
-wrote, so `run_dir` must be on a filesystem every process sees.
+Held-out evaluation is split the same way, its sums added on the devices
+(`mlm.evaluate`).
+
+Process 0 (the chief) writes the run directory; a process that cannot see
+it (hosts that share no filesystem) keeps one of its own (`own_run_dir`).
 
 TensorFlow stays the single-process default backend (fastest on CPU, see
 the README); nothing here imports JAX unless the JAX backend was chosen.

@@ -88,7 +88,7 @@ def train(
         start_step=start_step, trained=trained, checkpoints=checkpoints,
         settings_cache=settings_cache, log=log, topology=topology)
     evaluate = _evaluator(task, plan, tokens["held_out"], labels=labels.get("held_out"),
-                          log=log)
+                          log=log, topology=topology)
     if budget is not None and trained >= budget:
         log.say(f"the run has trained its budget of {format_duration(budget)}; "
                 f"raise train.budget to extend")
@@ -149,8 +149,10 @@ def _with_measured_settings(task, plan: RunPlan, *, batch, start_step: int, trai
     return plan
 
 
-def _evaluator(task, plan: RunPlan, held_out_tokens, *, labels, log):
-    """`step -> held-out metrics`, logged: the plan's evaluation masking and sample."""
+def _evaluator(task, plan: RunPlan, held_out_tokens, *, labels, log,
+               topology: distributed.Topology):
+    """`step -> held-out metrics`, logged: the plan's evaluation masking and sample,
+    split between the processes of a distributed run."""
     cfg = plan.train
 
     def evaluate(step):
@@ -158,6 +160,7 @@ def _evaluator(task, plan: RunPlan, held_out_tokens, *, labels, log):
             task, held_out_tokens, sequence_length=plan.recipe.model.sequence_length,
             masking=plan.eval_masking, ids=plan.ids, batch_size=cfg.batch_size, seed=cfg.seed,
             max_batches=cfg.eval_batches, arch=plan.arch, word_labels=labels,
+            topology=topology,
         )
         log.write({"step": step, "split": "held_out", **result})
         log.say(
