@@ -128,7 +128,8 @@ def pretrain(
                     f"global batch of {recipe.train.batch_size}, in training and in "
                     f"held-out evaluation")
         share_files(recipe, source=source, run_dir=run_dir, log=log, topology=topology)
-        task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log)
+        task, start_step = starting_task(recipe, source=source, run_dir=run_dir, log=log,
+                                         topology=topology)
         # Every value the stages read, and every error they could raise, before tokenizing.
         plan = resolve_plan(recipe, backbone=task.backbone,
                             tokenizer=task.preprocessor.tokenizer, topology=topology)
@@ -276,8 +277,10 @@ def starting_tokenizer(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog
     return load_or_train_tokenizer(source, recipe=recipe, run_dir=run_dir, log=log)
 
 
-def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
-    """The task to train and its step: newest checkpoint, preset, or fresh."""
+def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog,
+                  topology: distributed.Topology | None = None):
+    """The task to train and its step: newest checkpoint (`resume_point`), preset, or
+    fresh."""
     from mlm.preset_loading import load_masked_lm
 
     # Also before loading a checkpoint: its layers are built with initial values
@@ -286,7 +289,7 @@ def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
     keras.utils.set_random_seed(recipe.train.seed)
     if recipe.train.deterministic:
         make_deterministic(recipe.train.seed)
-    latest = checkpoints.latest_checkpoint(run_dir, report=log.say)
+    latest = resume_point(run_dir, topology=topology or distributed.Topology(), log=log)
     if latest is not None:
         task = load_masked_lm(str(checkpoints.preset_of(latest)))
         compile_task(task, recipe.train)
@@ -303,6 +306,38 @@ def starting_task(recipe: Recipe, *, source, run_dir: Path, log: MetricsLog):
     compile_task(task, recipe.train)
     log.say(f"model: {type(task).__name__}, {task.count_params():,} parameters")
     return task, 0
+
+
+def resume_point(run_dir: Path, *, topology: distributed.Topology, log: MetricsLog):
+    """The checkpoint to resume from: the newest that verifies, or None.
+
+    Processes that keep run directories of their own (hosts that share no
+    filesystem) may hold different newest checkpoints: one stopped while
+    another was saving. Then every process resumes from the newest step that
+    all of them hold, and those ahead delete their newer checkpoints (a
+    resumed run is exact: it writes them again, the same). Where some process
+    holds no checkpoint, or not that step, `distributed.check_agreement` stops
+    the run with what to copy.
+    """
+    latest = checkpoints.latest_checkpoint(run_dir, report=log.say)
+    if topology.process_count == 1:
+        return latest
+    found = checkpoints.list_checkpoints(run_dir)
+    mine = next((step for step, path in found.items() if path == latest), 0)
+    steps = distributed.each(topology, mine)
+    common = min(steps)
+    held = common > 0 and common in found and (
+        common == mine or checkpoints.verify_checkpoint(found[common]) is None)
+    if common == max(steps) or distributed.total(topology, held)[0] < topology.process_count:
+        return latest
+    log.say(f"the processes' newest checkpoints differ (steps {', '.join(map(str, steps))}): "
+            f"every process resumes from step {common}, the newest all of them hold, and "
+            f"those ahead delete their newer ones")
+    if topology.writes_checkpoints:  # a reader of process 0's directory leaves it to 0
+        for step, path in found.items():
+            if step > common:
+                atomic.remove_dir(path)
+    return found[common]
 
 
 def preset_task(recipe: Recipe, *, log: MetricsLog):

@@ -1,5 +1,6 @@
 """Data-parallel training over processes on JAX's distributed runtime (loopback)."""
 
+import shutil
 import signal
 import socket
 import subprocess
@@ -325,6 +326,24 @@ def test_two_hosts_without_a_shared_filesystem_train_from_their_shares_and_resum
     assert not (own / "metrics.jsonl").exists() and not (own / "preset").exists()
     steps = [sorted(p.name for p in (d / "checkpoints").iterdir()) for d in run_dirs]
     assert steps[0] == steps[1] and "step-24" in steps[0]
+
+    # Host 1 lost its newest checkpoint (stopped while saving it): both hosts resume
+    # from step 20, the newest both hold, and host 0 writes its step 24 again.
+    first_24 = saved_arrays(run_dirs[0] / "checkpoints" / "step-24")
+    shutil.rmtree(run_dirs[1] / "checkpoints" / "step-24")
+    procs = _start_processes(run_dirs[0], **common, run_dir_of=run_dirs, extra=("--resume",))
+    statuses = _wait_all(procs, timeout=400)
+    assert statuses == [0, 0], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    said = logs[0].read_text()
+    assert "the processes' newest checkpoints differ (steps 24, 20): every process resumes " \
+        "from step 20" in said
+    assert "resuming from" in said and "(step 20)" in said
+    again_24 = saved_arrays(run_dirs[0] / "checkpoints" / "step-24")
+    assert again_24.keys() == first_24.keys()
+    for key in first_24:  # resumed runs are exact: the same steps, bit for bit
+        np.testing.assert_array_equal(again_24[key], first_24[key], err_msg=key)
+    held = [sorted(p.name for p in (d / "checkpoints").iterdir()) for d in run_dirs]
+    assert held[0] == held[1] and held[0][-2:] == ["step-20", "step-24"], held
 
     procs = _start_processes(run_dirs[0], **common, run_dir_of=run_dirs,
                              extra=("--resume", "--steps", "28"))

@@ -295,6 +295,13 @@ def total(topology: Topology, *counts) -> tuple[int, ...]:
     return tuple(int(v) for v in _gathered(topology, counts).sum(axis=0))
 
 
+def each(topology: Topology, value: int) -> list[int]:
+    """Every process's integer `value` (an int32), in process order."""
+    if topology.process_count == 1:
+        return [int(value)]
+    return [int(v) for v in _gathered(topology, [value])[:, 0]]
+
+
 def _gathered(topology: Topology, values):
     """Every process's integer `values`, as a `(process_count, len(values))` int64 array.
 
