@@ -7,6 +7,8 @@
   architecture's tokenizer; a run copies its own into `run_dir/vocab/`;
 - `tokens/<key>/`: token cache entries (`mlm.data.token_cache`), keyed by the
   corpus fingerprint and the tokenizer; runs read them in place;
+- `hub/`: the texts of hub dataset splits, one file per split and commit,
+  written by the first complete read (`mlm.data.corpus.hf_datasets`);
 - `step_settings/`: the measured precision and XLA choice per machine and shapes
   (`mlm.training.step_settings`).
 
@@ -25,6 +27,7 @@ from pathlib import Path
 VOCAB = "vocab"
 TOKENS = "tokens"
 STEP_SETTINGS = "step_settings"
+HUB = "hub"
 
 
 def root() -> Path:

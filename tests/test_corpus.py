@@ -16,6 +16,7 @@ from mlm.data.corpus import (
     sample_corpus_path,
 )
 from mlm.errors import MlmError
+from tests.conftest import run_mlm
 
 # Blank lines, whitespace-only lines and Windows line ends all separate documents.
 TEXT = "first doc\nsecond line\n\n\n  second doc  \n \t \nthird doc\r\n\r\nfourth doc\n"
@@ -410,3 +411,56 @@ def test_a_hub_dataset_fingerprint_holds_its_revision(monkeypatch):
     assert changed != first
     assert hf_datasets.revision("owner/texts:en") == "2222"
     assert hf_datasets.revision("owner/unknown") == ""  # the hub does not say: no revision
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """Hub dataset `owner/texts` at commit "1111", 300 rows, with a count of its reads."""
+    import huggingface_hub
+
+    from mlm.data.corpus import hf_datasets
+
+    monkeypatch.setenv("MLM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(hf_datasets, "check", lambda *a, **k: None)  # no network here
+    hub = {"sha": "1111", "reads": 0}
+    rows = [{"text": f"Row {i}: the {'quick ' * (i % 7)}brown fox jumps over dog {i % 13}."}
+            for i in range(300)]
+
+    class Api:
+        def dataset_info(self, name):
+            return type("Info", (), {"sha": hub["sha"]})()
+
+    def load(name, *, split):
+        hub["reads"] += 1
+        return iter(rows)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(hf_datasets, "_load", load)
+    hub["texts"] = [r["text"] for r in rows]
+    return hub
+
+
+def test_a_hub_dataset_is_read_from_the_hub_once_per_commit(fake_hub):
+    corpus = resolve_corpus(CorpusConfig(paths=("owner/texts",)))
+    assert corpus.hub_revision == "1111"
+    docs = iter_documents(corpus, split="train")
+    next(docs)
+    docs.close()  # a read stopped early keeps no copy
+    assert fake_hub["reads"] == 1
+    train = list(iter_documents(corpus, split="train"))
+    held = list(iter_documents(corpus, split="held_out"))
+    again = list(iter_documents(corpus, split="train"))
+    assert fake_hub["reads"] == 2  # the first complete read; then the machine cache's copy
+    assert again == train and sorted(train + held) == sorted(fake_hub["texts"])
+    assert 0 < len(held) < 30
+    fake_hub["sha"] = "2222"  # the dataset changed on the hub: read it again
+    assert list(iter_documents(resolve_corpus(CorpusConfig(paths=("owner/texts",))),
+                               split="train")) == train
+    assert fake_hub["reads"] == 3
+
+
+def test_preparing_a_hub_dataset_reads_the_hub_once(fake_hub, tmp_path):
+    run_mlm("prepare", "--recipe", "bert_test", "--corpus", "owner/texts", "--out",
+            tmp_path / "prepared", in_process=True, check=True)
+    assert fake_hub["reads"] == 1  # vocabulary, count and tokenizing passes
+    assert (tmp_path / "prepared" / "manifest.json").is_file()

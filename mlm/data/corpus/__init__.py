@@ -101,6 +101,8 @@ class Corpus:
             document in a `.txt` file.
         hints: One-line hints for the user about the sources (a large text
             file without blank lines, which reads as one document).
+        hub_revision: The commit of the hub dataset read ("" when the hub
+            does not say); keys the machine cache's copy of it.
         fingerprint: Hex digest of the content and of the settings that
             change the documents; the key of the token cache.
     """
@@ -115,6 +117,7 @@ class Corpus:
     document_boundary: str = "blank_line"
     fingerprint: str = ""
     hints: tuple[str, ...] = ()
+    hub_revision: str = ""
 
 
 def resolve_corpus(config: CorpusConfig) -> Corpus:
@@ -157,10 +160,11 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
         held_out_files, text_column=config.text_column, field="corpus.held_out_paths",
         errors=errors,
     )
+    hub_revision = hf_datasets.revision(hub_name) if hub_name else ""
     scans = {
         "train": train_scans,
         "held_out": held_out_scans,
-        "hub": [hub_name, config.hub_split, hf_datasets.revision(hub_name)] if hub_name else None,
+        "hub": [hub_name, config.hub_split, hub_revision] if hub_name else None,
     }
     return Corpus(
         train_files=train_files,
@@ -173,6 +177,7 @@ def resolve_corpus(config: CorpusConfig) -> Corpus:
         document_boundary=config.document_boundary,
         fingerprint=sources.fingerprint(scans, settings=_settings(config, held_out_files)),
         hints=_hints(train_unbroken + held_out_unbroken, boundary=config.document_boundary),
+        hub_revision=hub_revision,
     )
 
 
@@ -327,7 +332,8 @@ def _iter_sources(
         parts = _read_files(corpus, files=corpus.held_out_files)
     elif corpus.hub_name:
         parts = hf_datasets.read(
-            corpus.hub_name, split=corpus.hub_split, text_column=corpus.text_column
+            corpus.hub_name, split=corpus.hub_split, text_column=corpus.text_column,
+            revision=corpus.hub_revision,
         )
     else:
         parts = _read_files(corpus, files=corpus.train_files)

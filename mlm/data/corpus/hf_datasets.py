@@ -1,10 +1,18 @@
 """Datasets on the HuggingFace datasets hub, `owner/name[:config]`, streamed with `datasets`.
 
 `datasets.load_dataset(..., streaming=True)` opens a dataset without
-downloading it; rows are fetched as they are read.
+downloading it; rows are fetched as they are read. The first full read of a
+split at a known revision also writes its texts to the machine cache
+(`hub/`, one JSON string per line), and later reads of that revision (the
+vocabulary's, each split's tokenizing, other runs) read that copy: the hub
+is read once per machine, not once per pass.
 """
 
+import contextlib
 import glob
+import hashlib
+import json
+import os
 import re
 import socket
 import urllib.parse
@@ -82,15 +90,56 @@ def revision(name: str) -> str:
         return ""
 
 
-def read(name: str, *, split: str, text_column: str) -> Iterator[tuple[str, bool]]:
-    """`(text, True)` for each row of one split of a hub dataset; a null is an empty document."""
+def read(name: str, *, split: str, text_column: str, revision: str = ""
+         ) -> Iterator[tuple[str, bool]]:
+    """`(text, True)` for each row of one split of a hub dataset; a null is an empty document.
+
+    With `revision` (the commit `revision()` found), from the machine cache's
+    copy of that split at that commit when a read has completed one, else
+    from the hub, writing the copy as it goes (kept only if the read ends).
+    """
+    copy = local_copy(name, split=split, text_column=text_column, revision=revision)
+    if copy is not None and copy.is_file():
+        with open(copy, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line), True
+        return
+    rows = _texts(name, split=split, text_column=text_column)
+    if copy is None:
+        yield from rows
+        return
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    tmp = copy.with_name(f".{copy.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for text in rows:
+                f.write(json.dumps(text) + "\n")
+                yield text, True
+        os.replace(tmp, copy)  # complete: later reads take it
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a read stopped early (or failed): no copy
+
+
+def local_copy(name: str, *, split: str, text_column: str, revision: str) -> Path | None:
+    """Where the machine cache keeps a hub split's texts at `revision`; None without one."""
+    if not revision:
+        return None
+    from mlm import machine_cache
+
+    key = hashlib.sha256(json.dumps([name, split, text_column, revision]).encode())
+    safe = re.sub(r"[^\w.-]", "_", name)
+    return machine_cache.root() / machine_cache.HUB / f"{safe}-{key.hexdigest()[:16]}.jsonl"
+
+
+def _texts(name: str, *, split: str, text_column: str) -> Iterator[str]:
     for index, row in enumerate(_load(name, split=split)):
         if text_column not in row:
             raise MlmError(
                 f"hub dataset '{name}' has no column '{text_column}' (columns found: "
                 f"{', '.join(row)}); set corpus.text_column to the column that holds the text."
             )
-        yield as_text(row[text_column], where=f"hub dataset '{name}' row {index}"), True
+        yield as_text(row[text_column], where=f"hub dataset '{name}' row {index}")
 
 
 def _load(name: str, *, split: str):
