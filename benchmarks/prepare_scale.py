@@ -5,6 +5,7 @@ Run on demand (never in the test suite):
     python benchmarks/prepare_scale.py --sizes 0.002 --repeats 1     # smoke test, a minute
     python benchmarks/prepare_scale.py --sizes 0.1 --repeats 2 --json prepare_scale.json
     python benchmarks/prepare_scale.py --sizes 1 --repeats 1 --timed-steps --json ps_1gb.json
+    python benchmarks/prepare_scale.py --sizes 0.1 --mlm-hosts 2 --processes 2 --mlm-processes 1
     python benchmarks/prepare_scale.py --report prepare_scale.json   # reprint a saved report
 
 About 14 minutes for 0.1 GB with 2 repeats, and about an hour for 1 GB with
@@ -48,6 +49,17 @@ so that the machine's load hits them alike:
   over `tf.data` in N processes (`mlm.data.workers`), write uint16 ids.
   TensorFlow and `tokenizers` also use threads inside each process.
   (`--mlm-processes`, default 1,2.)
+- `mlm, N hosts` (`--mlm-hosts N`): `mlm prepare ... --hosts N --host I` for
+  each host I, one after another, each alone on this machine with its own
+  output folder and `MLM_CACHE_DIR`: what N machines like this one, sharing
+  no filesystem, would each run at the same time. Each host learns the whole
+  corpus's vocabulary (seeded, so all learn the same one: checked by hash)
+  and tokenizes its share of the training documents and the whole held-out
+  split. Its wall time is the slowest host's; tokens and bytes on disk add up
+  over the shares (held-out counted once). The hosts do not talk while
+  preparing, so separate network namespaces would change nothing here; on
+  one 2-core machine, N hosts run at the same time would share its cores and
+  measure the cores, not the hosts.
 - `hf (N processes)`: what a run_mlm.py user does: `tokenizers`'
   `BertWordPieceTokenizer(lowercase=True).train([FILE], vocab_size=30522,
   min_frequency=2)`, then `datasets.load_dataset("text", data_files=FILE,
@@ -128,14 +140,18 @@ def main(argv: list[str] | None = None) -> None:
         corpus = generate_corpus(args.work_dir, gigabytes=size, seed=args.seed)
         report["sizes"].append({"gigabytes": size, **corpus_stats(corpus)})
         contenders = [*(("mlm", n) for n in args.mlm_processes),
+                      *(("mlm-hosts", n) for n in args.mlm_hosts),
                       *(("hf", n) for n in args.processes)]
         for repeat in range(args.repeats):
             shift = repeat % len(contenders)
             for name, processes in contenders[shift:] + contenders[:shift]:
-                run = (run_mlm(corpus, work=args.work_dir, processes=processes,
-                               phases=args.timed_steps and processes == 1)
-                       if name == "mlm"
-                       else run_hf(corpus, work=args.work_dir, processes=processes))
+                if name == "mlm":
+                    run = run_mlm(corpus, work=args.work_dir, processes=processes,
+                                  phases=args.timed_steps and processes == 1)
+                elif name == "mlm-hosts":
+                    run = run_mlm_hosts(corpus, work=args.work_dir, hosts=processes)
+                else:
+                    run = run_hf(corpus, work=args.work_dir, processes=processes)
                 report["runs"].append({"gigabytes": size, "contender": name,
                                        "processes": processes, "repeat": repeat, **run})
                 if name == "mlm" and args.timed_steps and processes == 1:
@@ -161,6 +177,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mlm-processes", type=lambda s: [int(x) for x in s.split(",") if x],
                         default=[1, 2],
                         help="--workers values of the mlm contender (default 1,2; '' runs no mlm)")
+    parser.add_argument("--mlm-hosts", type=lambda s: [int(x) for x in s.split(",") if x],
+                        default=[], help="also prepare as N hosts (--hosts N --host I), each "
+                        "host's share alone, one after another, as on N machines like this one "
+                        "with no shared filesystem (e.g. 2; default: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the timed-steps run of mlm after each size")
@@ -393,6 +413,66 @@ def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = Fals
         result["command"] = " ".join(command[:1] + ["-m", "mlm"] + command[-len(prepare):])
     say_result(label, result)
     return result
+
+
+def run_mlm_hosts(corpus: Path, *, work: Path, hosts: int) -> dict:
+    """`mlm prepare --hosts hosts --host I` for every I, one after another, each alone on
+    this machine with its own output folder and machine cache (no shared filesystem), as
+    `hosts` machines like this one would run them at the same time. Its wall time is the
+    slowest host's; tokens, documents and bytes on disk add up over the shares (the
+    held-out split, whole in every share, counted once); memory is the largest host's."""
+    hosts_runs = []
+    for host in range(hosts):
+        with tempfile.TemporaryDirectory(dir=work, prefix=f"mlm-host{host}-") as tmp:
+            tmp = Path(tmp)
+            out = tmp / "prepared"
+            prepare = ["prepare", "--recipe", RECIPE, "--corpus", str(corpus), "--out",
+                       str(out), "--hosts", str(hosts), "--host", str(host), "--quiet"]
+            command = [sys.executable, "-m", "mlm", *prepare]
+            say(f"mlm, host {host} of {hosts}: {corpus.name}")
+            result = measured(command, env=_env(MLM_CACHE_DIR=str(tmp / "mlm-cache")),
+                              log=work / f"last-mlm-host{host}.log")
+            if "error" not in result:
+                manifest = json.loads((out / "manifest.json").read_text())
+                result["splits"] = manifest["splits"]
+                result["tokens"] = sum(s["tokens"] for s in manifest["splits"].values())
+                result["vocabulary_size"] = manifest["vocabulary_size"]
+                result["vocabulary_sha256"] = _vocabulary_digest(out / "vocab")
+                result["disk_bytes"] = disk_bytes(out)
+                result["command"] = " ".join(["python", "-m", "mlm", *prepare])
+            say_result(f"mlm, host {host} of {hosts}", result)
+            hosts_runs.append(result)
+    failed = [r for r in hosts_runs if "error" in r]
+    if failed:
+        return {**failed[0], "hosts": hosts_runs}
+    held = hosts_runs[0]["splits"]["held_out"]
+    train_tokens = sum(r["splits"]["train"]["tokens"] for r in hosts_runs)
+    train_documents = sum(r["splits"]["train"]["documents"] for r in hosts_runs)
+    return {
+        "wall_seconds": max(r["wall_seconds"] for r in hosts_runs),
+        "host_wall_seconds": [r["wall_seconds"] for r in hosts_runs],
+        "peak_tree_rss_mb": max(r["peak_tree_rss_mb"] for r in hosts_runs),
+        "max_process_rss_mb": max(r["max_process_rss_mb"] for r in hosts_runs),
+        "load_average": [hosts_runs[0]["load_average"][0], hosts_runs[-1]["load_average"][1]],
+        "returncode": 0,
+        "tokens": train_tokens + held["tokens"],
+        "documents": train_documents + held["documents"],
+        "vocabulary_size": hosts_runs[0]["vocabulary_size"],
+        # Every host must have learned the same vocabulary; the report says if not.
+        "same_vocabulary": len({r["vocabulary_sha256"] for r in hosts_runs}) == 1,
+        "disk_bytes": sum(r["disk_bytes"] for r in hosts_runs),
+        "hosts": hosts_runs,
+    }
+
+
+def _vocabulary_digest(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def run_hf(corpus: Path, *, work: Path, processes: int) -> dict:
@@ -632,6 +712,17 @@ def speedups(runs: list[dict]) -> list[str]:
         if r["contender"] == "mlm" and "error" not in r and "phases" not in r:
             walls[(r["gigabytes"], r["processes"], r["repeat"])] = r["wall_seconds"]
     lines = []
+    hosts: dict[tuple, dict] = {}
+    for r in runs:
+        if r["contender"] == "mlm-hosts" and "error" not in r:
+            hosts[(r["gigabytes"], r["processes"], r["repeat"])] = r
+    for (size, n, rep), r in sorted(hosts.items()):
+        one = walls.get((size, 1, rep))
+        ratio = f"{r['wall_seconds'] / one:.2f}x of one host's time ({one:.1f} s)" if one else ""
+        lines.append(f"\nmlm at {size:g} GB, {n} hosts, repeat {rep}: hosts took "
+                     + ", ".join(f"{w:.1f}" for w in r["host_wall_seconds"])
+                     + f" s; slowest {r['wall_seconds']:.1f} s, {ratio}; same vocabulary "
+                     f"on every host: {'yes' if r['same_vocabulary'] else 'NO'}")
     for size, n in sorted({(k[0], k[1]) for k in walls if k[1] > 1}):
         ratios = [walls[(size, 1, rep)] / walls[(size, n, rep)]
                   for (sz, p, rep) in sorted(walls) if sz == size and p == n
@@ -647,7 +738,8 @@ def speedups(runs: list[dict]) -> list[str]:
 
 def table_row(size: float, name: str, processes: int, runs: list[dict]) -> str:
     ok = [r for r in runs if "error" not in r]
-    label = "mlm" if name == "mlm" else "hf (tokenizers + datasets)"
+    label = {"mlm": "mlm", "mlm-hosts": f"mlm, {processes} hosts (slowest host)"}.get(
+        name, "hf (tokenizers + datasets)")
     if not ok:
         return f"| {size:g} GB | {label} | {processes} | error | | | | | | | |"
 
