@@ -5,6 +5,7 @@ Run on demand (never in the test suite):
     python benchmarks/downstream.py                               # budgets 2m,5m,10m,30m
     python benchmarks/downstream.py --budgets 2m --seeds 3 --work-dir /tmp/downstream
     python benchmarks/downstream.py --preset runs/demo/preset     # an encoder you have
+    python benchmarks/downstream.py --budgets 10m --pretrain-set vocab.size=8000 --work-dir /tmp/v8k
     python benchmarks/downstream.py --report downstream.json      # reprint a saved report
 
 For each pretraining budget, `mlm pretrain --budget B` trains what it trains
@@ -106,11 +107,13 @@ def task_files(task: str, *, per_class: int, folder: Path, test_size: int = 600,
     return paths[0], paths[1]
 
 
-def pretrain(recipe_name: str | None, *, budget: str, run_dir: Path, seed: int) -> dict:
+def pretrain(recipe_name: str | None, *, budget: str, run_dir: Path, seed: int,
+             overrides=()) -> dict:
     """Pretrains (or reuses) the recipe for `budget` on the sample corpus: its summary.
 
     With no `recipe_name`, the recipe and overrides are the budget's row of
-    `BUDGET_CHOICES`, as `mlm pretrain --budget` with no `--recipe` picks them."""
+    `BUDGET_CHOICES`, as `mlm pretrain --budget` with no `--recipe` picks them.
+    `overrides` (`--pretrain-set`) come after those: the variant measured."""
     import mlm
     from mlm.config import recipe_for_budget
 
@@ -118,7 +121,7 @@ def pretrain(recipe_name: str | None, *, budget: str, run_dir: Path, seed: int) 
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     row = recipe_for_budget(budget)
-    chosen = list(row.overrides) if recipe_name is None else []
+    chosen = (list(row.overrides) if recipe_name is None else []) + list(overrides)
     name = recipe_name or row.recipe
     recipe = mlm.apply_overrides(mlm.load_recipe(name), chosen + [
         f"train.budget={budget}", f"train.seed={seed}", "train.eval_every=1000000",
@@ -194,6 +197,9 @@ def main(argv=None) -> int:
                         help="train.seed of the pretraining runs (a second one measures "
                              "pretraining's own spread)")
     parser.add_argument("--set", nargs="*", default=[], help="fine-tuning overrides")
+    parser.add_argument("--pretrain-set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="pretraining overrides after the budget's row, e.g. "
+                             "vocab.size=8000 (a variant; random init takes its shape)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/downstream"))
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--report", type=Path, help="reprint a saved report")
@@ -210,7 +216,7 @@ def main(argv=None) -> int:
         if preset is None:
             run_dir = args.work_dir / f"pretrain-{budget}{seed_part}"
             summary = pretrain(args.recipe, budget=budget, run_dir=run_dir,
-                               seed=args.pretrain_seed)
+                               seed=args.pretrain_seed, overrides=args.pretrain_set)
             preset = summary["preset"]
         for task in args.tasks.split(","):
             for per_class in (n for n in (args.few, args.many) if n > 0):  # 0: skip
