@@ -53,7 +53,8 @@ so that the machine's load hits them alike:
   each host I, one after another, each alone on this machine with its own
   output folder and `MLM_CACHE_DIR`: what N machines like this one, sharing
   no filesystem, would each run at the same time. Each host learns the whole
-  corpus's vocabulary (seeded, so all learn the same one: checked by hash)
+  corpus's vocabulary (seeded, so all learn the same one: checked by the
+  manifests' tokenizer fingerprints, which the hosts compare before training)
   and tokenizes its share of the training documents and the whole held-out
   split. Its wall time is the slowest host's; tokens and bytes on disk add up
   over the shares (held-out counted once). The hosts do not talk while
@@ -383,24 +384,32 @@ def _env(**extra: str) -> dict:
     return {**os.environ, "PYTHONPATH": path, **extra}
 
 
-def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = False) -> dict:
+def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = False,
+            share: tuple[int, int] | None = None) -> dict:
     """One `mlm prepare --workers processes` of `corpus` in a fresh temporary folder; its
     measurements. `phases`: with timers around its steps (those of the parent process, so
-    with `processes` 1)."""
+    with `processes` 1). `share`: `(host, hosts)`, prepare only that host's share
+    (`--hosts hosts --host host`), with the manifest's splits and tokenizer fingerprint
+    kept in the result."""
     label = ("mlm (timed steps)" if phases
+             else f"mlm, host {share[0]} of {share[1]}" if share
              else f"mlm ({processes} process{'es' if processes > 1 else ''})")
+    log = ("mlm-phases" if phases else f"mlm-host{share[0]}" if share
+           else f"mlm{processes}")
     with tempfile.TemporaryDirectory(dir=work, prefix="mlm-run-") as tmp:
         tmp = Path(tmp)
         out = tmp / "prepared"
         phases_file = tmp / "phases.json"
         prepare = ["prepare", "--recipe", RECIPE, "--corpus", str(corpus), "--out", str(out),
                    "--workers", str(processes), "--quiet"]
+        if share:
+            prepare += ["--hosts", str(share[1]), "--host", str(share[0])]
         command = ([sys.executable, str(Path(__file__).resolve()), "--mlm-phases",
                     str(phases_file), "--", *prepare] if phases
                    else [sys.executable, "-m", "mlm", *prepare])
         say(f"{label}: {corpus.name}")
         result = measured(command, env=_env(MLM_CACHE_DIR=str(tmp / "mlm-cache")),
-                          log=work / f"last-{'mlm-phases' if phases else f'mlm{processes}'}.log")
+                          log=work / f"last-{log}.log")
         if "error" not in result:
             manifest = json.loads((out / "manifest.json").read_text())
             splits = manifest["splits"]
@@ -408,6 +417,9 @@ def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = Fals
             result["documents"] = sum(s["documents"] for s in splits.values())
             result["vocabulary_size"] = manifest["vocabulary_size"]
             result["disk_bytes"] = disk_bytes(out)
+            if share:
+                result["splits"] = splits
+                result["tokenizer_fingerprint"] = manifest["tokenizer_fingerprint"]
             if phases:
                 result["phases"] = json.loads(phases_file.read_text())
         result["command"] = " ".join(command[:1] + ["-m", "mlm"] + command[-len(prepare):])
@@ -416,38 +428,17 @@ def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = Fals
 
 
 def run_mlm_hosts(corpus: Path, *, work: Path, hosts: int) -> dict:
-    """`mlm prepare --hosts hosts --host I` for every I, one after another, each alone on
-    this machine with its own output folder and machine cache (no shared filesystem), as
-    `hosts` machines like this one would run them at the same time. Its wall time is the
-    slowest host's; tokens, documents and bytes on disk add up over the shares (the
-    held-out split, whole in every share, counted once); memory is the largest host's."""
-    hosts_runs = []
-    for host in range(hosts):
-        with tempfile.TemporaryDirectory(dir=work, prefix=f"mlm-host{host}-") as tmp:
-            tmp = Path(tmp)
-            out = tmp / "prepared"
-            prepare = ["prepare", "--recipe", RECIPE, "--corpus", str(corpus), "--out",
-                       str(out), "--hosts", str(hosts), "--host", str(host), "--quiet"]
-            command = [sys.executable, "-m", "mlm", *prepare]
-            say(f"mlm, host {host} of {hosts}: {corpus.name}")
-            result = measured(command, env=_env(MLM_CACHE_DIR=str(tmp / "mlm-cache")),
-                              log=work / f"last-mlm-host{host}.log")
-            if "error" not in result:
-                manifest = json.loads((out / "manifest.json").read_text())
-                result["splits"] = manifest["splits"]
-                result["tokens"] = sum(s["tokens"] for s in manifest["splits"].values())
-                result["vocabulary_size"] = manifest["vocabulary_size"]
-                result["vocabulary_sha256"] = _vocabulary_digest(out / "vocab")
-                result["disk_bytes"] = disk_bytes(out)
-                result["command"] = " ".join(["python", "-m", "mlm", *prepare])
-            say_result(f"mlm, host {host} of {hosts}", result)
-            hosts_runs.append(result)
+    """`run_mlm` of every host's share (`mlm prepare --hosts hosts --host I`), one after
+    another, each alone on this machine with its own output folder and machine cache (no
+    shared filesystem), as `hosts` machines like this one would run them at the same
+    time. Its wall time is the slowest host's; tokens, documents and bytes on disk add up
+    over the shares (the held-out split, whole in every share, counted once); memory is
+    the largest host's."""
+    hosts_runs = [run_mlm(corpus, work=work, share=(host, hosts)) for host in range(hosts)]
     failed = [r for r in hosts_runs if "error" in r]
     if failed:
         return {**failed[0], "hosts": hosts_runs}
     held = hosts_runs[0]["splits"]["held_out"]
-    train_tokens = sum(r["splits"]["train"]["tokens"] for r in hosts_runs)
-    train_documents = sum(r["splits"]["train"]["documents"] for r in hosts_runs)
     return {
         "wall_seconds": max(r["wall_seconds"] for r in hosts_runs),
         "host_wall_seconds": [r["wall_seconds"] for r in hosts_runs],
@@ -455,24 +446,15 @@ def run_mlm_hosts(corpus: Path, *, work: Path, hosts: int) -> dict:
         "max_process_rss_mb": max(r["max_process_rss_mb"] for r in hosts_runs),
         "load_average": [hosts_runs[0]["load_average"][0], hosts_runs[-1]["load_average"][1]],
         "returncode": 0,
-        "tokens": train_tokens + held["tokens"],
-        "documents": train_documents + held["documents"],
+        "tokens": sum(r["tokens"] for r in hosts_runs) - (hosts - 1) * held["tokens"],
+        "documents": sum(r["documents"] for r in hosts_runs) - (hosts - 1) * held["documents"],
         "vocabulary_size": hosts_runs[0]["vocabulary_size"],
-        # Every host must have learned the same vocabulary; the report says if not.
-        "same_vocabulary": len({r["vocabulary_sha256"] for r in hosts_runs}) == 1,
+        # Every host must have learned the same vocabulary (the fingerprint the hosts
+        # compare before training); the report says if not.
+        "same_vocabulary": len({r["tokenizer_fingerprint"] for r in hosts_runs}) == 1,
         "disk_bytes": sum(r["disk_bytes"] for r in hosts_runs),
         "hosts": hosts_runs,
     }
-
-
-def _vocabulary_digest(folder: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def run_hf(corpus: Path, *, work: Path, processes: int) -> dict:
