@@ -133,28 +133,33 @@ def main(argv: list[str] | None = None) -> None:
         print_report(json.loads(args.report.read_text()))
         return
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    variants = args.mlm_set or [""]
     report = {"machine": machine_summary(), "command": " ".join(sys.argv),
               "commit": git_commit(), "repeats": args.repeats, "processes": args.processes,
-              "seed": args.seed, "sizes": [], "runs": [], "breakdowns": []}
+              "seed": args.seed, "mlm_set": variants, "sizes": [], "runs": [], "breakdowns": []}
     began = time.perf_counter()
     for size in args.sizes:
         corpus = generate_corpus(args.work_dir, gigabytes=size, seed=args.seed)
         report["sizes"].append({"gigabytes": size, **corpus_stats(corpus)})
-        contenders = [*(("mlm", n) for n in args.mlm_processes),
-                      *(("mlm-hosts", n) for n in args.mlm_hosts),
-                      *(("hf", n) for n in args.processes)]
+        contenders = [*(("mlm", n, v) for v in variants for n in args.mlm_processes),
+                      *(("mlm-hosts", n, v) for v in variants for n in args.mlm_hosts),
+                      *(("hf", n, "") for n in args.processes)]
         for repeat in range(args.repeats):
             shift = repeat % len(contenders)
-            for name, processes in contenders[shift:] + contenders[:shift]:
+            for name, processes, variant in contenders[shift:] + contenders[:shift]:
+                overrides = variant.split()
                 if name == "mlm":
                     run = run_mlm(corpus, work=args.work_dir, processes=processes,
-                                  phases=args.timed_steps and processes == 1)
+                                  phases=args.timed_steps and processes == 1,
+                                  overrides=overrides)
                 elif name == "mlm-hosts":
-                    run = run_mlm_hosts(corpus, work=args.work_dir, hosts=processes)
+                    run = run_mlm_hosts(corpus, work=args.work_dir, hosts=processes,
+                                        overrides=overrides)
                 else:
                     run = run_hf(corpus, work=args.work_dir, processes=processes)
                 report["runs"].append({"gigabytes": size, "contender": name,
-                                       "processes": processes, "repeat": repeat, **run})
+                                       "processes": processes, "mlm_set": variant,
+                                       "repeat": repeat, **run})
                 if name == "mlm" and args.timed_steps and processes == 1:
                     report["breakdowns"].append({"gigabytes": size, **run})
                 save(report, args.json)
@@ -182,6 +187,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default=[], help="also prepare as N hosts (--hosts N --host I), each "
                         "host's share alone, one after another, as on N machines like this one "
                         "with no shared filesystem (e.g. 2; default: none)")
+    parser.add_argument("--mlm-set", action="append", metavar="'FIELD=VALUE ...'",
+                        help="a variant of the mlm contenders: these recipe overrides passed to "
+                        "`mlm prepare --set` (e.g. 'vocab.sample=100000'); repeat it for several "
+                        "variants, interleaved like the contenders; '' is the recipe as it is "
+                        "(default: that one alone)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the timed-steps run of mlm after each size")
@@ -385,15 +395,16 @@ def _env(**extra: str) -> dict:
 
 
 def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = False,
-            share: tuple[int, int] | None = None) -> dict:
+            share: tuple[int, int] | None = None, overrides: list[str] = ()) -> dict:
     """One `mlm prepare --workers processes` of `corpus` in a fresh temporary folder; its
     measurements. `phases`: with timers around its steps (those of the parent process, so
     with `processes` 1). `share`: `(host, hosts)`, prepare only that host's share
     (`--hosts hosts --host host`), with the manifest's splits and tokenizer fingerprint
-    kept in the result."""
+    kept in the result. `overrides`: `--set` these recipe fields."""
     label = ("mlm (timed steps)" if phases
              else f"mlm, host {share[0]} of {share[1]}" if share
              else f"mlm ({processes} process{'es' if processes > 1 else ''})")
+    label += f" [{' '.join(overrides)}]" if overrides else ""
     log = ("mlm-phases" if phases else f"mlm-host{share[0]}" if share
            else f"mlm{processes}")
     with tempfile.TemporaryDirectory(dir=work, prefix="mlm-run-") as tmp:
@@ -404,6 +415,8 @@ def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = Fals
                    "--workers", str(processes), "--quiet"]
         if share:
             prepare += ["--hosts", str(share[1]), "--host", str(share[0])]
+        if overrides:
+            prepare += ["--set", *overrides]
         command = ([sys.executable, str(Path(__file__).resolve()), "--mlm-phases",
                     str(phases_file), "--", *prepare] if phases
                    else [sys.executable, "-m", "mlm", *prepare])
@@ -427,14 +440,15 @@ def run_mlm(corpus: Path, *, work: Path, processes: int = 1, phases: bool = Fals
     return result
 
 
-def run_mlm_hosts(corpus: Path, *, work: Path, hosts: int) -> dict:
+def run_mlm_hosts(corpus: Path, *, work: Path, hosts: int, overrides: list[str] = ()) -> dict:
     """`run_mlm` of every host's share (`mlm prepare --hosts hosts --host I`), one after
     another, each alone on this machine with its own output folder and machine cache (no
     shared filesystem), as `hosts` machines like this one would run them at the same
     time. Its wall time is the slowest host's; tokens, documents and bytes on disk add up
     over the shares (the held-out split, whole in every share, counted once); memory is
     the largest host's."""
-    hosts_runs = [run_mlm(corpus, work=work, share=(host, hosts)) for host in range(hosts)]
+    hosts_runs = [run_mlm(corpus, work=work, share=(host, hosts), overrides=overrides)
+                  for host in range(hosts)]
     failed = [r for r in hosts_runs if "error" in r]
     if failed:
         return {**failed[0], "hosts": hosts_runs}
@@ -657,9 +671,10 @@ def print_report(report: dict) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     groups: dict[tuple, list[dict]] = {}
     for run in report["runs"]:
-        groups.setdefault((run["gigabytes"], run["contender"], run["processes"]), []).append(run)
-    for (size, name, processes), runs in groups.items():
-        print(table_row(size, name, processes, runs))
+        groups.setdefault((run["gigabytes"], run["contender"], run["processes"],
+                           run.get("mlm_set", "")), []).append(run)
+    for (size, name, processes, variant), runs in groups.items():
+        print(table_row(size, name, processes, runs, variant=variant))
     for line in speedups(report["runs"]):
         print(line)
     for breakdown in report.get("breakdowns", []):
@@ -670,7 +685,7 @@ def print_report(report: dict) -> None:
         print("| size | processes | imports | vocabulary | load_dataset | tokenize map "
               "| group map | child total |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for (size, name, processes), runs in groups.items():
+        for (size, name, processes, _), runs in groups.items():
             runs = [r for r in runs if "stages" in r]
             if name != "hf" or not runs:
                 continue
@@ -687,41 +702,62 @@ def print_report(report: dict) -> None:
 
 
 def speedups(runs: list[dict]) -> list[str]:
-    """Per size, mlm's wall time with 1 process over its time with N, paired by repeat (the
-    runs of one repeat are back to back, so they share the machine's load)."""
+    """Per size and `--mlm-set` variant, mlm's wall time with 1 process over its time with N
+    processes or hosts, paired by repeat (the runs of one repeat are back to back, so they
+    share the machine's load); hosts are also compared with one host of the first variant
+    (the recipe as it is, when that one ran), and each variant's tokens with that
+    variant's (a vocabulary learned on a sample can split the same text into more
+    tokens)."""
     walls: dict[tuple, float] = {}
+    tokens: dict[tuple, int] = {}
     for r in runs:
         if r["contender"] == "mlm" and "error" not in r and "phases" not in r:
-            walls[(r["gigabytes"], r["processes"], r["repeat"])] = r["wall_seconds"]
+            key = (r["gigabytes"], r.get("mlm_set", ""), r["processes"], r["repeat"])
+            walls[key] = r["wall_seconds"]
+        if r["contender"].startswith("mlm") and "error" not in r:
+            tokens.setdefault((r["gigabytes"], r.get("mlm_set", "")), r["tokens"])
+    first = next((r.get("mlm_set", "") for r in runs if r["contender"].startswith("mlm")), "")
     lines = []
+    for (size, variant), count in tokens.items():
+        base = tokens.get((size, first))
+        if variant != first and base:
+            lines.append(f"\nmlm at {size:g} GB, `{variant}`: {count:,} tokens, "
+                         f"{count / base:.4f}x those of `{first or 'the recipe'}`")
     hosts: dict[tuple, dict] = {}
     for r in runs:
         if r["contender"] == "mlm-hosts" and "error" not in r:
-            hosts[(r["gigabytes"], r["processes"], r["repeat"])] = r
-    for (size, n, rep), r in sorted(hosts.items()):
-        one = walls.get((size, 1, rep))
+            hosts[(r["gigabytes"], r.get("mlm_set", ""), r["processes"], r["repeat"])] = r
+    for (size, variant, n, rep), r in sorted(hosts.items()):
+        one = walls.get((size, variant, 1, rep))
         ratio = f"{r['wall_seconds'] / one:.2f}x of one host's time ({one:.1f} s)" if one else ""
-        lines.append(f"\nmlm at {size:g} GB, {n} hosts, repeat {rep}: hosts took "
+        base = walls.get((size, first, 1, rep)) if variant != first else None
+        if base:
+            ratio += (f", {r['wall_seconds'] / base:.2f}x of one host's time with "
+                      f"`{first or 'the recipe'}` ({base:.1f} s)")
+        lines.append(f"\nmlm at {size:g} GB{f' `{variant}`' if variant else ''}, {n} hosts, "
+                     f"repeat {rep}: hosts took "
                      + ", ".join(f"{w:.1f}" for w in r["host_wall_seconds"])
                      + f" s; slowest {r['wall_seconds']:.1f} s, {ratio}; same vocabulary "
                      f"on every host: {'yes' if r['same_vocabulary'] else 'NO'}")
-    for size, n in sorted({(k[0], k[1]) for k in walls if k[1] > 1}):
-        ratios = [walls[(size, 1, rep)] / walls[(size, n, rep)]
-                  for (sz, p, rep) in sorted(walls) if sz == size and p == n
-                  and (size, 1, rep) in walls]
+    for size, variant, n in sorted({k[:3] for k in walls if k[2] > 1}):
+        ratios = [walls[(size, variant, 1, rep)] / walls[(size, variant, n, rep)]
+                  for (sz, v, p, rep) in sorted(walls) if (sz, v, p) == (size, variant, n)
+                  and (size, variant, 1, rep) in walls]
         if ratios:
             spread = (f" ± {statistics.stdev(ratios) / len(ratios) ** 0.5:.2f} (s.e.)"
                       if len(ratios) > 1 else "")
-            lines.append(f"\nmlm at {size:g} GB, 1 -> {n} processes: "
-                         f"{statistics.mean(ratios):.2f}x{spread} (per repeat: "
-                         + ", ".join(f"{x:.2f}" for x in ratios) + ")")
+            lines.append(f"\nmlm at {size:g} GB{f' `{variant}`' if variant else ''}, "
+                         f"1 -> {n} processes: {statistics.mean(ratios):.2f}x{spread} "
+                         "(per repeat: " + ", ".join(f"{x:.2f}" for x in ratios) + ")")
     return lines
 
 
-def table_row(size: float, name: str, processes: int, runs: list[dict]) -> str:
+def table_row(size: float, name: str, processes: int, runs: list[dict], *,
+              variant: str = "") -> str:
     ok = [r for r in runs if "error" not in r]
     label = {"mlm": "mlm", "mlm-hosts": f"mlm, {processes} hosts (slowest host)"}.get(
         name, "hf (tokenizers + datasets)")
+    label += f" `{variant}`" if variant else ""
     if not ok:
         return f"| {size:g} GB | {label} | {processes} | error | | | | | | | |"
 
@@ -731,7 +767,7 @@ def table_row(size: float, name: str, processes: int, runs: list[dict]) -> str:
         return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
     if name == "mlm" and "phases" in ok[0]:
-        label = "mlm (steps timed in the run)"
+        label = label.replace("mlm", "mlm (steps timed in the run)", 1)
     walls = [r["wall_seconds"] for r in ok]
     tokens = ok[0]["tokens"]
     loads = ", ".join(f"{r['load_average'][0]:.1f}-{r['load_average'][1]:.1f}" for r in ok)
