@@ -17,7 +17,7 @@ def test_a_sample_keeps_every_document_with_the_same_probability():
     documents = [f"document {i}" for i in range(100)]
     counts = np.zeros(100)
     for seed in range(2000):
-        kept = sample_documents(iter(documents), size=10, seed=seed)
+        kept = list(sample_documents(iter(documents), size=10, seed=seed, total=100))
         assert len(kept) == 10 and len(set(kept)) == 10
         # In corpus order.
         assert kept == sorted(kept, key=documents.index)
@@ -25,17 +25,32 @@ def test_a_sample_keeps_every_document_with_the_same_probability():
     # Each is kept with probability 10/100: 2000 draws give 200 +- 13 (one s.d.).
     frequencies = counts / 2000
     assert np.all(np.abs(frequencies - 0.1) < 0.035), frequencies
-    # The first and last documents are not favoured (a reservoir's classic bug).
+    # The first and last documents are not favoured.
     assert abs(frequencies[:10].mean() - frequencies[-10:].mean()) < 0.02
 
 
 def test_a_sample_is_a_function_of_its_seed_and_a_small_corpus_is_kept_whole():
     documents = [f"d{i}" for i in range(50)]
-    assert sample_documents(documents, size=5, seed=3) == sample_documents(documents, size=5,
-                                                                           seed=3)
-    assert sample_documents(documents, size=5, seed=3) != sample_documents(documents, size=5,
-                                                                           seed=4)
-    assert sample_documents(documents, size=80, seed=0) == documents
+
+    def sample(size, seed):
+        return list(sample_documents(iter(documents), size=size, seed=seed, total=50))
+
+    assert sample(5, 3) == sample(5, 3)
+    assert sample(5, 3) != sample(5, 4)
+    assert sample(80, 0) == sample(50, 0) == documents
+
+
+def test_a_sample_reads_no_further_than_its_last_document():
+    read = []
+
+    def documents():
+        for i in range(1000):
+            read.append(i)
+            yield f"d{i}"
+
+    kept = list(sample_documents(documents(), size=3, seed=0, total=1000))
+    assert len(kept) == 3
+    assert read[-1] == int(kept[-1][1:])  # stopped at the last one kept
 
 
 def test_the_vocabulary_is_learned_from_the_sample_only(tmp_path):
@@ -53,9 +68,13 @@ def test_the_vocabulary_is_learned_from_the_sample_only(tmp_path):
         return vocabulary.read_text(encoding="utf-8").split()
 
     config = VocabConfig(size=100, min_frequency=2)
+    # The default sample is larger than this corpus: it learns from every document,
+    # the vocabulary of no sample at all.
+    assert config.sample > len(texts)
     assert "zebra" in learn(config, "all")
+    assert learn(config, "all") == learn(dataclasses.replace(config, sample=0), "every")
     # A sample of 5 documents that leaves the zebra document out (seed 0 does).
-    kept = sample_documents(texts, size=5, seed=0)
+    kept = list(sample_documents(iter(texts), size=5, seed=0, total=len(texts)))
     assert "zebra zebra zebra zebra" not in kept
     assert "zebra" not in learn(dataclasses.replace(config, sample=5, sample_seed=0), "sample")
     assert said[-1].endswith("on a sample of at most 5 documents")

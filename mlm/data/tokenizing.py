@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,8 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
         processes: count a WordPiece vocabulary's words in this many worker
             processes (`mlm.data.workers`), each on a contiguous range of the
             documents; counts add up, so the vocabulary is the one one process
-            learns. Other families, and `vocab.sample`, read in this process.
+            learns. Other families, and a `vocab.sample` smaller than the
+            training documents, read in this process.
     """
     family = config.family or arch.tokenizer_family
     path = vocab.vocabulary_path(out_dir, family=family)
@@ -84,8 +85,11 @@ def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, fa
     """Learns the vocabulary of `config` from `source` into `out_dir`."""
     say(f"training a {family} vocabulary of up to {config.size:,} entries"
         + (f" on a sample of at most {config.sample:,} documents" if config.sample else ""))
-    if (processes > 1 and family == "wordpiece" and not config.sample
-            and corpus.count_documents(source, split="train") >= processes):
+    # In processes, unless the sample leaves documents out (a sample as large as the
+    # corpus keeps every document: the same vocabulary).
+    if (processes > 1 and family == "wordpiece"
+            and processes <= corpus.count_documents(source, split="train")
+            <= (config.sample or float("inf"))):
         vocab.train_vocabulary(
             (), family=family, size=config.size, lowercase=config.lowercase,
             min_frequency=config.min_frequency, out_dir=out_dir,
@@ -95,7 +99,9 @@ def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, fa
     label = "vocabulary: sampling documents" if config.sample else "vocabulary: counting words"
     documents = _with_progress(source, label=label, quiet=quiet)
     if config.sample:
-        documents = sample_documents(documents, size=config.sample, seed=config.sample_seed)
+        # Counted once per corpus (the progress line above counted it already).
+        documents = sample_documents(documents, size=config.sample, seed=config.sample_seed,
+                                     total=corpus.count_documents(source, split="train"))
     vocab.train_vocabulary(
         documents,
         family=family, size=config.size, lowercase=config.lowercase,
@@ -138,22 +144,28 @@ def _count_part(task: tuple) -> dict[str, int]:
     return wordpiece.count_words(batches())
 
 
-def sample_documents(documents: Iterable[str], *, size: int, seed: int) -> list[str]:
-    """At most `size` of `documents`, each kept with the same probability, in corpus order.
+def sample_documents(documents: Iterable[str], *, size: int, seed: int,
+                     total: int) -> Iterator[str]:
+    """At most `size` of the `total` `documents`, each kept with the same probability, in
+    corpus order, streamed.
 
-    One pass, memory of `size` documents (reservoir sampling, Vitter's
-    Algorithm R), seeded by `seed`: the same corpus gives the same sample.
+    The positions kept are a seeded uniform draw of `size` of `range(total)` without
+    replacement, made before reading, so nothing but those positions is held: a few
+    large documents (books) cost no memory, where a reservoir sample would hold `size`
+    of them. The same corpus and seed give the same sample; `size >= total` keeps
+    every document. Reading stops after the last position kept.
     """
-    rng = np.random.default_rng(seed)
-    kept: list[tuple[int, str]] = []  # (position in the corpus, document)
+    if size >= total:
+        yield from documents
+        return
+    keep = np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+    wanted = 0
     for index, document in enumerate(documents):
-        if index < size:
-            kept.append((index, document))
-        else:
-            slot = int(rng.integers(index + 1))  # uniform in 0..index
-            if slot < size:
-                kept[slot] = (index, document)
-    return [document for _, document in sorted(kept)]
+        if index == keep[wanted]:
+            yield document
+            wanted += 1
+            if wanted == size:
+                return
 
 
 def load_tokenizer(path: Path, *, family: str, lowercase: bool, arch: Architecture):
