@@ -77,7 +77,8 @@ def test_the_vocabulary_is_learned_from_the_sample_only(tmp_path):
     kept = list(sample_documents(iter(texts), size=5, seed=0, total=len(texts)))
     assert "zebra zebra zebra zebra" not in kept
     assert "zebra" not in learn(dataclasses.replace(config, sample=5, sample_seed=0), "sample")
-    assert said[-1].endswith("on a sample of at most 5 documents")
+    assert said[-1].endswith("on a sample of 5 of the 41 training documents")
+    assert not said[0].endswith("documents")  # the default sample kept every one
 
 
 def test_a_negative_sample_is_refused():

@@ -83,25 +83,27 @@ def vocabulary_key(corpus_fingerprint: str, *, config: VocabConfig, arch: Archit
 def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, family: str,
            out_dir: Path, say: Callable[[str], None], quiet: bool, processes: int = 1) -> None:
     """Learns the vocabulary of `config` from `source` into `out_dir`."""
+    # The documents, counted once per corpus (progress lines and the sample's draw
+    # share the count): a sample leaves some out only when it is smaller.
+    total = (corpus.count_documents(source, split="train")
+             if config.sample or processes > 1 or not quiet else None)
+    sampling = bool(config.sample) and config.sample < total
     say(f"training a {family} vocabulary of up to {config.size:,} entries"
-        + (f" on a sample of at most {config.sample:,} documents" if config.sample else ""))
-    # In processes, unless the sample leaves documents out (a sample as large as the
-    # corpus keeps every document: the same vocabulary).
-    if (processes > 1 and family == "wordpiece"
-            and processes <= corpus.count_documents(source, split="train")
-            <= (config.sample or float("inf"))):
+        + (f" on a sample of {config.sample:,} of the {total:,} training documents"
+           if sampling else ""))
+    # In processes, unless the sample leaves documents out.
+    if processes > 1 and family == "wordpiece" and not sampling and total >= processes:
         vocab.train_vocabulary(
             (), family=family, size=config.size, lowercase=config.lowercase,
             min_frequency=config.min_frequency, out_dir=out_dir,
             special_tokens=arch.special_tokens,
             word_counts=_count_in_processes(source, processes=processes, quiet=quiet))
         return
-    label = "vocabulary: sampling documents" if config.sample else "vocabulary: counting words"
+    label = "vocabulary: sampling documents" if sampling else "vocabulary: counting words"
     documents = _with_progress(source, label=label, quiet=quiet)
-    if config.sample:
-        # Counted once per corpus (the progress line above counted it already).
+    if sampling:
         documents = sample_documents(documents, size=config.sample, seed=config.sample_seed,
-                                     total=corpus.count_documents(source, split="train"))
+                                     total=total)
     vocab.train_vocabulary(
         documents,
         family=family, size=config.size, lowercase=config.lowercase,
