@@ -6,6 +6,8 @@ Run on demand (never in the test suite):
     python benchmarks/prepare_scale.py --sizes 0.1 --repeats 2 --json prepare_scale.json
     python benchmarks/prepare_scale.py --sizes 1 --repeats 1 --timed-steps --json ps_1gb.json
     python benchmarks/prepare_scale.py --sizes 0.1 --mlm-hosts 2 --processes 2 --mlm-processes 1
+    python benchmarks/prepare_scale.py --sizes 1 --repeats 1 --processes '' --mlm-processes 1 \
+        --mlm-hosts 2 --mlm-set 'vocab.sample=0' --mlm-set ''   # two recipe variants
     python benchmarks/prepare_scale.py --report prepare_scale.json   # reprint a saved report
 
 About 14 minutes for 0.1 GB with 2 repeats, and about an hour for 1 GB with
@@ -717,12 +719,16 @@ def speedups(runs: list[dict]) -> list[str]:
         if r["contender"].startswith("mlm") and "error" not in r:
             tokens.setdefault((r["gigabytes"], r.get("mlm_set", "")), r["tokens"])
     first = next((r.get("mlm_set", "") for r in runs if r["contender"].startswith("mlm")), "")
+
+    def named(variant: str) -> str:
+        return f"`{variant}`" if variant else "the recipe as it is"
+
     lines = []
     for (size, variant), count in tokens.items():
         base = tokens.get((size, first))
         if variant != first and base:
-            lines.append(f"\nmlm at {size:g} GB, `{variant}`: {count:,} tokens, "
-                         f"{count / base:.4f}x those of `{first or 'the recipe'}`")
+            lines.append(f"\nmlm at {size:g} GB, {named(variant)}: {count:,} tokens, "
+                         f"{count / base:.4f}x those of {named(first)}")
     hosts: dict[tuple, dict] = {}
     for r in runs:
         if r["contender"] == "mlm-hosts" and "error" not in r:
@@ -733,7 +739,7 @@ def speedups(runs: list[dict]) -> list[str]:
         base = walls.get((size, first, 1, rep)) if variant != first else None
         if base:
             ratio += (f", {r['wall_seconds'] / base:.2f}x of one host's time with "
-                      f"`{first or 'the recipe'}` ({base:.1f} s)")
+                      f"{named(first)} ({base:.1f} s)")
         lines.append(f"\nmlm at {size:g} GB{f' `{variant}`' if variant else ''}, {n} hosts, "
                      f"repeat {rep}: hosts took "
                      + ", ".join(f"{w:.1f}" for w in r["host_wall_seconds"])
