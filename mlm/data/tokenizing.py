@@ -84,9 +84,10 @@ def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, fa
            out_dir: Path, say: Callable[[str], None], quiet: bool, processes: int = 1) -> None:
     """Learns the vocabulary of `config` from `source` into `out_dir`."""
     # The documents, counted once per corpus (progress lines and the sample's draw
-    # share the count): a sample leaves some out only when it is smaller.
+    # share the count) where a sample or the workers need it: a sample leaves some out
+    # only when it is smaller.
     total = (corpus.count_documents(source, split="train")
-             if config.sample or processes > 1 or not quiet else None)
+             if config.sample or processes > 1 else None)
     sampling = bool(config.sample) and config.sample < total
     say(f"training a {family} vocabulary of up to {config.size:,} entries"
         + (f" on a sample of {config.sample:,} of the {total:,} training documents"
