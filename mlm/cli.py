@@ -260,7 +260,8 @@ def _vocab(args) -> None:
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise MlmError(f"--out {out} exists; pass a new or empty folder.")
     documents = track(corpus.iter_documents(source, split="train"), label="counting words",
-                      total=corpus.count_documents(source, split="train"), unit="documents")
+                      total=corpus.count_documents(source, split="train", progress=True),
+                      unit="documents")
     # train_vocabulary writes `out` whole or not at all (byte_bpe writes two files).
     vocab.train_vocabulary(
         documents, family=arch.tokenizer_family, size=args.size,

@@ -120,6 +120,31 @@ def test_held_out_split_is_deterministic_disjoint_and_complete(tmp_path):
     assert list(iter_documents(reordered, split="train")) == train[::-1] + train[:5]
 
 
+def test_counting_shows_a_progress_line_only_where_it_takes_time(tmp_path, capsys,
+                                                                 monkeypatch):
+    import mlm.data.corpus as corpus_module
+
+    (tmp_path / "a.txt").write_text("\n\n".join(f"document {i}" for i in range(50)))
+    config = CorpusConfig(paths=(str(tmp_path / "a.txt"),), held_out_fraction=0.1)
+    monkeypatch.setattr(corpus_module, "_COUNTS", {})
+    # A count that takes no time leaves no line (a small corpus).
+    train = count_documents(resolve_corpus(config), split="train", progress=True)
+    assert "counting documents" not in capsys.readouterr().err
+    # A long one ends its line with both splits' documents, read in one pass.
+    monkeypatch.setattr(corpus_module, "_COUNTS", {})
+    monkeypatch.setattr(corpus_module, "_COUNT_LINE_SECONDS", 0.0)
+    corpus = resolve_corpus(config)
+    assert count_documents(corpus, split="train", progress=True) == train
+    assert "counting documents: 50 documents, done in" in capsys.readouterr().err
+    # Counted once: the other split and a second call print nothing and read nothing.
+    assert count_documents(corpus, split="held_out", progress=True) == 50 - train
+    assert capsys.readouterr().err == ""
+    # Quiet by default.
+    monkeypatch.setattr(corpus_module, "_COUNTS", {})
+    assert count_documents(corpus, split="train") == train
+    assert capsys.readouterr().err == ""
+
+
 def test_held_out_files_replace_the_hashed_split(tmp_path):
     (tmp_path / "train.txt").write_text("t1\n\nt2\n\nt3")
     (tmp_path / "eval.jsonl").write_text('{"text": "e1"}\n{"text": "e2"}\n')

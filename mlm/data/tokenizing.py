@@ -86,7 +86,7 @@ def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, fa
     # The documents, counted once per corpus (progress lines and the sample's draw
     # share the count) where a sample or the workers need it: a sample leaves some out
     # only when it is smaller.
-    total = (corpus.count_documents(source, split="train")
+    total = (corpus.count_documents(source, split="train", progress=not quiet)
              if config.sample or processes > 1 else None)
     sampling = bool(config.sample) and config.sample < total
     say(f"training a {family} vocabulary of up to {config.size:,} entries"
@@ -117,7 +117,8 @@ def _count_in_processes(source: corpus.Corpus, *, processes: int,
                         quiet: bool) -> dict[str, int]:
     """The words of the training documents (`wordpiece.count_words`), counted by `processes`
     workers on contiguous ranges of the documents and added up."""
-    spans = workers.ranges(corpus.count_documents(source, split="train"), processes)
+    spans = workers.ranges(corpus.count_documents(source, split="train", progress=not quiet),
+                           processes)
     tasks = [(source, start, stop, index) for index, (start, stop) in enumerate(spans)]
     bar = Progress(f"vocabulary: counting words in {processes} processes",
                    total=spans[-1][1], unit="documents", enabled=not quiet)
@@ -224,7 +225,7 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
             tokenizer, cache_root=cache_root, key=key, progress=not quiet,
             segmenter=_labeller(segmenter, tokenizer) if segmenter else None,
             bulk=bulk_encoder(tokenizer, probe=probe, say=say),
-            totals=None if quiet else _share_totals(source, share=share),
+            totals=None if quiet else _share_totals(source, share=share, progress=True),
         )
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
@@ -264,7 +265,7 @@ def _tokenize_in_processes(source: corpus.Corpus, tokenizer, *, final: Path,
                            tallies: dict, quiet: bool) -> token_cache.TokenCache:
     """`tokenize`'s entry, built by `processes` workers: the train share cut into contiguous
     ranges, one per process, and the held-out split as one more task."""
-    totals = _share_totals(source, share=share)
+    totals = _share_totals(source, share=share, progress=not quiet)
     spans = workers.ranges(totals["train"], processes)
     fingerprint = token_cache.tokenizer_fingerprint(tokenizer)
 
@@ -338,11 +339,13 @@ class _SharedCount:
         pass
 
 
-def _share_totals(source: corpus.Corpus, *, share: tuple[int, int]) -> dict[str, int]:
+def _share_totals(source: corpus.Corpus, *, share: tuple[int, int],
+                  progress: bool) -> dict[str, int]:
     """The documents of each split that `tokenize` reads: its train share, the held-out
-    split whole (counted once per corpus, `corpus.count_documents`)."""
+    split whole (counted once per corpus, `corpus.count_documents`, on a progress line
+    if `progress`)."""
     host, hosts = share
-    train = corpus.count_documents(source, split="train")
+    train = corpus.count_documents(source, split="train", progress=progress)
     return {"train": len(range(host, train, hosts)),
             "held_out": corpus.count_documents(source, split="held_out")}
 
@@ -403,6 +406,6 @@ def _labeller(segmenter: str, tokenizer):
 
 def _with_progress(source: corpus.Corpus, *, label: str, quiet: bool):
     """The training documents, counted on a progress line (counting first gives the ETA)."""
-    total = None if quiet else corpus.count_documents(source, split="train")
+    total = None if quiet else corpus.count_documents(source, split="train", progress=True)
     return track(corpus.iter_documents(source, split="train"), label=label, total=total,
                  unit="documents", enabled=not quiet)

@@ -58,6 +58,7 @@ from mlm.data.corpus.hf_datasets import check_hub_reachable
 from mlm.data.corpus.sources import UNBROKEN_HINT_BYTES, is_held_out
 from mlm.errors import MlmError
 from mlm.faults import fault_point
+from mlm.progress import Progress
 
 __all__ = [
     "MAX_DOCUMENT_CHARS",
@@ -283,32 +284,45 @@ def describe_tally(tally: collections.Counter) -> str:
     return "; ".join(parts)
 
 
-def count_documents(corpus: Corpus, *, split: str) -> int:
+def count_documents(corpus: Corpus, *, split: str, progress: bool = False) -> int:
     """The documents of one split, counted once per corpus (for progress lines' ETAs).
 
     With a held-out split drawn by hash, both splits read the same files: one
     read counts both (`_count_both`), so that the vocabulary's and each
-    split's progress lines cost one read between them, not three.
+    split's progress lines cost one read between them, not three. `progress`
+    shows the read on a progress line ("counting documents"), which a large
+    corpus needs: it is a full pass before the first ETA can be given.
     """
     if split not in SPLITS:
         raise MlmError(f"split must be one of {', '.join(SPLITS)}, but received split={split!r}.")
     key = (corpus.fingerprint, corpus.held_out_fraction)
     if corpus.fingerprint and key in _COUNTS:
         return _COUNTS[key][split]
+    bar = Progress("counting documents", unit="documents", enabled=progress)
     if corpus.held_out_files:
-        counts = {name: sum(1 for _ in iter_documents(corpus, split=name)) for name in SPLITS}
+        counts = dict.fromkeys(SPLITS, 0)
+        for name in SPLITS:
+            for _ in iter_documents(corpus, split=name):
+                counts[name] += 1
+                bar.update(sum(counts.values()))
     else:
-        counts = _count_both(corpus)
+        counts = _count_both(corpus, bar=bar)
+    if bar.clock() - bar.start >= _COUNT_LINE_SECONDS:
+        bar.finish()
+    else:  # a small corpus: no line for a pass that took no time
+        bar.clear()
     if corpus.fingerprint:
         _COUNTS[key] = counts
     return counts[split]
 
 
+# A count that took less than this leaves no line behind (a small corpus).
+_COUNT_LINE_SECONDS = 2.0
 # Documents per split of the corpora counted in this process, by fingerprint.
 _COUNTS: dict[tuple, dict[str, int]] = {}
 
 
-def _count_both(corpus: Corpus) -> dict[str, int]:
+def _count_both(corpus: Corpus, *, bar: Progress) -> dict[str, int]:
     """Both splits' documents of a corpus whose held-out split is drawn by hash, in one read."""
     counts = dict.fromkeys(SPLITS, 0)
     for raw in _iter_sources(corpus, split="train", events=collections.Counter()):
@@ -316,6 +330,7 @@ def _count_both(corpus: Corpus) -> dict[str, int]:
         if document:
             held = is_held_out(document, fraction=corpus.held_out_fraction)
             counts["held_out" if held else "train"] += 1
+            bar.update(counts["train"] + counts["held_out"])
     return counts
 
 
