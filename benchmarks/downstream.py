@@ -20,7 +20,11 @@ sample corpus, whose chapters are in canonical order:
 
 - `testament`: sentences of Old (chapters 1-929) vs New Testament chapters;
 - `genre`: sentences labelled by their book's genre: law, history, wisdom,
-  prophets, gospels and acts, letters and revelation (six classes).
+  prophets, gospels and acts, letters and revelation (six classes);
+- `passage`: the same six genres on passages of consecutive sentences of at
+  least `PASSAGE_WORDS` words (about 160 to 250 tokens): a long-input task,
+  where fine-tuning runs at length 256 and reads positions that windows of 64
+  or 128 tokens never trained.
 
 "Many labels" is `--many` sentences per class (default 1,000; the corpus has
 3,000 to 21,000 per class, which would make every fine-tuning run minutes
@@ -53,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 GENRES = (("law", 187), ("history", 249), ("wisdom", 243), ("prophets", 250),
           ("gospels", 117), ("letters", 143))
 NEW_TESTAMENT = 929  # the first chapter of Matthew
+# The `passage` task's passages: consecutive sentences of a chapter up to this many words.
+PASSAGE_WORDS = 150
 _SENTENCE = re.compile(r"(?<=[.?!:;])\s+(?=[A-Z])")
 
 
@@ -67,14 +73,24 @@ def chapters() -> list[str]:
 
 
 def labelled_sentences(task: str) -> list[tuple[int, str, str]]:
-    """(chapter, sentence, label) of every sentence of 6 to 40 words, for `task`."""
+    """(chapter, text, label) of every sentence of 6 to 40 words for `task`, or for
+    `passage` of every passage of `PASSAGE_WORDS` words or more (a chapter's sentences in
+    order, cut where a passage reaches the length; a chapter's short tail is dropped)."""
     labels = []
     for name, count in GENRES:
         labels += [name] * count
     found = []
     for index, chapter in enumerate(chapters()):
-        label = labels[index] if task == "genre" else (
+        label = labels[index] if task in ("genre", "passage") else (
             "old" if index < NEW_TESTAMENT else "new")
+        if task == "passage":
+            passage = []
+            for sentence in _SENTENCE.split(chapter):
+                passage.append(sentence)
+                if len(" ".join(passage).split()) >= PASSAGE_WORDS:
+                    found.append((index, " ".join(passage), label))
+                    passage = []
+            continue
         for sentence in _SENTENCE.split(chapter):
             if 6 <= len(sentence.split()) <= 40:
                 found.append((index, sentence, label))
