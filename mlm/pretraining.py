@@ -474,16 +474,19 @@ def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog)
 
 def short_run_hint(recipe: Recipe, *, steps: int, preset) -> str | None:
     """What to expect downstream from a fresh encoder trained on fewer tokens than the
-    measured pay-off (`MEASURED_PAYOFF_TOKENS`); None for longer runs and presets."""
-    from mlm.config.recipes import MEASURED_PAYOFF_TOKENS
+    measured pay-off for its window length (`mlm.config.recipes.measured_payoff`); None
+    for longer runs and presets."""
+    from mlm.config.recipes import measured_payoff
 
     if recipe.model.preset:  # continued pretraining starts from trained weights
         return None
-    tokens = steps * recipe.train.batch_size * recipe.model.sequence_length
-    if tokens >= MEASURED_PAYOFF_TOKENS:
+    length = recipe.model.sequence_length
+    tokens = steps * recipe.train.batch_size * length
+    measured, payoff = measured_payoff(length)
+    if tokens >= payoff:
         return None
     return (f"note: this encoder trained on {tokens / 1e6:.1f}M tokens (window slots); "
             f"on the sample corpus's tasks a fresh encoder of the default recipe beat random "
-            f"initialisation downstream only after about {MEASURED_PAYOFF_TOKENS / 1e6:.1f}M "
-            f"(benchmarks/RESULTS.md); check yours with: mlm compare {preset} "
-            f"random:{preset} --train LABELLED.csv")
+            f"initialisation downstream only after about {payoff / 1e6:.1f}M in windows of "
+            f"{measured} tokens (benchmarks/RESULTS.md); check yours with: mlm compare "
+            f"{preset} random:{preset} --train LABELLED.csv")

@@ -383,15 +383,21 @@ def test_pretrain_says_which_recipe_a_budget_chose_and_a_recipe_overrides_it(tmp
 
 def test_a_fresh_encoder_trained_short_of_the_measured_pay_off_is_told_so():
     from mlm.config import apply_overrides, load_recipe
-    from mlm.config.recipes import MEASURED_PAYOFF_TOKENS
+    from mlm.config.recipes import MEASURED_PAYOFF_TOKENS, measured_payoff
     from mlm.pretraining import short_run_hint
 
     recipe = load_recipe("bert_tiny_en_uncased")  # 32 windows of 128 tokens a step
-    assert MEASURED_PAYOFF_TOKENS == 1_600 * 32 * 128
+    assert MEASURED_PAYOFF_TOKENS == {128: 1_600 * 32 * 128, 64: 2_790 * 32 * 64}
     hint = short_run_hint(recipe, steps=510, preset="runs/a/preset")
-    assert "2.1M tokens" in hint and "about 6.6M" in hint
+    assert "2.1M tokens" in hint and "about 6.6M in windows of 128 tokens" in hint
     assert "mlm compare runs/a/preset random:runs/a/preset --train" in hint
     assert short_run_hint(recipe, steps=1_600, preset="p") is None
+    # Each window length is held to the run measured at that length, or the next longer.
+    short = apply_overrides(recipe, ["model.sequence_length=64"])
+    assert "about 5.7M in windows of 64 tokens" in short_run_hint(short, steps=2_000, preset="p")
+    assert short_run_hint(short, steps=2_790, preset="p") is None
+    assert measured_payoff(32) == (64, 2_790 * 32 * 64)
+    assert measured_payoff(100) == measured_payoff(512) == (128, 1_600 * 32 * 128)
     continued = apply_overrides(load_recipe("continue_pretraining"),
                                 ["model.preset=bert_tiny_en_uncased"])
     assert short_run_hint(continued, steps=10, preset="p") is None

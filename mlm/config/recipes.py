@@ -243,12 +243,23 @@ BUDGET_CHOICES = (
 
 
 # Training tokens (steps x batch x window) after which a fresh encoder was measured to
-# beat random initialisation downstream on every sample task and label count:
-# `bert_tiny_en_uncased` on the sample corpus, 1,600 steps of 32 x 128 in a 5-minute
-# budget at its learning rate (+0.021 to +0.141), where 510 steps (2 minutes) were no
+# beat random initialisation downstream on every sample task and label count, by the
+# window length it trained on: `bert_tiny_en_uncased` on the sample corpus at its
+# learning rate in a 5-minute budget, 1,600 steps of 32 x 128 (+0.021 to +0.141) and
+# 2,790 steps of 32 x 64 (+0.016 to +0.169), where 510 steps of 128 (2 minutes) were no
 # better or worse than random init (benchmarks/RESULTS.md, "Learning rate at 5 minutes,
-# downstream"). Shorter runs are told so at their end (`mlm.pretraining.short_run_hint`).
-MEASURED_PAYOFF_TOKENS = 1_600 * 32 * 128
+# downstream" and "Sequence length 64 at 5 minutes, downstream"). Shorter runs are told
+# so at their end (`mlm.pretraining.short_run_hint`).
+MEASURED_PAYOFF_TOKENS = {128: 1_600 * 32 * 128, 64: 2_790 * 32 * 64}
+
+
+def measured_payoff(sequence_length: int) -> tuple[int, int]:
+    """`(window length, tokens)` of the pay-off measured (`MEASURED_PAYOFF_TOKENS`) that
+    stands for windows of `sequence_length`: the shortest measured length at least as
+    long, else the longest."""
+    lengths = sorted(MEASURED_PAYOFF_TOKENS)
+    length = next((n for n in lengths if n >= sequence_length), lengths[-1])
+    return length, MEASURED_PAYOFF_TOKENS[length]
 
 
 def recipe_for_budget(budget: str) -> BudgetChoice:
