@@ -375,7 +375,8 @@ def test_pretrain_says_which_recipe_a_budget_chose_and_a_recipe_overrides_it(tmp
                            tmp_path / "run", in_process=True)
     assert code == 2 and not (tmp_path / "run").exists()
     assert err.splitlines()[0].startswith(
-        "recipe for a budget of 2m: bert_tiny_en_uncased (measured downstream at 5m: ")
+        "recipe for a budget of 2m: bert_tiny_en_uncased with model.sequence_length=64 "
+        "(measured downstream at 5m, ")
     code, _, err = run_mlm("pretrain", "--budget", "2m", "--recipe", "bert_test", "--corpus",
                            missing, "--run-dir", tmp_path / "run", in_process=True)
     assert code == 2 and "recipe for a budget" not in err

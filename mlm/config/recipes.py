@@ -225,14 +225,17 @@ class BudgetChoice:
 # new measurements: downstream (benchmarks/downstream.py) decides; held-out masked
 # accuracy at equal steps (benchmarks/recipes.py --steps, 3 seeds, paired) is a screen.
 # The short row trained at learning rate 2e-3 from 2026-12-05, on masked accuracy
-# (+0.0078 ± 0.0026 at 600 steps); downstream at 5m then ranked 1e-3 first.
+# (+0.0078 ± 0.0026 at 600 steps); downstream at 5m then ranked 1e-3 first. It trains
+# windows of 64 tokens since 2026-12-06 (1.8x the steps of 128 in the same time).
 BUDGET_CHOICES = (
     BudgetChoice(
-        up_to="5m", recipe="bert_tiny_en_uncased", overrides=(),
-        evidence="measured downstream at 5m: the recipe's 1e-3 beat 2e-3 with 50 labels per "
-                 "class by 10.6 points (testament) and 8.5 (genre), and by 4.8 and 6.0 with "
-                 "all labels, where 2e-3 led on held-out masked accuracy only; "
-                 "benchmarks/RESULTS.md, learning rate at 5 minutes, downstream"),
+        up_to="5m", recipe="bert_tiny_en_uncased", overrides=("model.sequence_length=64",),
+        evidence="measured downstream at 5m, two pretraining seeds each: windows of 64 "
+                 "tokens train 1.8x the steps of 128 and beat them by 3.1 points on genres "
+                 "with 50 labels per class, level on testaments, on all labels and on "
+                 "200-token passages; the recipe's 1e-3 beat 2e-3 by 8.5-10.6 points with "
+                 "50 labels per class; benchmarks/RESULTS.md, sequence length 64 at 5 "
+                 "minutes, downstream"),
     BudgetChoice(
         up_to="", recipe="bert_tiny_en_uncased", overrides=(),
         evidence="the default recipe: no option has been measured better at longer budgets; "
