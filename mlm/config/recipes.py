@@ -249,10 +249,11 @@ BUDGET_CHOICES = (
 # beat random initialisation downstream on every sample task and label count, by the
 # window length it trained on: `bert_tiny_en_uncased` on the sample corpus at its
 # learning rate in a 5-minute budget, 1,600 steps of 32 x 128 (+0.021 to +0.141) and
-# 2,790 steps of 32 x 64 (+0.016 to +0.169), where 510 steps of 128 (2 minutes) were no
-# better or worse than random init (benchmarks/RESULTS.md, "Learning rate at 5 minutes,
-# downstream" and "Sequence length 64 at 5 minutes, downstream"). Shorter runs are told
-# so at their end (`mlm.pretraining.short_run_hint`).
+# 2,790 steps of 32 x 64 (+0.016 to +0.169), where 2 minutes were no better or worse
+# than random init (510 steps of 128; 1,090 of 64, within noise on every row)
+# (benchmarks/RESULTS.md, "Learning rate at 5 minutes, downstream" and "Sequence length
+# 64 at 5 minutes"). Shorter runs are told so at their end
+# (`mlm.pretraining.short_run_hint`).
 MEASURED_PAYOFF_TOKENS = {128: 1_600 * 32 * 128, 64: 2_790 * 32 * 64}
 
 
