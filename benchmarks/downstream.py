@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 GENRES = (("law", 187), ("history", 249), ("wisdom", 243), ("prophets", 250),
           ("gospels", 117), ("letters", 143))
 NEW_TESTAMENT = 929  # the first chapter of Matthew
-# The `passage` task's passages: consecutive sentences of a chapter up to this many words.
+# The `passage` task's passages: consecutive sentences of a chapter, at least this many words.
 PASSAGE_WORDS = 150
 _SENTENCE = re.compile(r"(?<=[.?!:;])\s+(?=[A-Z])")
 
@@ -84,12 +84,13 @@ def labelled_sentences(task: str) -> list[tuple[int, str, str]]:
         label = labels[index] if task in ("genre", "passage") else (
             "old" if index < NEW_TESTAMENT else "new")
         if task == "passage":
-            passage = []
+            passage, words = [], 0
             for sentence in _SENTENCE.split(chapter):
                 passage.append(sentence)
-                if len(" ".join(passage).split()) >= PASSAGE_WORDS:
+                words += len(sentence.split())
+                if words >= PASSAGE_WORDS:
                     found.append((index, " ".join(passage), label))
-                    passage = []
+                    passage, words = [], 0
             continue
         for sentence in _SENTENCE.split(chapter):
             if 6 <= len(sentence.split()) <= 40:
