@@ -1,13 +1,15 @@
 """`train.phases` and `train.batch_warmup`: segments, errors, and exact resume across phases."""
 
 import json
+import re
+import shutil
 import signal
 
 import pytest
 
 from mlm.config import load_recipe
 from mlm.errors import MlmError
-from mlm.training.schedule import Segment, segments
+from mlm.training.schedule import Segment, segments, with_cuts
 from tests.conftest import (
     max_weight_difference,
     pretrain_process,
@@ -55,9 +57,32 @@ def test_bad_phases_are_one_line_errors_naming_the_values(phases, message):
     assert "\n" not in str(error.value)
 
 
-def test_phases_and_a_budget_do_not_mix():
-    with pytest.raises(MlmError, match="fractions of train.steps, but train.budget"):
+def test_the_batch_warmup_and_a_budget_do_not_mix():
+    with pytest.raises(MlmError, match="a fraction of train.steps, but train.budget"):
         small_recipe(overrides=["train.budget=10m", "train.batch_warmup=0.1"])
+
+
+def test_with_a_budget_phases_are_fractions_of_its_time_cut_as_the_run_trains():
+    bound = 10**9
+    by_time = segments(steps=bound, sequence_length=128, batch_size=32, by_time=True, phases=[
+        {"fraction": 0.3, "sequence_length": 64}, {"fraction": 0.3},
+        {"fraction": 0.4, "batch_size": 16}])
+    # Each phase ends once the run has trained `until` of its budget, at a step not
+    # known before: the run's step bound stands for it.
+    assert [(s.start, s.end, s.sequence_length, s.batch_size) for s in by_time] == [
+        (0, bound, 64, 32), (bound, bound, 128, 32), (bound, bound, 128, 16)]
+    assert [s.until for s in by_time] == pytest.approx([0.3, 0.6, 1.0])
+    # A checkpoint's record of the steps where phases ended gives them back.
+    assert [(s.start, s.end) for s in with_cuts(by_time, [1200])] == [
+        (0, 1200), (1200, bound), (bound, bound)]
+    assert [(s.start, s.end) for s in with_cuts(by_time, [1200, 2000])] == [
+        (0, 1200), (1200, 2000), (2000, bound)]
+    # Without phases, one segment to the end of the budget.
+    assert segments(steps=bound, sequence_length=128, batch_size=32, by_time=True) == [
+        Segment(0, 0, bound, 128, 32, until=1.0)]
+    # The recipe takes phases with a budget, and the plan's segments are by time.
+    recipe = small_recipe(overrides=["train.budget=10m", f"train.phases={json.dumps(PHASES)}"])
+    assert recipe.train.phases[0]["sequence_length"] == 32
 
 
 PHASES = [{"fraction": 0.5, "sequence_length": 32},
@@ -96,3 +121,57 @@ def test_a_run_killed_in_any_phase_resumes_to_the_exact_weights(tmp_path, small_
         assert max_weight_difference(run / "preset", reference / "preset") == 0.0
         resumed = [(r["step"], r["loss"]) for r in read_metrics(run) if r.get("split") == "train"]
         assert resumed == [(r["step"], r["loss"]) for r in train]
+
+
+@pytest.mark.slow  # two runs of about 20 s
+def test_a_budget_run_cuts_its_phases_by_time_and_resumes_in_the_phase_it_was_in(
+        tmp_path, small_corpus):
+    from mlm.run.checkpoints import list_checkpoints
+    from tests.test_budget import _checkpoint_states
+
+    run_dir = tmp_path / "run"
+    settings = [f"train.phases={json.dumps(PHASES)}", "train.log_every=4",
+                "train.eval_every=32", "train.checkpoint_every=8", "train.keep_checkpoints=200",
+                "train.mixed_precision=float32", "train.jit_compile=false"]
+
+    def run(corpus=None):
+        return pretrain_process(run_dir, corpus=corpus, deterministic=False, settings=settings,
+                                extra=["--budget", "6s"])
+
+    code, out, err = run(small_corpus)
+    assert code == 0, err[-2000:]
+    said = out + err
+    assert "from step 1 to 50% of the budget: windows of 32 tokens in batches of 8" in said
+    found = re.search(r"from step (\d+) to the end of the budget: windows of 64 tokens in "
+                      r"batches of 4", said)
+    assert found, said[-3000:]
+    cut = int(found.group(1)) - 1
+    # The first phase ends at the first step ending a log interval (the loop's epoch)
+    # whose training time reaches half the budget.
+    train = {r["step"]: r for r in read_metrics(run_dir) if r.get("split") == "train"}
+    assert cut % 4 == 0 and cut - 4 in train
+    # (The log rounds the seconds to hundredths.)
+    assert train[cut]["trained_seconds"] >= 2.99 and train[cut - 4]["trained_seconds"] <= 3.0
+    assert max(train) > cut + 8 and train[max(train)]["trained_seconds"] >= 6.0
+    # Checkpoints record where it ended, for a resumed session to train the same phases.
+    states = _checkpoint_states(run_dir)
+    assert {s: state["phase_ends"] for s, state in states.items()} == {
+        s: ([cut] if s >= cut else []) for s in states}
+
+    # Back to the first checkpoint of the second phase, then resume: the session trains
+    # the second phase from there, with the recorded cut, to the end of the budget.
+    resume_at = min(s for s in states if s > cut)
+    assert resume_at < max(states)
+    for step, path in list_checkpoints(run_dir).items():
+        if step > resume_at:
+            shutil.rmtree(path)
+    code, out, err = run()
+    assert code == 0, err[-2000:]
+    said = out + err
+    assert (f"from step {resume_at + 1} to the end of the budget: windows of 64 tokens in "
+            f"batches of 4") in said
+    assert "windows of 32 tokens in batches" not in said
+    after = _checkpoint_states(run_dir)
+    assert max(after) > resume_at and {tuple(s["phase_ends"]) for s in after.values()} == {
+        (), (cut,)}
+    assert after[max(after)]["trained_seconds"] >= 6.0

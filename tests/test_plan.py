@@ -54,7 +54,7 @@ def test_the_plan_holds_every_derived_value():
                                  "random_token_rate": 0.1, "slots": 9}
     assert record["eval_masking"]["unit"] == "token" and record["eval_masking"]["slots"] == 4
     assert record["segments"] == [{"index": 0, "start": 0, "end": 6, "sequence_length": 32,
-                                   "batch_size": 8}]
+                                   "batch_size": 8, "until": None}]
 
 
 def test_token_masking_needs_no_word_starts_and_a_budget_bounds_no_steps():
@@ -62,6 +62,8 @@ def test_token_masking_needs_no_word_starts_and_a_budget_bounds_no_steps():
     assert plan.ids.word_starts is None
     assert not plan.masking.needs_word_starts and not plan.masking.spans
     assert (plan.steps, plan.budget_seconds) == (BUDGET_STEPS, 90.0)
+    # One segment to the end of the budget, whose steps the run finds out as it trains.
+    assert [(s.start, s.end, s.until) for s in plan.segments] == [(0, BUDGET_STEPS, 1.0)]
 
 
 def test_span_masking_resolves_to_the_truncated_geometric_law():

@@ -169,7 +169,9 @@ class TrainConfig:
     # of the steps at 128 tokens and 10% at 512:
     # [{"fraction": 0.9, "sequence_length": 128}, {"fraction": 0.1, "sequence_length": 512}].
     # One learning-rate schedule spans them; held-out evaluations stay at
-    # model.sequence_length. Empty: one phase.
+    # model.sequence_length. With train.budget the fractions are of its time: a
+    # phase ends at the first multiple of the greatest common divisor of the log,
+    # eval and checkpoint intervals past its share. Empty: one phase.
     phases: tuple = ()
     # Fraction of the steps over which the batch grows to full size, in three
     # stages of 1/4, 1/2 and 3/4 of it (ModernBERT and cramming ramp the batch).

@@ -171,12 +171,13 @@ def _validate_train(t: TrainConfig) -> None:
 
 
 def _validate_budget(t: TrainConfig, m: MaskingConfig) -> None:
-    """A time budget parses and is not combined with step fractions."""
+    """A time budget parses and is not combined with step fractions (its phases are
+    fractions of its time: `mlm.training.schedule.segments`)."""
     if t.budget:
         parse_duration(t.budget)
-        if t.phases or t.batch_warmup:
+        if t.batch_warmup:
             raise MlmError(
-                "train.phases and train.batch_warmup are fractions of train.steps, but "
+                "train.batch_warmup is a fraction of train.steps, but "
                 f"train.budget={t.budget!r} is set; remove one of them."
             )
         if m.final_selection_rate:

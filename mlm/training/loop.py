@@ -1,6 +1,7 @@
 """The training loop: `train` runs the steps, evaluates, logs, checkpoints, stops on a signal."""
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -74,11 +75,14 @@ def train(
     """
     budget = plan.budget_seconds
     trained = trained_seconds(checkpoints, start_step) if budget else 0.0
+    # A budget run's phases end by time: the steps where they ended, as checkpointed.
+    segments = schedule.with_cuts(plan.segments, phase_ends(checkpoints, start_step)) \
+        if budget else list(plan.segments)
     labels = word_labels or {}
     topology = topology or distributed.Topology()
     data_for = _batches(plan, tokens["train"], labels=labels.get("train"),
                         start_step=start_step, topology=topology, own_share=own_share)
-    first = next((s for s in plan.segments if s.end > start_step), plan.segments[-1])
+    first = next((s for s in segments if s.start <= start_step < s.end), segments[-1])
     data = data_for(first)
     # Before the probe, whose traced train function the loop then reuses.
     task.steps_per_execution = plan.strides(start_step)[1]
@@ -100,9 +104,9 @@ def train(
         length = segment.sequence_length
         return segment.batch_size * length * (1 - padding_fraction(len(tokens["train"]), length))
 
-    loop = _Loop(task, plan=plan, checkpoints=checkpoints, start_step=start_step, log=log,
-                 topology=topology, evaluate=evaluate, trained=trained,
-                 tokens_per_step=tokens_per_step)
+    loop = _Loop(task, plan=plan, segments=segments, checkpoints=checkpoints,
+                 start_step=start_step, log=log, topology=topology, evaluate=evaluate,
+                 trained=trained, tokens_per_step=tokens_per_step)
     # On a terminal, a line redrawn every step; the log lines are the plain-text progress.
     progress = log.progress("training", total=None if budget else plan.steps,
                             initial=start_step, unit="steps", plain_every=None)
@@ -200,6 +204,13 @@ def trained_seconds(checkpoints: Checkpoints, step: int) -> float:
     return float(checkpoints.state(step).get("trained_seconds", 0.0))
 
 
+def phase_ends(checkpoints: Checkpoints, step: int) -> list[int]:
+    """The steps at which a budget run's phases had ended by its checkpoint at `step`."""
+    if step == 0:
+        return []
+    return [int(s) for s in checkpoints.state(step).get("phase_ends", [])]
+
+
 @contextlib.contextmanager
 def _stop_requests():
     """Turns SIGTERM and SIGINT into a request the loop honours after the step.
@@ -259,8 +270,8 @@ class _Loop(keras.callbacks.Callback):
     naming the steps of the call.
     """
 
-    def __init__(self, task, *, plan: RunPlan, checkpoints: Checkpoints, start_step, log,
-                 topology, evaluate, tokens_per_step, trained: float = 0.0):
+    def __init__(self, task, *, plan: RunPlan, segments, checkpoints: Checkpoints, start_step,
+                 log, topology, evaluate, tokens_per_step, trained: float = 0.0):
         super().__init__()
         # With a budget: its seconds, the training time so far, and the schedule to advance.
         budget = plan.budget_seconds
@@ -281,8 +292,11 @@ class _Loop(keras.callbacks.Callback):
         self.task, self.plan, self.checkpoints = task, plan, checkpoints
         self.log, self.topology, self.evaluate = log, topology, evaluate
         self.start_step = self.step = start_step
-        self.segments, self.tokens_for = plan.segments, tokens_per_step
-        self.tokens_per_step = tokens_per_step(plan.segments[0])
+        # A budget run's phases get their steps as they end by time (`_cut_phase`).
+        self.segments, self.tokens_for = list(segments), tokens_per_step
+        self.segment = next((i for i, s in enumerate(self.segments)
+                             if s.start <= start_step < s.end), len(self.segments) - 1)
+        self.tokens_per_step = tokens_per_step(self.segments[self.segment])
         self.held_out, self.throughput = {}, []
         self.epoch, self.per_call = plan.strides(start_step)
         self.window = _LogWindow()
@@ -300,12 +314,11 @@ class _Loop(keras.callbacks.Callback):
             # MLM loss, and keras warns about it when tracing. Expected: not shown.
             warnings.filterwarnings("ignore", message="Gradients do not exist for variables")
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            for segment in self.segments:
-                if segment.end <= self.step:
-                    continue
+            while self.segment < len(self.segments):
+                segment = self.segments[self.segment]
                 if len(self.segments) > 1:
-                    self.log.say(f"steps {max(segment.start, self.step) + 1}-{segment.end}: "
-                                 f"windows of {segment.sequence_length} tokens in batches of "
+                    self.log.say(f"{_steps_of(segment, self.step, self.budget)}: windows of "
+                                 f"{segment.sequence_length} tokens in batches of "
                                  f"{segment.batch_size}")
                 self.tokens_per_step = self.tokens_for(segment)
                 if segment.start > self.start_step:
@@ -320,6 +333,7 @@ class _Loop(keras.callbacks.Callback):
                               callbacks=[self], verbose=0, shuffle=False)
                 if self.stop_signals_total or self.step == self.final:
                     break
+                self.segment += 1
         if self.stop_signals_total:
             _stop(self.task, plan=self.plan, checkpoints=self.checkpoints, step=self.step,
                   signum=self.stop_signal, log=self.log, topology=self.topology,
@@ -327,8 +341,22 @@ class _Loop(keras.callbacks.Callback):
 
     def state(self) -> dict:
         """What a checkpoint records besides the weights: the recipe, the time trained."""
+        ends = [s.end for s in self.segments[:-1] if s.end < self.plan.steps]
         return {"recipe": self.plan.recipe.name,
-                **({"trained_seconds": self.trained} if self.budget else {})}
+                **({"trained_seconds": self.trained} if self.budget else {}),
+                **({"phase_ends": ends} if self.budget and len(self.segments) > 1 else {})}
+
+    def _cut_phase(self) -> None:
+        """Ends a budget run's phase at this step once the run has trained its share of
+        the budget (`Segment.until`); `run` goes on with the next."""
+        if self.budget is None or self.segment >= len(self.segments) - 1:
+            return
+        segment, following = self.segments[self.segment:self.segment + 2]
+        if self.trained < segment.until * self.budget:
+            return
+        self.segments[self.segment] = dataclasses.replace(segment, end=self.step)
+        self.segments[self.segment + 1] = dataclasses.replace(following, start=self.step)
+        self.task.stop_training = True
 
     stop_signals_total = 0
 
@@ -380,6 +408,8 @@ class _Loop(keras.callbacks.Callback):
         final = self.step == self.final
         if self.task.stop_training and self.step % self.epoch and not final:
             return  # stopped mid-epoch by a signal: `run` checkpoints it
+        if not final:
+            self._cut_phase()
         steps = self.step - self.epoch_start  # fewer than an epoch when a budget ends it
         self.window.add(logs, steps=steps, tokens=steps * self.tokens_per_step)
         if self.step % cfg.log_every == 0 or final:
@@ -398,6 +428,16 @@ class _Loop(keras.callbacks.Callback):
             if self.topology.writes_checkpoints and (
                     self.step % cfg.checkpoint_every == 0 or final):
                 self.checkpoints.save(self.task, step=self.step, state=self.state())
+
+
+def _steps_of(segment: schedule.Segment, step: int, budget: float | None) -> str:
+    """The steps a segment trains from `step` on, for the log line that starts it."""
+    first = max(segment.start, step) + 1
+    if budget is None:
+        return f"steps {first}-{segment.end}"
+    if segment.until >= 1.0:
+        return f"from step {first} to the end of the budget"
+    return f"from step {first} to {segment.until:.0%} of the budget"
 
 
 class _LogWindow:

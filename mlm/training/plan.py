@@ -41,7 +41,8 @@ class RunPlan:
     masking: Masking
     eval_masking: Masking
     # Steps cut into runs of one window length and batch size (`train.phases`,
-    # `train.batch_warmup`); one segment without them.
+    # `train.batch_warmup`); one segment without them. With a budget, phases are cut
+    # by time as the run trains (`Segment.until`): their step ranges are bounds here.
     segments: tuple[Segment, ...]
     # The step bound: `train.steps`, or `BUDGET_STEPS` when `budget_seconds` ends the run.
     steps: int
@@ -141,6 +142,7 @@ def _segments(recipe: Recipe, *, steps: int, topology: Topology) -> list[Segment
         steps=steps, sequence_length=recipe.model.sequence_length,
         batch_size=cfg.batch_size, phases=cfg.phases, batch_warmup=cfg.batch_warmup,
         batch_multiple=math.lcm(cfg.accumulation_steps, topology.device_count),
+        by_time=bool(cfg.budget),
     )
 
 

@@ -71,13 +71,20 @@ class BudgetWarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 @dataclasses.dataclass(frozen=True)
 class Segment:
     """Steps `start + 1..end` trained on windows of one length in batches of one size:
-    a phase of `train.phases`, or a stage of the batch warmup."""
+    a phase of `train.phases`, or a stage of the batch warmup.
+
+    In a run with `train.budget` a phase ends by time, at the end of the loop's
+    first epoch (`mlm.training.plan.strides`) once the run has trained the
+    fraction `until` of its budget; its `end` (and the next phase's `start`)
+    is the run's step bound until then (`with_cuts`).
+    """
 
     index: int
     start: int  # steps done before the segment
     end: int  # the segment's last step
     sequence_length: int
     batch_size: int
+    until: float | None = None  # by time: the fraction of the budget trained at its end
 
 
 # Stages of `train.batch_warmup`: the batch grows in these steps, as a fraction of
@@ -86,7 +93,8 @@ BATCH_WARMUP_STAGES = (0.25, 0.5, 0.75)
 
 
 def segments(*, steps: int, sequence_length: int, batch_size: int, phases=(),
-             batch_warmup: float = 0.0, batch_multiple: int = 1) -> list[Segment]:
+             batch_warmup: float = 0.0, batch_multiple: int = 1,
+             by_time: bool = False) -> list[Segment]:
     """The run's steps cut into segments of constant window length and batch size.
 
     Without phases or batch warmup, one segment: the whole run. Phases take
@@ -94,8 +102,21 @@ def segments(*, steps: int, sequence_length: int, batch_size: int, phases=(),
     leaves), each with its `sequence_length` and `batch_size` (default: the
     run's). `batch_warmup` is the fraction of `steps` over which the batch
     grows to full size, in `BATCH_WARMUP_STAGES`, each a multiple of
-    `batch_multiple` (the gradient accumulation parts).
+    `batch_multiple` (the gradient accumulation parts). `by_time` (a run with
+    `train.budget`, whose `steps` is only a bound): the phases take their
+    fraction of the budget's time instead, and their steps are cut as the
+    run trains (`Segment.until`, `with_cuts`).
     """
+    if by_time:
+        if batch_warmup:
+            raise ValueError("the batch warmup is a fraction of steps, not of a budget")
+        specs, done, out = phases or ({"fraction": 1.0},), 0.0, []
+        for i, phase in enumerate(specs):
+            done = 1.0 if i == len(specs) - 1 else done + phase["fraction"]
+            out.append(Segment(i, 0 if i == 0 else steps, steps,
+                               phase.get("sequence_length", sequence_length),
+                               phase.get("batch_size", batch_size), until=done))
+        return out
     bounds, specs, done = [], [], 0.0
     for phase in phases or ({"fraction": 1.0},):
         done += phase["fraction"]
@@ -118,4 +139,14 @@ def segments(*, steps: int, sequence_length: int, batch_size: int, phases=(),
             scaled = batch * BATCH_WARMUP_STAGES[stage]
             batch = max(batch_multiple, int(math.ceil(scaled / batch_multiple)) * batch_multiple)
         out.append(Segment(len(out), start, end, length, batch))
+    return out
+
+
+def with_cuts(segments_by_time, cuts) -> list[Segment]:
+    """The segments of a budget run (`segments(by_time=True)`) with the steps at which
+    its first `len(cuts)` phases ended (a checkpoint's record) filled in."""
+    out = list(segments_by_time)
+    for i, step in enumerate(cuts):
+        out[i] = dataclasses.replace(out[i], end=step)
+        out[i + 1] = dataclasses.replace(out[i + 1], start=step)
     return out
