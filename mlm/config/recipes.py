@@ -239,7 +239,8 @@ BUDGET_CHOICES = (
     BudgetChoice(
         up_to="", recipe="bert_tiny_en_uncased", overrides=(),
         evidence="the default recipe: no option has been measured better at longer budgets "
-                 "(windows of 64 were 1.3-2.0 points behind at 10m); "
+                 "(windows of 64, and 64 then 128 in train.phases, were level at 10m within "
+                 "the 0.4-2.2 points between two pretraining seeds of this recipe); "
                  "at 10m (3,200 steps) it beats random init downstream by +0.139 and +0.242 "
                  "with 50 labels per class, at 30m (8,180 steps) by +0.131 and +0.281; "
                  "benchmarks/RESULTS.md, budgets of 5 and 10 minutes, and of 30 minutes"),
