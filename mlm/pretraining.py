@@ -466,22 +466,25 @@ def finish_run(run_dir: Path, *, recipe: Recipe, summary: dict, log: MetricsLog)
             f"held-out masked accuracy {before}{end['accuracy']:.4f}, loss {end['loss']:.4f}, "
             f"perplexity {end['perplexity']:.2f} (preset: {preset})"
         )
-    hint = short_run_hint(recipe, steps=summary["steps"], preset=preset)
+    hint = short_run_hint(recipe, steps=summary["steps"], preset=preset,
+                          tokens=summary.get("window_tokens"))
     if hint:
         log.say(hint)
     return preset
 
 
-def short_run_hint(recipe: Recipe, *, steps: int, preset) -> str | None:
+def short_run_hint(recipe: Recipe, *, steps: int, preset, tokens: int | None = None) -> str | None:
     """What to expect downstream from a fresh encoder trained on fewer tokens than the
     measured pay-off for its window length (`mlm.config.recipes.measured_payoff`); None
-    for longer runs and presets."""
+    for longer runs and presets. `tokens`: the window slots the run trained (its phases
+    counted at their lengths and batches); default: `steps` of the recipe's windows."""
     from mlm.config.recipes import measured_payoff
 
     if recipe.model.preset:  # continued pretraining starts from trained weights
         return None
     length = recipe.model.sequence_length
-    tokens = steps * recipe.train.batch_size * length
+    if tokens is None:
+        tokens = steps * recipe.train.batch_size * length
     measured, payoff = measured_payoff(length)
     if tokens >= payoff:
         return None

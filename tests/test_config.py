@@ -397,6 +397,11 @@ def test_a_fresh_encoder_trained_short_of_the_measured_pay_off_is_told_so():
     short = apply_overrides(recipe, ["model.sequence_length=64"])
     assert "about 5.7M in windows of 64 tokens" in short_run_hint(short, steps=2_000, preset="p")
     assert short_run_hint(short, steps=2_790, preset="p") is None
+    # A run in phases is counted at each phase's windows: 1,000 steps of 64 then 1,000 of
+    # 128 are 6.1M tokens, short of 128's 6.6M, where 2,000 steps of 128 would not be.
+    assert short_run_hint(recipe, steps=2_000, preset="p") is None
+    hint = short_run_hint(recipe, steps=2_000, preset="p", tokens=1_000 * 32 * (64 + 128))
+    assert "6.1M tokens" in hint and "6.6M in windows of 128" in hint
     assert measured_payoff(32) == (64, 2_790 * 32 * 64)
     assert measured_payoff(100) == measured_payoff(512) == (128, 1_600 * 32 * 128)
     continued = apply_overrides(load_recipe("continue_pretraining"),

@@ -9,7 +9,7 @@ import pytest
 
 from mlm.config import load_recipe
 from mlm.errors import MlmError
-from mlm.training.schedule import Segment, segments, with_cuts
+from mlm.training.schedule import Segment, segments, window_tokens, with_cuts
 from tests.conftest import (
     max_weight_difference,
     pretrain_process,
@@ -77,6 +77,10 @@ def test_with_a_budget_phases_are_fractions_of_its_time_cut_as_the_run_trains():
         (0, 1200), (1200, bound), (bound, bound)]
     assert [(s.start, s.end) for s in with_cuts(by_time, [1200, 2000])] == [
         (0, 1200), (1200, 2000), (2000, bound)]
+    # The window slots trained by a step: each phase's steps at its windows and batch.
+    cut = with_cuts(by_time, [1200, 2000])
+    assert window_tokens(cut, 2500) == 1200 * 32 * 64 + 800 * 32 * 128 + 500 * 16 * 128
+    assert window_tokens(cut, 1000) == 1000 * 32 * 64
     # Without phases, one segment to the end of the budget.
     assert segments(steps=bound, sequence_length=128, batch_size=32, by_time=True) == [
         Segment(0, 0, bound, 128, 32, until=1.0)]
@@ -106,6 +110,8 @@ def test_a_run_killed_in_any_phase_resumes_to_the_exact_weights(tmp_path, small_
     # batches of 8, then 64-token windows in batches of 4, each its own segment.
     assert "steps 5-8: windows of 64 tokens in batches of 4" in said
     assert "windows of 32 tokens in batches of 8" in said
+    assert ("in phases: 50% of the steps at 32 tokens in batches of 8, then 50% of the steps "
+            "at 64 tokens in batches of 4.") in (reference / "report.md").read_text()
     train = [r for r in read_metrics(reference) if r.get("split") == "train"]
     rates = [r["learning_rate"] for r in train]
     # One schedule over all phases: warmup, then a decay across the boundary to 0.
@@ -153,6 +159,8 @@ def test_a_budget_run_cuts_its_phases_by_time_and_resumes_in_the_phase_it_was_in
     # (The log rounds the seconds to hundredths.)
     assert train[cut]["trained_seconds"] >= 2.99 and train[cut - 4]["trained_seconds"] <= 3.0
     assert max(train) > cut + 8 and train[max(train)]["trained_seconds"] >= 6.0
+    assert ("in phases: 50% of the budget at 32 tokens in batches of 8, then 50% of the "
+            "budget at 64 tokens in batches of 4.") in (run_dir / "report.md").read_text()
     # Checkpoints record where it ended, for a resumed session to train the same phases.
     states = _checkpoint_states(run_dir)
     assert {s: state["phase_ends"] for s, state in states.items()} == {

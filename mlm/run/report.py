@@ -243,6 +243,16 @@ def render_markdown(report: dict) -> str:
 # Rendering.
 
 
+def _phases(train: dict, *, length: int) -> str:
+    """The recipe's `train.phases` for the report's first line ("" without phases)."""
+    if not train.get("phases"):
+        return ""
+    whole = "budget" if train.get("budget") else "steps"
+    return ", in phases: " + ", then ".join(
+        f"{p['fraction']:.0%} of the {whole} at {p.get('sequence_length', length)} tokens in "
+        f"batches of {p.get('batch_size', train['batch_size'])}" for p in train["phases"])
+
+
 def _header(report: dict) -> list[str]:
     recipe, training, wall = report["recipe"], report["training"], report["wall"]
     held = report["held_out"]
@@ -256,7 +266,9 @@ def _header(report: dict) -> list[str]:
         + (f": a training budget of {train['budget']}, in batches of {train['batch_size']}"
            f" windows of " if train.get("budget") else
            f": {train['steps']:,} steps of {train['batch_size']} windows of ")
-        + f"{recipe['model']['sequence_length']} tokens. Preset: `{report['preset']}`.",
+        + f"{recipe['model']['sequence_length']} tokens"
+        + _phases(train, length=recipe["model"]["sequence_length"])
+        + f". Preset: `{report['preset']}`.",
         "",
         "| | |",
         "|---|---|",

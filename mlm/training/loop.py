@@ -182,6 +182,7 @@ def _summary(loop: "_Loop", *, plan: RunPlan, start: dict) -> dict:
     steady = loop.throughput[1:] or loop.throughput
     return {
         "steps": loop.step,
+        "window_tokens": schedule.window_tokens(loop.segments, loop.step),
         **({"trained_seconds": round(loop.trained, 1)} if plan.budget_seconds else {}),
         "held_out_start": start,
         "held_out": loop.held_out or start,
@@ -279,8 +280,10 @@ class _Loop(keras.callbacks.Callback):
         schedule = getattr(task.optimizer, "_learning_rate", None)
         self.progress = getattr(schedule, "progress", None) if budget else None
         self.final = plan.steps  # the last step, once a budget has set it
-        self.first_call = True
-        # The session's first call, compile included, until the second's time replaces it:
+        # The step at which the train function was last traced (the session's start, or a
+        # later segment's), and whether its first call is still to come.
+        self.traced_at, self.first_call = start_step, True
+        # The first call after a trace, compile included, until the second's time replaces it:
         # the schedule's progress counts it meanwhile, so that the second call does not
         # train at the rate of progress 0 (the budget's end still waits for the measure).
         # Compilation can take longer than a short budget (seconds on a slow CPU), so the
@@ -327,6 +330,7 @@ class _Loop(keras.callbacks.Callback):
                     # which changes float results in the last bits, and a resumed run
                     # traces each segment it starts in afresh.
                     self.task.train_function = None
+                    self.traced_at, self.first_call = self.step, True
                 # On JAX keras turns each process's numpy batches into global arrays.
                 self.task.fit(data_for(segment), steps_per_epoch=self.epoch,
                               epochs=(segment.end - self.step) // self.epoch,
@@ -373,13 +377,14 @@ class _Loop(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         # Between a call's begin and end: the device steps and their input, nothing else.
-        # The session's first call also traces and compiles the step: it counts as long
-        # as the second (the same number of steps) once that is known.
+        # The first call of a session or of a later segment also traces and compiles the
+        # step: it counts as long as the second (the same number of steps) once that is
+        # known, so a budget's phases do not pay for their compilation.
         seconds = time.perf_counter() - self.call_start
         if self.first_call:
             self.first_call, self.provisional = False, min(seconds, self.provisional_cap)
         else:
-            self.trained += seconds * (2 if self.step == self.start_step + self.per_call else 1)
+            self.trained += seconds * (2 if self.step == self.traced_at + self.per_call else 1)
             self.provisional = 0.0
         first, self.step = self.step + 1, self.step + self.per_call
         loss = float(logs["loss"])

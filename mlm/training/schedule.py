@@ -150,3 +150,9 @@ def with_cuts(segments_by_time, cuts) -> list[Segment]:
         out[i] = dataclasses.replace(out[i], end=step)
         out[i + 1] = dataclasses.replace(out[i + 1], start=step)
     return out
+
+
+def window_tokens(segments_trained, step: int) -> int:
+    """Window slots (steps x batch x length) trained by `step` over the segments."""
+    return sum((min(s.end, step) - s.start) * s.batch_size * s.sequence_length
+               for s in segments_trained if s.start < step)
