@@ -146,7 +146,7 @@ def with_cuts(segments_by_time, cuts) -> list[Segment]:
     """The segments of a budget run (`segments(by_time=True)`) with the steps at which
     its first `len(cuts)` phases ended (a checkpoint's record) filled in."""
     out = list(segments_by_time)
-    for i, step in enumerate(cuts):
+    for i, step in enumerate(cuts[:len(out) - 1]):  # a recipe since cut to fewer phases
         out[i] = dataclasses.replace(out[i], end=step)
         out[i + 1] = dataclasses.replace(out[i + 1], start=step)
     return out
