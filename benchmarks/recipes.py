@@ -113,10 +113,13 @@ VARIANTS = {
     "token40": Variant("token 40%", ("masking.selection_rate=0.4",)),
     "span30": Variant("span 30%", ("masking.unit=span", "masking.selection_rate=0.3")),
     # Model shapes at equal time (the step costs differ): 4 layers of 256
-    # (BERT-mini's shape) against the recipe's 2 of 128.
+    # (BERT-mini's shape) and of 512 (BERT-small's) against the recipe's 2 of 128.
     "shape4x256": Variant("4 layers x 256 (recipe 2 x 128)", (
         "model.backbone.num_layers=4", "model.backbone.num_heads=4",
         "model.backbone.hidden_dim=256", "model.backbone.intermediate_dim=1024")),
+    "shape4x512": Variant("4 layers x 512 (recipe 2 x 128)", (
+        "model.backbone.num_layers=4", "model.backbone.num_heads=8",
+        "model.backbone.hidden_dim=512", "model.backbone.intermediate_dim=2048")),
 }
 DEFAULT_VARIANTS = ("token15", "word15", "token30", "word30", "span15", "phases")
 REFERENCE = "token15"
