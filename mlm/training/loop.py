@@ -74,15 +74,16 @@ def train(
         its step settings.
     """
     budget = plan.budget_seconds
-    trained = trained_seconds(checkpoints, start_step) if budget else 0.0
-    # A budget run's phases end by time: the steps where they ended, as checkpointed.
-    segments = schedule.with_cuts(plan.segments, phase_ends(checkpoints, start_step)) \
-        if budget else list(plan.segments)
+    # What a budget run's checkpoint recorded: its training time, and the steps where its
+    # phases ended (by time).
+    resumed = checkpoints.state(start_step) if budget and start_step else {}
+    trained = float(resumed.get("trained_seconds", 0.0))
+    segments = schedule.with_cuts(plan.segments, [int(s) for s in resumed.get("phase_ends", [])])
     labels = word_labels or {}
     topology = topology or distributed.Topology()
     data_for = _batches(plan, tokens["train"], labels=labels.get("train"),
                         start_step=start_step, topology=topology, own_share=own_share)
-    first = next((s for s in segments if s.start <= start_step < s.end), segments[-1])
+    first = segments[schedule.segment_at(segments, start_step)]
     data = data_for(first)
     # Before the probe, whose traced train function the loop then reuses.
     task.steps_per_execution = plan.strides(start_step)[1]
@@ -198,20 +199,6 @@ def _summary(loop: "_Loop", *, plan: RunPlan, start: dict) -> dict:
 _SEGMENT_SEED_STRIDE = 1_000_003
 
 
-def trained_seconds(checkpoints: Checkpoints, step: int) -> float:
-    """The training time a budget run had spent by its checkpoint at `step` (0 at step 0)."""
-    if step == 0:
-        return 0.0
-    return float(checkpoints.state(step).get("trained_seconds", 0.0))
-
-
-def phase_ends(checkpoints: Checkpoints, step: int) -> list[int]:
-    """The steps at which a budget run's phases had ended by its checkpoint at `step`."""
-    if step == 0:
-        return []
-    return [int(s) for s in checkpoints.state(step).get("phase_ends", [])]
-
-
 @contextlib.contextmanager
 def _stop_requests():
     """Turns SIGTERM and SIGINT into a request the loop honours after the step.
@@ -277,8 +264,8 @@ class _Loop(keras.callbacks.Callback):
         # With a budget: its seconds, the training time so far, and the schedule to advance.
         budget = plan.budget_seconds
         self.budget, self.trained = budget, trained
-        schedule = getattr(task.optimizer, "_learning_rate", None)
-        self.progress = getattr(schedule, "progress", None) if budget else None
+        rate = getattr(task.optimizer, "_learning_rate", None)  # the learning-rate schedule
+        self.progress = getattr(rate, "progress", None) if budget else None
         self.final = plan.steps  # the last step, once a budget has set it
         # The step at which the train function was last traced (the session's start, or a
         # later segment's), and whether its first call is still to come.
@@ -291,14 +278,13 @@ class _Loop(keras.callbacks.Callback):
         # past the peak before anything is measured.
         self.provisional = 0.0
         self.provisional_cap = (
-            0.5 * budget * schedule.warmup_fraction if self.progress is not None else 0.0)
+            0.5 * budget * rate.warmup_fraction if self.progress is not None else 0.0)
         self.task, self.plan, self.checkpoints = task, plan, checkpoints
         self.log, self.topology, self.evaluate = log, topology, evaluate
         self.start_step = self.step = start_step
         # A budget run's phases get their steps as they end by time (`_cut_phase`).
         self.segments, self.tokens_for = list(segments), tokens_per_step
-        self.segment = next((i for i, s in enumerate(self.segments)
-                             if s.start <= start_step < s.end), len(self.segments) - 1)
+        self.segment = schedule.segment_at(self.segments, start_step)
         self.tokens_per_step = tokens_per_step(self.segments[self.segment])
         self.held_out, self.throughput = {}, []
         self.epoch, self.per_call = plan.strides(start_step)

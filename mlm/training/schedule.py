@@ -152,6 +152,13 @@ def with_cuts(segments_by_time, cuts) -> list[Segment]:
     return out
 
 
+def segment_at(segments_of_run, step: int) -> int:
+    """The index of the segment that trains the step after `step` (the last one when
+    the run is done)."""
+    return next((i for i, s in enumerate(segments_of_run) if s.start <= step < s.end),
+                len(segments_of_run) - 1)
+
+
 def window_tokens(segments_trained, step: int) -> int:
     """Window slots (steps x batch x length) trained by `step` over the segments."""
     return sum((min(s.end, step) - s.start) * s.batch_size * s.sequence_length
