@@ -1,6 +1,7 @@
 """The vocabulary a run learns: from every training document, or a bounded seeded sample."""
 
 import dataclasses
+import gzip
 
 import numpy as np
 import pytest
@@ -59,26 +60,45 @@ def test_the_vocabulary_is_learned_from_the_sample_only(tmp_path):
     texts.insert(17, "zebra zebra zebra zebra")
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
-    source = corpus.resolve_corpus(CorpusConfig(paths=(str(path),), held_out_fraction=0.0))
+    packed = tmp_path / "corpus.txt.gz"  # cannot be entered at any byte: drawn by position
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write(path.read_text(encoding="utf-8"))
     said = []
 
-    def learn(config, folder):
+    def learn(source, config, folder):
         vocabulary = learn_vocabulary(source, config=config, arch=get_architecture("bert"),
                                       out_dir=tmp_path / folder, say=said.append, quiet=True)
         return vocabulary.read_text(encoding="utf-8").split()
 
     config = VocabConfig(size=100, min_frequency=2)
+    plain, gz = (corpus.resolve_corpus(CorpusConfig(paths=(str(p),), held_out_fraction=0.0))
+                 for p in (path, packed))
     # The default sample is larger than this corpus: it learns from every document,
     # the vocabulary of no sample at all.
     assert config.sample > len(texts)
-    assert "zebra" in learn(config, "all")
-    assert learn(config, "all") == learn(dataclasses.replace(config, sample=0), "every")
-    # A sample of 5 documents that leaves the zebra document out (seed 0 does).
+    assert "zebra" in learn(plain, config, "all")
+    assert learn(plain, config, "all") == learn(plain, dataclasses.replace(config, sample=0),
+                                                "every")
+    assert not said[0].endswith("documents")  # the default sample kept every one
+    # A sample of 5 documents drawn at byte offsets, with a seed that leaves the zebra
+    # document out, and one that keeps it.
+    seeds = {}
+    for seed in range(40):
+        kept = list(corpus.sampled_documents(
+            plain, corpus.draw_sample(plain, size=5, seed=seed).positions))
+        seeds.setdefault("zebra zebra zebra zebra" in kept, seed)
+    for has_zebra, seed in seeds.items():
+        vocabulary = learn(plain, dataclasses.replace(config, sample=5, sample_seed=seed),
+                           f"offsets{seed}")
+        assert ("zebra" in vocabulary) == has_zebra
+    assert len(seeds) == 2
+    assert said[-1].endswith("on a sample of 5 training documents drawn at seeded byte offsets")
+    # Drawn by position from the compressed copy (seed 0 leaves the zebra document out).
     kept = list(sample_documents(iter(texts), size=5, seed=0, total=len(texts)))
     assert "zebra zebra zebra zebra" not in kept
-    assert "zebra" not in learn(dataclasses.replace(config, sample=5, sample_seed=0), "sample")
+    assert "zebra" not in learn(gz, dataclasses.replace(config, sample=5, sample_seed=0),
+                                "positions")
     assert said[-1].endswith("on a sample of 5 of the 41 training documents")
-    assert not said[0].endswith("documents")  # the default sample kept every one
 
 
 def test_a_negative_sample_is_refused():

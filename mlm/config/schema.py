@@ -73,17 +73,21 @@ class VocabConfig:
     # text with many rare characters (several scripts, emoji, code).
     byte_fallback: bool = False
     # Learn the vocabulary from at most this many training documents, drawn
-    # uniformly at random (their positions drawn first, seeded, then the
-    # documents streamed: none is held), so that its memory and time stop
-    # growing with the corpus, as SentencePiece's `input_sentence_size` bounds
-    # its own. 0: every document. Tokenizing still reads every document. A
-    # corpus with fewer documents learns from all of them, the same vocabulary
-    # as 0. The default was measured (benchmarks/RESULTS.md, "A bounded
-    # vocabulary sample"): on 1 GB of generated text (1.1 M documents, 440k
-    # distinct words), 100,000 documents gave a WordPiece vocabulary that splits
-    # the corpus into 0.07% more tokens than one learned from every document, in
-    # 20% less time for the whole `mlm prepare`; every host repeats the
-    # vocabulary's work, so it is what bounded several hosts' gain.
+    # at random, so that its memory and time stop growing with the corpus, as
+    # SentencePiece's `input_sentence_size` bounds its own. 0: every document.
+    # In plain `.txt` and `.jsonl` files the draw is of seeded byte offsets,
+    # each taking the document after the next boundary: only the sampled
+    # documents are read, no count or full pass (`mlm.data.corpus.offsets`).
+    # Other files (compressed, tables, a hub dataset) draw document positions
+    # after counting them, then stream the corpus. A corpus with too few
+    # documents (about 1.5x the sample or fewer) learns from all of them, the
+    # same vocabulary as 0. Tokenizing still reads every document. The default
+    # was measured (benchmarks/RESULTS.md, "A bounded vocabulary sample"): on
+    # 1 GB of generated text (1.1 M documents, 440k distinct words), 100,000
+    # documents gave a WordPiece vocabulary that splits the corpus into 0.07%
+    # more tokens than one learned from every document, in 20% less time for
+    # the whole `mlm prepare`; every host repeats the vocabulary's work, so it
+    # is what bounded several hosts' gain.
     sample: int = 100_000
     # Seeds that sample.
     sample_seed: int = 0

@@ -58,7 +58,8 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
     if path.exists():
         return path
     entry = (cache_root or machine_cache.root()) / machine_cache.VOCAB / vocabulary_key(
-        source.fingerprint, config=config, arch=arch)
+        source.fingerprint, config=config, arch=arch,
+        by_offset=corpus.offsets.seekable_files(source) is not None)
     with machine_cache.building(entry):
         if entry.is_dir():
             say(f"vocabulary: learned before from this corpus and vocab section ({entry})")
@@ -70,12 +71,17 @@ def learn_vocabulary(source: corpus.Corpus, *, config: VocabConfig, arch: Archit
     return path
 
 
-def vocabulary_key(corpus_fingerprint: str, *, config: VocabConfig, arch: Architecture) -> str:
+def vocabulary_key(corpus_fingerprint: str, *, config: VocabConfig, arch: Architecture,
+                   by_offset: bool) -> str:
     """The machine cache's name for the vocabulary of this corpus, vocab section and
-    architecture tokenizer (family and special tokens)."""
+    architecture tokenizer (family and special tokens), and of how a sample is drawn
+    (`by_offset`: files that can be entered at any byte; the same text compressed is
+    drawn by position, another sample)."""
     identity = {"corpus": corpus_fingerprint, "vocab": dataclasses.asdict(config),
+                "by_offset": by_offset,
                 "family": config.family or arch.tokenizer_family,
-                "special_tokens": list(arch.special_tokens), "version": 1}
+                "special_tokens": list(arch.special_tokens),
+                "version": 2}  # 2: samples drawn at byte offsets (`corpus.draw_sample`)
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -83,12 +89,28 @@ def vocabulary_key(corpus_fingerprint: str, *, config: VocabConfig, arch: Archit
 def _learn(source: corpus.Corpus, *, config: VocabConfig, arch: Architecture, family: str,
            out_dir: Path, say: Callable[[str], None], quiet: bool, processes: int = 1) -> None:
     """Learns the vocabulary of `config` from `source` into `out_dir`."""
-    # The documents, counted once per corpus (progress lines and the sample's draw
-    # share the count) where a sample or the workers need it: a sample leaves some out
-    # only when it is smaller.
+    drawn = (corpus.draw_sample(source, size=config.sample, seed=config.sample_seed,
+                                progress=not quiet)
+             if config.sample else None)
+    if drawn and drawn.positions:  # found by seeking: no count, no full read
+        say(f"training a {family} vocabulary of up to {config.size:,} entries on a sample of "
+            f"{len(drawn.positions):,} training documents drawn at seeded byte offsets")
+        documents = track(corpus.sampled_documents(source, drawn.positions),
+                          label="vocabulary: reading the sample", total=len(drawn.positions),
+                          unit="documents", enabled=not quiet)
+        vocab.train_vocabulary(
+            documents, family=family, size=config.size, lowercase=config.lowercase,
+            min_frequency=config.min_frequency, out_dir=out_dir,
+            special_tokens=arch.special_tokens, byte_fallback=config.byte_fallback)
+        return
+    # Else drawn by position (files that cannot be entered at any byte), or every
+    # document (no sample, or a corpus too small for it). The documents, counted once
+    # per corpus (progress lines and the draw share the count) where a positional
+    # sample or the workers need it: a sample leaves some out only when it is smaller.
+    positional = bool(config.sample) and not (drawn and drawn.every)
     total = (corpus.count_documents(source, split="train", progress=not quiet)
-             if config.sample or processes > 1 else None)
-    sampling = bool(config.sample) and config.sample < total
+             if positional or processes > 1 else None)
+    sampling = positional and config.sample < total
     say(f"training a {family} vocabulary of up to {config.size:,} entries"
         + (f" on a sample of {config.sample:,} of the {total:,} training documents"
            if sampling else ""))

@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlm.config import CorpusConfig
-from mlm.data.corpus import hf_datasets, sources
+from mlm.data.corpus import hf_datasets, offsets, sources
 from mlm.data.corpus.common import assemble, clean, codec_errors
 from mlm.data.corpus.formats import read_files
 from mlm.data.corpus.hf_datasets import check_hub_reachable
@@ -68,9 +68,11 @@ __all__ = [
     "check_hub_reachable",
     "count_documents",
     "describe_tally",
+    "draw_sample",
     "iter_documents",
     "resolve_corpus",
     "sample_corpus_path",
+    "sampled_documents",
 ]
 
 SPLITS = ("train", "held_out")
@@ -332,6 +334,24 @@ def _count_both(corpus: Corpus, *, bar: Progress) -> dict[str, int]:
             counts["held_out" if held else "train"] += 1
             bar.update(counts["train"] + counts["held_out"])
     return counts
+
+
+def draw_sample(corpus: Corpus, *, size: int, seed: int,
+                progress: bool = False) -> offsets.Draw:
+    """`size` training documents drawn at seeded byte offsets, reading only around
+    each offset (`mlm.data.corpus.offsets`): their positions, or why none."""
+    bar = Progress("vocabulary: drawing a sample", total=size, unit="documents",
+                   enabled=progress)
+    found = offsets.draw(corpus, size=size, seed=seed, limit=MAX_DOCUMENT_CHARS,
+                         progress=bar.update)
+    bar.finish() if found.positions else bar.clear()
+    return found
+
+
+def sampled_documents(corpus: Corpus, positions: list[offsets.Position]) -> Iterator[str]:
+    """The documents at `positions` from `draw_sample`, in corpus order, each exactly as
+    `iter_documents` gives it."""
+    return offsets.read(corpus, positions, limit=MAX_DOCUMENT_CHARS)
 
 
 def sample_corpus_path() -> Path:

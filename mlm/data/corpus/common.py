@@ -79,7 +79,7 @@ def assemble(
             buffer.append(text)
             size += len(text)
         if size > limit:
-            *pieces, rest = _pieces("".join(buffer), limit=limit)
+            *pieces, rest = cut_pieces("".join(buffer), limit=limit)
             yield from (piece for piece in pieces if not piece.isspace())
             buffer, size, cut = [rest], len(rest), True
         if ends:
@@ -91,7 +91,7 @@ def assemble(
             buffer, size, cut = [], 0, False
 
 
-def _pieces(text: str, *, limit: int) -> list[str]:
+def cut_pieces(text: str, *, limit: int) -> list[str]:
     """`text` cut into pieces of at most `limit` characters, after a whitespace if one is
     in the second half of the piece."""
     pieces, start = [], 0

@@ -43,12 +43,16 @@ def _records_of_lines(path: str, *, text_column: str, errors: str) -> Iterator[s
         for number, line in enumerate(f, start=1):
             if line.isspace():
                 continue
-            where = f"'{path}' line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MlmError(f"{where} is not valid JSON ({e}); fix that line.") from e
-            yield _text_of(_as_object(record, where=where), text_column=text_column, where=where)
+            yield text_of_line(line, text_column=text_column, where=f"'{path}' line {number}")
+
+
+def text_of_line(line: str, *, text_column: str, where: str) -> str:
+    """The text of the record on one line of JSON Lines; `where` names the line in errors."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise MlmError(f"{where} is not valid JSON ({e}); fix that line.") from e
+    return _text_of(_as_object(record, where=where), text_column=text_column, where=where)
 
 
 def _records_of_array(path: str, *, text_column: str, errors: str) -> Iterator[str]:
