@@ -568,6 +568,8 @@ def hf_child(corpus: str, out: str, processes: int, stages_path: str) -> None:
 _TIMED = (
     ("mlm.data.corpus", "resolve_corpus", "scan and hash the corpus"),
     ("mlm.data.tokenizing", "learn_vocabulary", "vocabulary (all)"),
+    ("mlm.data.corpus", "draw_sample", "vocabulary: draw the sample at byte offsets"),
+    ("mlm.data.corpus", "count_documents", "count the documents"),
     ("mlm.data.vocab.wordpiece", "count_words", "vocabulary: read text and count words"),
     ("mlm.data.vocab.wordpiece", "_casefold_counts", "vocabulary: case-fold the counts"),
     ("mlm.data.vocab.wordpiece", "_learn_wordpieces", "vocabulary: learn merges"),
@@ -625,6 +627,23 @@ def mlm_phases(phases_path: str, cli_args: list[str]) -> None:
             yield document
 
     corpus.iter_documents = timed_documents
+    sampled_documents = corpus.sampled_documents
+
+    def timed_sample(*args, **kwargs):
+        """The sampled documents; the time spent reading them added to "<step>: reading"."""
+        label = f"{state['step']}: reading the sample's documents"
+        documents = sampled_documents(*args, **kwargs)
+        while True:
+            mark = time.perf_counter()
+            try:
+                document = next(documents)
+            except StopIteration:
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
+                return
+            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
+            yield document
+
+    corpus.sampled_documents = timed_sample
     keras_hub_batches = token_cache._keras_hub_batches
 
     def timed_batches(*args, **kwargs):
