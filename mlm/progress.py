@@ -41,6 +41,7 @@ class Progress:
             terminal; None prints none but the final one (for a caller that
             logs its own periodic lines).
         clock: the time source, for tests.
+        approximate: `total` is an estimate (shown as "~N"; the count may pass it).
     """
 
     def __init__(
@@ -54,8 +55,10 @@ class Progress:
         stream=None,
         plain_every: float | None = 10.0,
         clock=time.monotonic,
+        approximate: bool = False,
     ):
         self.label = label
+        self.approximate = approximate
         self.total = total
         self.initial = initial
         self.unit = unit
@@ -109,7 +112,10 @@ class Progress:
     def line(self, now: float, *, final: bool = False) -> str:
         """The progress text at time `now`."""
         elapsed = max(now - self.start, 1e-9)
-        count = f"{self.done:,}" if self.total is None else f"{self.done:,}/{self.total:,}"
+        if self.total is None or (final and self.approximate):
+            count = f"{self.done:,}"
+        else:
+            count = f"{self.done:,}/{'~' if self.approximate else ''}{self.total:,}"
         parts = [f"{self.label}: {count} {self.unit}".rstrip()]
         if self.total and not final:
             parts[0] += f" ({min(self.done / self.total, 1.0):.0%})"

@@ -145,3 +145,20 @@ def test_a_draw_reads_only_around_its_offsets(tmp_path, monkeypatch):
     assert size > 6_000_000
     # Two reads of 4 kB per draw and one per document read: under a tenth of the file.
     assert sum(read) < size / 10, (sum(read), size)
+
+
+def test_the_documents_are_estimated_from_offsets_within_a_few_percent(tmp_path):
+    rng = np.random.default_rng(1)
+    # 3,000 documents of 1 to 30 words: lengths vary, independently of their neighbours.
+    texts = [" ".join(["word"] * int(n)) + f" {i}" for i, n in enumerate(rng.integers(1, 31, 3000))]
+    path = tmp_path / "varied.txt"
+    path.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+    source = resolve(path, held_out_fraction=0.1)
+    estimate = corpus.estimate_documents(source)
+    assert abs(estimate["train"] + estimate["held_out"] - 3000) < 0.05 * 3000, estimate
+    assert estimate["held_out"] == round(0.1 * (estimate["train"] + estimate["held_out"]))
+    # Files that cannot be sought in are counted instead.
+    packed = tmp_path / "varied.txt.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as f:
+        f.write(path.read_text(encoding="utf-8"))
+    assert corpus.estimate_documents(resolve(packed)) is None

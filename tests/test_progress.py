@@ -32,6 +32,20 @@ def test_terminal_line_is_redrawn_in_place_with_an_eta():
     assert stream.getvalue().endswith("\r\x1b[Ktokenizing train: 5/10 documents, done in 4s\n")
 
 
+def test_an_estimated_total_is_marked_and_the_count_may_pass_it():
+    stream, clock = Terminal(), Clock()
+    bar = Progress("tokenizing train", total=10, unit="documents", stream=stream, clock=clock,
+                   approximate=True)
+    clock.now = 2.0
+    bar.update(5)
+    assert stream.getvalue() == "\r\x1b[Ktokenizing train: 5/~10 documents (50%), ETA 2s"
+    clock.now = 5.0
+    bar.update(12)  # past the estimate: full, no time left
+    assert stream.getvalue().endswith("tokenizing train: 12/~10 documents (100%), ETA 0s")
+    bar.finish()  # the count alone: the estimate is of no use any more
+    assert stream.getvalue().endswith("\r\x1b[Ktokenizing train: 12 documents, done in 5s\n")
+
+
 def test_message_is_printed_above_the_terminal_line():
     stream, clock = Terminal(), Clock()
     bar = Progress("training", total=4, unit="steps", stream=stream, clock=clock)

@@ -103,6 +103,7 @@ def load_or_build_cache(
     segmenter=None,
     bulk=None,
     totals: dict[str, int] | None = None,
+    approximate: bool = False,
 ) -> TokenCache:
     """Returns the cache entry `cache_root/key`, tokenizing only if it is missing.
 
@@ -122,6 +123,7 @@ def load_or_build_cache(
             tokenizer mapped over `tf.data`.
         totals: split -> its documents, for the progress lines' ETAs; a split
             not in it is counted by reading it first.
+        approximate: `totals` are estimates (`corpus.estimate_documents`).
     """
     final = Path(cache_root) / key
     cached = load_cache(final)
@@ -134,7 +136,7 @@ def load_or_build_cache(
                 documents_by_split[split](), tokenizer, out=tmp / f"{split}.bin",
                 batch_size=batch_size, segmenter=segmenter, bulk=bulk,
                 bar=_progress(split, documents_by_split[split], enabled=progress,
-                              total=(totals or {}).get(split)),
+                              total=(totals or {}).get(split), approximate=approximate),
             )
             for split in SPLITS
         }
@@ -289,12 +291,14 @@ def _reraised(failures: list):
         raise
 
 
-def _progress(split: str, documents, *, enabled: bool, total: int | None = None) -> Progress:
+def _progress(split: str, documents, *, enabled: bool, total: int | None = None,
+              approximate: bool = False) -> Progress:
     """Tokenizing progress; the documents' `total` (else counted first, a quick read) gives
     the ETA."""
     if enabled and total is None:
-        total = sum(1 for _ in documents())
-    return Progress(f"tokenizing {split}", total=total, unit="documents", enabled=enabled)
+        total, approximate = sum(1 for _ in documents()), False
+    return Progress(f"tokenizing {split}", total=total, unit="documents", enabled=enabled,
+                    approximate=approximate)
 
 
 def unknown_token_id(tokenizer) -> int | None:

@@ -247,7 +247,7 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
             tokenizer, cache_root=cache_root, key=key, progress=not quiet,
             segmenter=_labeller(segmenter, tokenizer) if segmenter else None,
             bulk=bulk_encoder(tokenizer, probe=probe, say=say),
-            totals=None if quiet else _share_totals(source, share=share, progress=True),
+            **({} if quiet else _progress_totals(source, share=share)),
         )
     for split, tally in tallies.items():
         if corpus.describe_tally(tally):
@@ -372,6 +372,18 @@ def _share_totals(source: corpus.Corpus, *, share: tuple[int, int],
             "held_out": corpus.count_documents(source, split="held_out")}
 
 
+def _progress_totals(source: corpus.Corpus, *, share: tuple[int, int]) -> dict:
+    """The progress lines' totals for `token_cache.load_or_build_cache`: estimated by
+    seeking where the files allow (`corpus.estimate_documents`; no pass over the corpus),
+    else counted (`_share_totals`)."""
+    estimate = corpus.estimate_documents(source)
+    if estimate is None:
+        return {"totals": _share_totals(source, share=share, progress=True)}
+    host, hosts = share
+    train = estimate["train"] // hosts + (host < estimate["train"] % hosts)
+    return {"totals": {"train": train, "held_out": estimate["held_out"]}, "approximate": True}
+
+
 # Documents on which a bulk encoder's ids are checked against keras-hub's before it is used.
 _PROBE = 256
 
@@ -427,7 +439,14 @@ def _labeller(segmenter: str, tokenizer):
 
 
 def _with_progress(source: corpus.Corpus, *, label: str, quiet: bool):
-    """The training documents, counted on a progress line (counting first gives the ETA)."""
-    total = None if quiet else corpus.count_documents(source, split="train", progress=True)
-    return track(corpus.iter_documents(source, split="train"), label=label, total=total,
-                 unit="documents", enabled=not quiet)
+    """The training documents on a progress line, whose ETA rests on their number: estimated
+    by seeking where the files allow, else counted first."""
+    totals = {} if quiet else _progress_totals(source, share=(0, 1))
+    bar = Progress(label, total=totals.get("totals", {}).get("train"), unit="documents",
+                   enabled=not quiet, approximate=totals.get("approximate", False))
+    count = 0
+    for document in corpus.iter_documents(source, split="train"):
+        yield document
+        count += 1
+        bar.update(count)
+    bar.finish()

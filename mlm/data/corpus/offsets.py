@@ -131,6 +131,26 @@ def draw(corpus, *, size: int, seed: int, limit: int,
     return Draw(sorted(found))
 
 
+def estimate(corpus, *, draws: int, seed: int, limit: int) -> int | None:
+    """About how many documents the training files hold (both splits, when the held-out
+    split is drawn by hash), from `draws` seeded offsets: the files' bytes over the mean
+    distance from a document's start to the next one's among the documents drawn (a
+    document's chance does not depend on its own length, so their mean is the
+    corpus's). None if the files cannot be entered at any byte, or hold documents too
+    long to seek between."""
+    files = seekable_files(corpus)
+    if files is None:
+        return None
+    spans = []
+    with _Reader(corpus, files=files, limit=limit) as reader:
+        for offset in np.random.default_rng(seed).integers(0, reader.total, size=draws):
+            span = reader.span_after(int(offset))
+            if span is None:
+                return None
+            spans.append(span)
+    return max(1, round(reader.total / float(np.mean(spans))))
+
+
 def read(corpus, positions: list[Position], *, limit: int) -> Iterator[str]:
     """The documents at `positions` (from `draw`), in their order."""
     files = seekable_files(corpus)
@@ -182,6 +202,23 @@ class _Reader:
             file = (file + 1) % len(self.files)
             start = 0
         return None  # no file holds a document (the corpus scan refuses that before)
+
+    def span_after(self, offset: int) -> int | None:
+        """The bytes from the start of the document after the first boundary at or after
+        `offset` to the start of the next one (or the end of its file); None if no boundary
+        is within `_SEEK_BYTES`. Documents that read as empty count too."""
+        file = int(np.searchsorted(self.ends, offset, side="right"))
+        start = self._boundary_after(file, offset - (int(self.ends[file]) - self.sizes[file]))
+        found = None
+        while found is None:
+            if start == -1:
+                return None
+            found = None if start is None else self._document_from(file, start)
+            if found is None:  # past the file's last document: the next file's first
+                file, start = (file + 1) % len(self.files), 0
+        position, _, end = found
+        after = self._boundary_after(file, end) if end < self.sizes[file] else None
+        return (self.sizes[file] if after in (None, -1) else after) - position.start
 
     def document_at(self, position: Position) -> str:
         """The text of the document at `position`."""
