@@ -130,6 +130,47 @@ def test_host_shares_partition_the_training_documents_and_keep_vocabulary_and_he
     assert full_manifest["share"] == {"host": 0, "hosts": 1}
 
 
+@pytest.mark.parametrize("share", [(0, 1), (1, 2)])
+def test_both_splits_come_from_one_read_of_the_corpus(share, tmp_path, monkeypatch):
+    import collections
+
+    import keras_hub
+
+    import mlm.data.corpus as corpus_module
+    from mlm.config import CorpusConfig
+    from mlm.data import token_cache, tokenizing
+    from tests.conftest import TINY_VOCABULARY
+
+    text = tmp_path / "hostile.txt"
+    body = "\n\n".join(f"the cat sat on the mat number {i} ." for i in range(200))
+    text.write_bytes(b"a\x00b c\n\n\x00\x00\n\n" + body.encode() + b"\n")  # an empty one
+    source = corpus_module.resolve_corpus(CorpusConfig(paths=(str(text),),
+                                                       held_out_fraction=0.2))
+    tokenizer = keras_hub.tokenizers.BertTokenizer(vocabulary=TINY_VOCABULARY)
+    reads = []
+    iter_sources = corpus_module._iter_sources
+    monkeypatch.setattr(corpus_module, "_iter_sources",
+                        lambda *a, **k: reads.append(k["split"]) or iter_sources(*a, **k))
+    cache, tallies = tokenizing.tokenize(
+        source, tokenizer, cache_root=tmp_path / "one", key="k", segmenter="", say=print,
+        quiet=True, share=share)
+    assert reads == ["train"]  # one read of the corpus, both splits from it
+    assert sorted(p.name for p in (tmp_path / "one").rglob("*")) == [
+        "held_out.bin", "k", "meta.json", "train.bin"]  # its held-out text file removed
+    # The entry and the tallies of one read per split.
+    expected = {split: collections.Counter() for split in ("train", "held_out")}
+    two_reads = token_cache.load_or_build_cache(
+        {split: functools.partial(tokenizing._read, source, split=split, share=share,
+                                  tally=expected[split]) for split in expected},
+        tokenizer, cache_root=tmp_path / "two", key="k", progress=False)
+    assert token_arrays(tmp_path / "one" / "k") == token_arrays(tmp_path / "two" / "k")
+    assert cache.stats == two_reads.stats
+    assert tallies == expected
+    assert sum(tally["nul_replaced"] for tally in tallies.values()) == 1
+    assert tallies["train"]["empty_skipped"] == 1
+    assert 20 < tallies["held_out"]["documents"] < 70
+
+
 @pytest.mark.parametrize(("hosts", "host", "needle"), [
     ("2", "2", "--host must be from 0 to 1 with --hosts 2, but received 2"),
     ("0", "0", "--hosts must be at least 1, but received 0"),

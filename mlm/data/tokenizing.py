@@ -213,6 +213,9 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
     `datasets.distributed.split_dataset_by_node` and of tf.data's `shard`
     (the held-out split is kept whole, so every host evaluates alike).
 
+    A held-out split drawn by hash comes from the same read of the corpus as the
+    train split (`_one_read`): the corpus is read once, not once per split.
+
     With `processes` > 1, the documents are tokenized in that many worker
     processes (`mlm.data.workers`), each on a contiguous range of them, and
     the pieces joined in order: the entry is byte for byte the one one
@@ -242,9 +245,13 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
             share=share, processes=processes, tallies=tallies, quiet=quiet,
             bulk=bulk_encoder(tokenizer, probe=probe, say=say) is not None)
     if cache is None:
+        by_split = {split: functools.partial(documents, split) for split in token_cache.SPLITS}
+        if not source.held_out_files:  # both splits from one read of the corpus
+            # Into the entry's temporary folder, which a killed build leaves to the next.
+            by_split = _one_read(source, share=share, tallies=tallies, spill=(
+                atomic.temporary_sibling(cache_root / key) / ".held_out.txt"))
         cache = token_cache.load_or_build_cache(
-            {split: functools.partial(documents, split) for split in token_cache.SPLITS},
-            tokenizer, cache_root=cache_root, key=key, progress=not quiet,
+            by_split, tokenizer, cache_root=cache_root, key=key, progress=not quiet,
             segmenter=_labeller(segmenter, tokenizer) if segmenter else None,
             bulk=bulk_encoder(tokenizer, probe=probe, say=say),
             **({} if quiet else _progress_totals(source, share=share)),
@@ -253,6 +260,43 @@ def tokenize(source: corpus.Corpus, tokenizer, *, cache_root: Path, key: str, se
         if corpus.describe_tally(tally):
             say(f"corpus text ({split}): {corpus.describe_tally(tally)}")
     return cache, tallies
+
+
+def _one_read(source: corpus.Corpus, *, share: tuple[int, int], tallies: dict,
+              spill: Path) -> dict[str, Callable[[], Iterator[str]]]:
+    """`tokenize`'s documents of each split (as `_read` gives them) from one read of a corpus
+    whose held-out split is drawn by hash: the train split's reading writes the held-out
+    documents to the file `spill` as they pass (a few percent of the text), which the
+    held-out split then reads and removes, instead of reading the whole corpus again for
+    them. Called in split order, train first, each once, with `spill`'s folder there."""
+    host, hosts = share
+
+    def train() -> Iterator[str]:
+        tallies["train"], tallies["held_out"] = collections.Counter(), collections.Counter()
+        with open(spill, "w", encoding="utf-8") as out:
+            index = 0
+            for split, document in corpus.iter_splits(source, tallies=tallies):
+                if split == "held_out":
+                    out.write(document + _SPILL_END)
+                    continue
+                if index % hosts == host:
+                    yield document
+                index += 1
+
+    def held_out() -> Iterator[str]:
+        with open(spill, encoding="utf-8") as f:
+            rest = ""
+            while chunk := f.read(1 << 20):
+                *documents, rest = (rest + chunk).split(_SPILL_END)
+                yield from documents
+        spill.unlink()
+
+    return {"train": train, "held_out": held_out}
+
+
+# Ends each held-out document in `_one_read`'s file: NUL, which no document holds
+# (`corpus.iter_documents` replaces it).
+_SPILL_END = "\0"
 
 
 def _read(source: corpus.Corpus, *, split: str, share: tuple[int, int],

@@ -71,6 +71,7 @@ __all__ = [
     "draw_sample",
     "estimate_documents",
     "iter_documents",
+    "iter_splits",
     "resolve_corpus",
     "sample_corpus_path",
     "sampled_documents",
@@ -265,11 +266,46 @@ def _iter_split(corpus: Corpus, *, split: str, tally: collections.Counter) -> It
         found = True
         yield document
     if split == "train" and not found:
-        raise MlmError(
-            f"the train split of the corpus holds no non-blank document "
-            f"(held_out_fraction={corpus.held_out_fraction}); add text or lower "
-            f"corpus.held_out_fraction."
-        )
+        raise _no_training_document(corpus)
+
+
+def iter_splits(corpus: Corpus, *, tallies: dict[str, collections.Counter]
+                ) -> Iterator[tuple[str, str]]:
+    """`(split, document)` for both splits of a corpus whose held-out split is drawn by
+    hash, in one read: the documents of `iter_documents` for each split, in corpus order,
+    with the same `tallies` (split -> its tally) as the two reads of `iter_documents`.
+
+    Raises:
+        MlmError: the corpus has held-out files (each split reads its own), or its train
+            split turns out to hold no document.
+    """
+    if corpus.held_out_files:
+        raise MlmError("iter_splits reads a held-out split drawn by hash; this corpus has "
+                       "held-out files.")
+    found = False
+    for raw in _iter_sources(corpus, split="train", events=tallies["train"]):
+        document, fixes = clean(raw)
+        document = document.strip()
+        if not document:
+            tallies["train"]["empty_skipped"] += 1
+            continue
+        split = "held_out" if is_held_out(document, fraction=corpus.held_out_fraction) else "train"
+        tally = tallies[split]
+        tally.update(fixes)
+        fault_point("read_document", split=split, index=tally["documents"])
+        tally["documents"] += 1
+        found = found or split == "train"
+        yield split, document
+    if not found:
+        raise _no_training_document(corpus)
+
+
+def _no_training_document(corpus: Corpus) -> MlmError:
+    return MlmError(
+        f"the train split of the corpus holds no non-blank document "
+        f"(held_out_fraction={corpus.held_out_fraction}); add text or lower "
+        f"corpus.held_out_fraction."
+    )
 
 
 def describe_tally(tally: collections.Counter) -> str:
