@@ -171,6 +171,26 @@ def test_both_splits_come_from_one_read_of_the_corpus(share, tmp_path, monkeypat
     assert 20 < tallies["held_out"]["documents"] < 70
 
 
+def test_one_read_gives_each_split_the_documents_of_its_own_read(tmp_path):
+    import mlm.data.corpus as corpus_module
+    from mlm.config import CorpusConfig
+    from mlm.data import tokenizing
+
+    # Carriage returns, tabs and non-ASCII inside the records' text, as JSON allows.
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps({"text": f"line {i}\r\nnext\rré\t{i}"}) + "\n"
+                            for i in range(300)), encoding="utf-8")
+    source = corpus_module.resolve_corpus(CorpusConfig(paths=(str(path),),
+                                                       held_out_fraction=0.3))
+    by_split = tokenizing._one_read(source, share=(1, 3), tallies={},
+                                    spill=tmp_path / "held_out.txt")
+    train, held_out = list(by_split["train"]()), list(by_split["held_out"]())
+    assert train == list(corpus_module.iter_documents(source, split="train"))[1::3]
+    assert held_out == list(corpus_module.iter_documents(source, split="held_out"))
+    assert 50 < len(held_out) < 130 and "\r" in held_out[0]
+    assert not (tmp_path / "held_out.txt").exists()
+
+
 @pytest.mark.parametrize(("hosts", "host", "needle"), [
     ("2", "2", "--host must be from 0 to 1 with --hosts 2, but received 2"),
     ("0", "0", "--hosts must be at least 1, but received 0"),

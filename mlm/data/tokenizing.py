@@ -273,7 +273,7 @@ def _one_read(source: corpus.Corpus, *, share: tuple[int, int], tallies: dict,
 
     def train() -> Iterator[str]:
         tallies["train"], tallies["held_out"] = collections.Counter(), collections.Counter()
-        with open(spill, "w", encoding="utf-8") as out:
+        with open(spill, "w", encoding="utf-8", newline="") as out:  # "\r" kept as it is
             index = 0
             for split, document in corpus.iter_splits(source, tallies=tallies):
                 if split == "held_out":
@@ -284,7 +284,7 @@ def _one_read(source: corpus.Corpus, *, share: tuple[int, int], tallies: dict,
                 index += 1
 
     def held_out() -> Iterator[str]:
-        with open(spill, encoding="utf-8") as f:
+        with open(spill, encoding="utf-8", newline="") as f:
             rest = ""
             while chunk := f.read(1 << 20):
                 *documents, rest = (rest + chunk).split(_SPILL_END)
