@@ -521,12 +521,14 @@ def hf_child(corpus: str, out: str, processes: int, stages_path: str) -> None:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stages["imports"] = time.perf_counter() - began
+    _stage_done("imports", began)
 
     mark = time.perf_counter()
     trainer = BertWordPieceTokenizer(lowercase=True)
     trainer.train([corpus], vocab_size=VOCAB_SIZE, min_frequency=2, show_progress=False)
     trainer.save(str(out_dir / "tokenizer.json"))
     stages["vocabulary"] = time.perf_counter() - mark
+    _stage_done("vocabulary", began)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(out_dir / "tokenizer.json"), unk_token="[UNK]", sep_token="[SEP]",
         pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
@@ -535,6 +537,7 @@ def hf_child(corpus: str, out: str, processes: int, stages_path: str) -> None:
     raw = datasets.load_dataset("text", data_files={"train": corpus}, sample_by="paragraph",
                                 cache_dir=str(out_dir / "datasets"))
     stages["load_dataset"] = time.perf_counter() - mark
+    _stage_done("load_dataset", began)
 
     def tokenize_function(examples):
         return tokenizer(examples["text"], return_special_tokens_mask=True)
@@ -543,6 +546,7 @@ def hf_child(corpus: str, out: str, processes: int, stages_path: str) -> None:
     tokenized = raw.map(tokenize_function, batched=True, num_proc=processes,
                         remove_columns=["text"])
     stages["tokenize_map"] = time.perf_counter() - mark
+    _stage_done("tokenize_map", began)
 
     def group_texts(examples):  # run_mlm.py's
         concatenated = {k: list(itertools.chain(*examples[k])) for k in examples}
@@ -554,6 +558,7 @@ def hf_child(corpus: str, out: str, processes: int, stages_path: str) -> None:
     mark = time.perf_counter()
     grouped = tokenized.map(group_texts, batched=True, num_proc=processes)
     stages["group_map"] = time.perf_counter() - mark
+    _stage_done("group_map", began)
     stages["total_in_child"] = time.perf_counter() - began
 
     # Counted after the clock: the tokenized ids per document, from Arrow's offsets.
@@ -562,6 +567,12 @@ def hf_child(corpus: str, out: str, processes: int, stages_path: str) -> None:
     result = {"stages": stages, "tokens": tokens, "documents": len(raw["train"]),
               "blocks": len(grouped["train"]), "vocabulary_size": trainer.get_vocab_size()}
     Path(stages_path).write_text(json.dumps(result))
+
+
+def _stage_done(stage: str, began: float) -> None:
+    """A line in the child's log as each HF stage ends, so that a run stopped early (a time
+    bound at a large size) still shows how far it got."""
+    print(f"[hf] {stage} done at {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
 
 
 # mlm's steps timed by `mlm_phases`: (module, attribute, label).
