@@ -64,6 +64,10 @@ def test_token_masking_needs_no_word_starts_and_a_budget_bounds_no_steps():
     assert (plan.steps, plan.budget_seconds) == (BUDGET_STEPS, 90.0)
     # One segment to the end of the budget, whose steps the run finds out as it trains.
     assert [(s.start, s.end, s.until) for s in plan.segments] == [(0, BUDGET_STEPS, 1.0)]
+    # plan.json records what is known: no step bound, no end step, the budget's fraction.
+    record = plan.to_dict()
+    assert record["steps"] is None and record["budget_seconds"] == 90.0
+    assert [(s["start"], s["end"], s["until"]) for s in record["segments"]] == [(0, None, 1.0)]
 
 
 def test_span_masking_resolves_to_the_truncated_geometric_law():

@@ -84,13 +84,25 @@ class RunPlan:
             "ids": ids,
             "masking": masking(self.masking),
             "eval_masking": masking(self.eval_masking),
-            "segments": [dataclasses.asdict(s) for s in self.segments],
-            "steps": self.steps,
+            "segments": [_recorded(s) for s in self.segments],
+            # A budget run's steps are found as it trains: none recorded (not the bound).
+            "steps": None if self.steps >= BUDGET_STEPS else self.steps,
             "budget_seconds": self.budget_seconds,
             "max_sequence_length": self.max_sequence_length,
             "per_device_batch": self.per_device_batch,
             "step_settings": None if self.settings is None else self.settings.label(),
         }
+
+
+def _recorded(segment: Segment) -> dict:
+    """A segment as `plan.json` records it: a step that a budget run finds as it trains (a
+    by-time segment's end, at `until` of the budget, and the next one's start) as null,
+    not the step bound that stands in for it."""
+    record = dataclasses.asdict(segment)
+    for key in ("start", "end"):
+        if record[key] >= BUDGET_STEPS:
+            record[key] = None
+    return record
 
 
 def resolve_plan(recipe: Recipe, *, backbone, tokenizer,
