@@ -191,10 +191,12 @@ def test_a_token_cache_is_the_same_whichever_path_built_it(roberta_tokenizer, tm
     assert built["fast"].stats == built["keras_hub"].stats
 
 
-def test_preparing_with_progress_reads_the_text_four_times_not_six(small_corpus, tmp_path,
-                                                                    monkeypatch):
-    """Progress lines need document counts: one read counts both splits, for the
-    vocabulary's line and each split's; then the vocabulary and each split read once."""
+def test_preparing_with_progress_reads_the_text_twice_or_three_times(small_corpus, tmp_path,
+                                                                     monkeypatch):
+    """Progress lines need the number of documents: in plain text it is estimated by
+    seeking, in a compressed file one read counts both splits; then the vocabulary reads
+    the text once (this corpus is smaller than its sample), and one read tokenizes both
+    splits."""
     from mlm.preparing import prepare
 
     reads = []
@@ -206,10 +208,20 @@ def test_preparing_with_progress_reads_the_text_four_times_not_six(small_corpus,
 
     monkeypatch.setattr(corpus, "_iter_sources", counted)
     monkeypatch.setattr(corpus, "_COUNTS", {})
-    manifest = prepare(small_recipe(small_corpus), out=tmp_path / "out", quiet=False)
-    assert reads == ["train", "train", "train", "held_out"]  # count, vocabulary, tokenize x2
+    packed = tmp_path / "kjv60.txt.gz"
+    with gzip.open(packed, "wb") as f:
+        f.write(small_corpus.read_bytes())
+    manifests = {}
+    for path, expected in ((small_corpus, ["train", "train"]),  # vocabulary, tokenize
+                           (packed, ["train", "train", "train"])):  # count, vocabulary, tokenize
+        reads.clear()
+        manifests[path.name] = prepare(small_recipe(path), out=tmp_path / f"{path.name}.out",
+                                       quiet=False)
+        assert reads == expected, path.name
     counts = {split: corpus.count_documents(corpus.resolve_corpus(small_recipe(
-        small_corpus).corpus), split=split) for split in corpus.SPLITS}
-    assert len(reads) == 4  # the counts were kept
-    assert counts == {split: manifest["splits"][split]["documents"] for split in corpus.SPLITS}
+        packed).corpus), split=split) for split in corpus.SPLITS}
+    assert reads == ["train", "train", "train"]  # the counts were kept
+    for manifest in manifests.values():
+        assert counts == {split: manifest["splits"][split]["documents"]
+                          for split in corpus.SPLITS}
     assert counts["train"] + counts["held_out"] == 60
