@@ -19,8 +19,10 @@ Formats:
 Each file format has its reader module (`text`, `jsonl`, `csv_table`,
 `parquet`), all offering `read`, `scan` and `columns`; the table in `formats`
 picks one by file name. `hf_datasets` reads the hub, `sources` finds and
-checks files and computes the fingerprint, and `common` holds what the
-readers share. This module ties them into the two calls above.
+checks files and computes the fingerprint, `offsets` finds documents by
+seeking to byte offsets (the vocabulary's sample, `draw_sample`, and the
+progress lines' estimate, `estimate_documents`), and `common` holds what the
+readers share. This module ties them into the calls above.
 
 Local files are read with the standard library, pandas (CSV) and pyarrow
 (Parquet), the engines `datasets` uses itself, rather than through
