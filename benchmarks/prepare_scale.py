@@ -621,57 +621,31 @@ def mlm_phases(phases_path: str, cli_args: list[str]) -> None:
         return wrapper
 
     token_cache.tokenize_split = timed_split(token_cache.tokenize_split)
-    iter_documents = corpus.iter_documents
-
-    def timed_documents(*args, **kwargs):
-        """The documents; the time spent producing them added to "<step>: reading"."""
-        label = f"{state['step']}: reading documents ({kwargs.get('split', '?')})"
-        documents = iter_documents(*args, **kwargs)
-        while True:
-            mark = time.perf_counter()
-            try:
-                document = next(documents)
-            except StopIteration:
+    def timed_items(function, label_of):
+        """`function`'s items, the time spent producing them added to the label that
+        `label_of` gives for the call's keyword arguments (at the call, in its step)."""
+        def wrapper(*args, **kwargs):
+            label = label_of(kwargs)
+            items = function(*args, **kwargs)
+            while True:
+                mark = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
+                    return
                 seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
-                return
-            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
-            yield document
+                yield item
+        return wrapper
 
-    corpus.iter_documents = timed_documents
-    sampled_documents = corpus.sampled_documents
-
-    def timed_sample(*args, **kwargs):
-        """The sampled documents; the time spent reading them added to "<step>: reading"."""
-        label = f"{state['step']}: reading the sample's documents"
-        documents = sampled_documents(*args, **kwargs)
-        while True:
-            mark = time.perf_counter()
-            try:
-                document = next(documents)
-            except StopIteration:
-                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
-                return
-            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
-            yield document
-
-    corpus.sampled_documents = timed_sample
-    keras_hub_batches = token_cache._keras_hub_batches
-
-    def timed_batches(*args, **kwargs):
-        """keras-hub's tokenized batches; the main thread's wait for each one timed."""
-        label = f"{state['step']}: waiting for tf.data's tokenized batches"
-        batches = keras_hub_batches(*args, **kwargs)
-        while True:
-            mark = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
-                return
-            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - mark
-            yield batch
-
-    token_cache._keras_hub_batches = timed_batches
+    corpus.iter_documents = timed_items(  # documents read in a step
+        corpus.iter_documents,
+        lambda kwargs: f"{state['step']}: reading documents ({kwargs.get('split', '?')})")
+    corpus.sampled_documents = timed_items(  # the vocabulary's sample read
+        corpus.sampled_documents, lambda kwargs: f"{state['step']}: reading the sample's documents")
+    token_cache._keras_hub_batches = timed_items(  # the main thread's wait for each batch
+        token_cache._keras_hub_batches,
+        lambda kwargs: f"{state['step']}: waiting for tf.data's tokenized batches")
     seconds["imports: mlm's data modules"] = time.perf_counter() - began
     mark = time.perf_counter()
     import keras_hub  # noqa: F401  (what `mlm prepare` imports anyway, timed apart)
