@@ -17,6 +17,10 @@ the length of the text before it (back to the boundary before that), not of
 its own text, so the sample is uniform over the documents whenever their
 lengths do not depend on their neighbours'. Held-out documents (drawn by
 hash) and empty ones are passed over; a document drawn twice counts once.
+Its leanings: a document after a line of Unicode whitespace alone (a blank
+line to the reader, not to the byte pattern) is never drawn; one after a
+document longer than `_SEEK_BYTES` is drawn less often; a document cut at
+`MAX_DOCUMENT_CHARS` offers only its first piece.
 
 Only files that can be entered at any byte are sampled this way: plain `.txt`
 with `document_boundary` "blank_line" or "line", and `.jsonl`. A corpus with
