@@ -248,27 +248,13 @@ def iter_documents(
 
 
 def _iter_split(corpus: Corpus, *, split: str, tally: collections.Counter) -> Iterator[str]:
-    by_hash = not corpus.held_out_files
-    want_held_out = split == "held_out"
     # With a hashed split both splits read the same files: count what is not
     # any one document's (empty, cut) in the train pass only.
-    events = collections.Counter() if by_hash and want_held_out else tally
-    found = False
-    for raw in _iter_sources(corpus, split=split, events=events):
-        document, fixes = clean(raw)
-        document = document.strip()
-        if not document:
-            events["empty_skipped"] += 1
-            continue
-        if by_hash and is_held_out(document, fraction=corpus.held_out_fraction) != want_held_out:
-            continue
-        tally.update(fixes)
-        fault_point("read_document", split=split, index=tally["documents"])
-        tally["documents"] += 1
-        found = True
+    by_hash = not corpus.held_out_files
+    events = collections.Counter() if by_hash and split == "held_out" else tally
+    for _, document in _documents(corpus, splits=(split,), tallies={split: tally},
+                                  events=events):
         yield document
-    if split == "train" and not found:
-        raise _no_training_document(corpus)
 
 
 def iter_splits(corpus: Corpus, *, tallies: dict[str, collections.Counter]
@@ -284,21 +270,35 @@ def iter_splits(corpus: Corpus, *, tallies: dict[str, collections.Counter]
     if corpus.held_out_files:
         raise MlmError("iter_splits reads a held-out split drawn by hash; this corpus has "
                        "held-out files.")
+    return _documents(corpus, splits=SPLITS, tallies=tallies, events=tallies["train"])
+
+
+def _documents(corpus: Corpus, *, splits: tuple[str, ...], tallies: dict,
+               events: collections.Counter) -> Iterator[tuple[str, str]]:
+    """`(split, document)` of the `splits` wanted, from one read of the sources of the
+    first: cleaned, stripped, empty ones skipped (counted in `events`, with cut ones),
+    each split's repairs and documents counted in its tally of `tallies`."""
+    by_hash = not corpus.held_out_files
     found = False
-    for raw in _iter_sources(corpus, split="train", events=tallies["train"]):
+    for raw in _iter_sources(corpus, split=splits[0], events=events):
         document, fixes = clean(raw)
         document = document.strip()
         if not document:
-            tallies["train"]["empty_skipped"] += 1
+            events["empty_skipped"] += 1
             continue
-        split = "held_out" if is_held_out(document, fraction=corpus.held_out_fraction) else "train"
+        split = splits[0]
+        if by_hash:
+            split = "held_out" if is_held_out(document, fraction=corpus.held_out_fraction) \
+                else "train"
+            if split not in splits:
+                continue
         tally = tallies[split]
         tally.update(fixes)
         fault_point("read_document", split=split, index=tally["documents"])
         tally["documents"] += 1
         found = found or split == "train"
         yield split, document
-    if not found:
+    if "train" in splits and not found:
         raise _no_training_document(corpus)
 
 
@@ -383,7 +383,10 @@ def draw_sample(corpus: Corpus, *, size: int, seed: int,
                    enabled=progress)
     found = offsets.draw(corpus, size=size, seed=seed, limit=MAX_DOCUMENT_CHARS,
                          progress=bar.update)
-    bar.finish() if found.positions else bar.clear()
+    if found.positions:
+        bar.finish()
+    else:
+        bar.clear()
     return found
 
 

@@ -189,6 +189,29 @@ class _Reader:
         """The training document after the first boundary at or after byte `offset` of the
         files laid end to end (the next file's first document past a file's last); None
         if that document is held out, `MISS` if no boundary is within `_SEEK_BYTES`."""
+        found = self._document_after(offset, skip_empty=True)
+        if found is None or found == MISS:
+            return found
+        position, text, _ = found[1]
+        return None if self._held_out(text) else position
+
+    def span_after(self, offset: int) -> int | None:
+        """The bytes from the start of the document after the first boundary at or after
+        `offset` to the start of the next one (or the end of its file); None if no boundary
+        is within `_SEEK_BYTES`. Documents that read as empty count too."""
+        found = self._document_after(offset, skip_empty=False)
+        if found is None or found == MISS:
+            return None
+        file, (position, _, end) = found
+        after = self._boundary_after(file, end) if end < self.sizes[file] else None
+        return (self.sizes[file] if after in (None, -1) else after) - position.start
+
+    def _document_after(self, offset: int, *, skip_empty: bool) -> tuple | int | None:
+        """`(file, (position, text, end))` of the document after the first boundary at or
+        after byte `offset` of the files laid end to end (the next file's first document
+        past a file's last; past documents that read as empty if `skip_empty`); `MISS` if
+        no boundary is within `_SEEK_BYTES`; None if no file holds a document (the corpus
+        scan refuses that before)."""
         file = int(np.searchsorted(self.ends, offset, side="right"))
         start = self._boundary_after(file, offset - (int(self.ends[file]) - self.sizes[file]))
         for _ in range(len(self.files) + 1):
@@ -198,31 +221,12 @@ class _Reader:
                 found = self._document_from(file, start)
                 if found is None:
                     break
-                position, text, end = found
-                if text:
-                    return None if self._held_out(text) else position
-                # An empty document: the next one.
+                if found[1] or not skip_empty:
+                    return file, found
+                end = found[2]  # an empty document: the next one
                 start = self._boundary_after(file, end) if end < self.sizes[file] else None
-            file = (file + 1) % len(self.files)
-            start = 0
-        return None  # no file holds a document (the corpus scan refuses that before)
-
-    def span_after(self, offset: int) -> int | None:
-        """The bytes from the start of the document after the first boundary at or after
-        `offset` to the start of the next one (or the end of its file); None if no boundary
-        is within `_SEEK_BYTES`. Documents that read as empty count too."""
-        file = int(np.searchsorted(self.ends, offset, side="right"))
-        start = self._boundary_after(file, offset - (int(self.ends[file]) - self.sizes[file]))
-        found = None
-        while found is None:
-            if start == -1:
-                return None
-            found = None if start is None else self._document_from(file, start)
-            if found is None:  # past the file's last document: the next file's first
-                file, start = (file + 1) % len(self.files), 0
-        position, _, end = found
-        after = self._boundary_after(file, end) if end < self.sizes[file] else None
-        return (self.sizes[file] if after in (None, -1) else after) - position.start
+            file, start = (file + 1) % len(self.files), 0
+        return None
 
     def document_at(self, position: Position) -> str:
         """The text of the document at `position`."""
