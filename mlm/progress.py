@@ -142,9 +142,10 @@ class Progress:
 
 
 def track(items: Iterable, *, label: str, total: int | None = None, unit: str = "",
-          enabled: bool = True) -> Iterator:
-    """Yields `items`, showing how many have passed, and finishes the line at the end."""
-    bar = Progress(label, total=total, unit=unit, enabled=enabled)
+          enabled: bool = True, approximate: bool = False) -> Iterator:
+    """Yields `items`, showing how many have passed, and finishes the line at the end
+    (`approximate`: `total` is an estimate, as `Progress` takes it)."""
+    bar = Progress(label, total=total, unit=unit, enabled=enabled, approximate=approximate)
     count = 0
     for item in items:
         yield item

@@ -486,11 +486,6 @@ def _with_progress(source: corpus.Corpus, *, label: str, quiet: bool):
     """The training documents on a progress line, whose ETA rests on their number: estimated
     by seeking where the files allow, else counted first."""
     totals = {} if quiet else _progress_totals(source, share=(0, 1))
-    bar = Progress(label, total=totals.get("totals", {}).get("train"), unit="documents",
-                   enabled=not quiet, approximate=totals.get("approximate", False))
-    count = 0
-    for document in corpus.iter_documents(source, split="train"):
-        yield document
-        count += 1
-        bar.update(count)
-    bar.finish()
+    return track(corpus.iter_documents(source, split="train"), label=label,
+                 total=totals.get("totals", {}).get("train"), unit="documents",
+                 enabled=not quiet, approximate=totals.get("approximate", False))

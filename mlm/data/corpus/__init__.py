@@ -396,7 +396,13 @@ def estimate_documents(corpus: Corpus) -> dict[str, int] | None:
     files cannot be sought in, or the held-out split is separate files."""
     if corpus.held_out_files:
         return None
-    total = offsets.estimate(corpus, draws=_ESTIMATE_DRAWS, seed=0, limit=MAX_DOCUMENT_CHARS)
+    if corpus.fingerprint and corpus.fingerprint in _ESTIMATES:  # once per corpus, as counts
+        total = _ESTIMATES[corpus.fingerprint]
+    else:
+        total = offsets.estimate(corpus, draws=_ESTIMATE_DRAWS, seed=0,
+                                 limit=MAX_DOCUMENT_CHARS)
+        if corpus.fingerprint:
+            _ESTIMATES[corpus.fingerprint] = total
     if total is None:
         return None
     held_out = round(total * corpus.held_out_fraction)
@@ -405,6 +411,8 @@ def estimate_documents(corpus: Corpus) -> dict[str, int] | None:
 
 # Offsets drawn to estimate the documents: a few percent off for most corpora.
 _ESTIMATE_DRAWS = 2000
+# The documents estimated in this process (both splits), by corpus fingerprint.
+_ESTIMATES: dict[str, int | None] = {}
 
 
 def sampled_documents(corpus: Corpus, positions: list[offsets.Position]) -> Iterator[str]:
